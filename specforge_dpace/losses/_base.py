@@ -1,0 +1,210 @@
+"""The objective contract every DFlash block loss follows.
+
+An objective sees per-slot tensors of one chunk of blocks, ``[B, N_chunk, K]``:
+
+* ``neg_log_q`` -- cross-entropy of the drafter at each slot (carries grad),
+* ``weight_mask`` -- 1 where the slot is supervised (block kept, label in range, k > 0),
+* ``correct`` -- detached bool, drafter argmax == label (only objectives that say
+  ``needs_correct`` read it).
+
+It returns *additive* terms ``(numerator[T], denominator[T])`` (T = 1 for a single
+objective, one entry per term for composites) so that chunks can be summed, exactly as
+SpecForge's ``checkpointed_chunk_reduce`` does, and ``reduce`` turns the summed terms
+into the loss.  The same objects also give the analytic per-slot gradient of the
+numerator, which the fused objective path uses instead of autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Optional
+
+import torch
+
+Tensor = torch.Tensor
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One user-settable option of an objective: default, accepted types, range check."""
+
+    default: Any
+    types: tuple[type, ...] = (float,)
+    nullable: bool = False
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    help: str = ""
+
+    def describe(self) -> str:
+        kinds = "/".join(t.__name__ for t in self.types) + ("/None" if self.nullable else "")
+        rng = ""
+        if self.minimum is not None or self.maximum is not None:
+            lo = "-inf" if self.minimum is None else f"{self.minimum:g}"
+            hi = "inf" if self.maximum is None else f"{self.maximum:g}"
+            rng = f" in [{lo}, {hi}]"
+        return f"{kinds}{rng}, default {self.default!r}"
+
+    def coerce(self, objective: str, key: str, value: Any) -> Any:
+        """Validate ``value``; ints are accepted where floats are, bools never are numbers."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ValueError(f"{objective}: option {key}=None is not allowed; expected {self.describe()}")
+        if isinstance(value, bool) and bool not in self.types:
+            raise TypeError(f"{objective}: option {key}={value!r} has type bool; expected {self.describe()}")
+        if float in self.types and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.types):
+            raise TypeError(
+                f"{objective}: option {key}={value!r} has type {type(value).__name__}; expected {self.describe()}"
+            )
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (self.minimum is not None and value < self.minimum) or (
+                self.maximum is not None and value > self.maximum
+            ):
+                raise ValueError(f"{objective}: option {key}={value!r} is out of range; expected {self.describe()}")
+        return value
+
+
+@dataclass
+class LossValue:
+    """The reduced loss of one micro-batch and the (numerator, denominator) pair reported to SpecForge.
+
+    ``numerator / denominator == loss``; SpecForge back-propagates ``numerator`` and divides
+    gradients by the sum of ``denominator`` over accumulation steps and ranks.
+    """
+
+    loss: Tensor
+    numerator: Tensor
+    denominator: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+
+
+def check_block_tensors(
+    name: str, neg_log_q: Tensor, weight_mask: Tensor, correct: Optional[Tensor], needs_correct: bool
+) -> None:
+    """Shape checks with messages that show the shapes."""
+    if neg_log_q.dim() != 3:
+        raise ValueError(f"{name}: neg_log_q must be [B, N, K], got shape {tuple(neg_log_q.shape)}")
+    if weight_mask.shape != neg_log_q.shape:
+        raise ValueError(
+            f"{name}: weight_mask shape {tuple(weight_mask.shape)} does not match neg_log_q shape "
+            f"{tuple(neg_log_q.shape)}"
+        )
+    if correct is None:
+        if needs_correct:
+            raise ValueError(
+                f"{name}: this objective needs `correct` (detached drafter argmax == label, shape "
+                f"{tuple(neg_log_q.shape)}), got None"
+            )
+    elif correct.shape != neg_log_q.shape:
+        raise ValueError(
+            f"{name}: correct shape {tuple(correct.shape)} does not match neg_log_q shape {tuple(neg_log_q.shape)}"
+        )
+
+
+def compute_dtype(neg_log_q: Tensor) -> Tensor:
+    """Low-precision inputs are accumulated in fp32; fp32/fp64 are used as they are (no copy)."""
+    return neg_log_q.float() if neg_log_q.dtype in _LOW_PRECISION else neg_log_q
+
+
+class BlockObjective:
+    """Base class of single-term objectives.
+
+    Subclasses set ``name``, ``options`` and implement ``_terms`` (numerator and
+    denominator contribution of one chunk) and ``_slot_grad`` (d numerator / d neg_log_q,
+    detached), and choose ``normalization``:
+
+    * ``"sum"``   -- loss = num / den, with den as summed (``den`` 0 gives 0 loss, not NaN),
+    * ``"clamp1"`` -- loss = num / max(1, den),
+    * ``"batch"`` -- loss = num / batch_size (den terms are 0).
+    """
+
+    name: ClassVar[str] = ""
+    options: ClassVar[Mapping[str, Option]] = {}
+    needs_correct: ClassVar[bool] = False
+    normalization: ClassVar[str] = "sum"
+    description: ClassVar[str] = ""
+
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            accepted = ", ".join(f"{k} ({o.describe()})" for k, o in self.options.items()) or "none"
+            raise ValueError(f"{self.name}: unknown option(s) {unknown}; accepted options: {accepted}")
+        for key, spec in self.options.items():
+            value = options.get(key, spec.default)
+            setattr(self, key, spec.coerce(self.name, key, value) if key in options else value)
+
+    # --- public contract -------------------------------------------------------------
+    num_terms: ClassVar[int] = 1
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.options}
+
+    @property
+    def term_names(self) -> list[str]:
+        return [self.spec()]
+
+    def spec(self) -> str:
+        """Canonical spec string that rebuilds this objective (used for configs and resume checks)."""
+        changed = {k: v for k, v in self.settings.items() if v != self.options[k].default}
+        if not changed:
+            return self.name
+        args = ",".join(f"{k}={_format_value(v)}" for k, v in changed.items())
+        return f"{self.name}({args})"
+
+    def chunk_terms(
+        self, neg_log_q: Tensor, weight_mask: Tensor, correct: Optional[Tensor] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Additive ``(numerator[1], denominator[1])`` of one chunk of blocks."""
+        check_block_tensors(self.name, neg_log_q, weight_mask, correct, self.needs_correct)
+        num, den = self._terms(compute_dtype(neg_log_q), weight_mask, correct)
+        return num.reshape(1), den.detach().reshape(1).to(num.dtype)
+
+    def slot_grad(self, neg_log_q: Tensor, weight_mask: Tensor, correct: Optional[Tensor] = None) -> Tensor:
+        """Analytic d(numerator)/d(neg_log_q), shape ``[1, B, N, K]``, detached."""
+        check_block_tensors(self.name, neg_log_q, weight_mask, correct, self.needs_correct)
+        with torch.no_grad():
+            return self._slot_grad(compute_dtype(neg_log_q.detach()), weight_mask, correct).unsqueeze(0)
+
+    def final_denominators(self, den: Tensor, batch_size: int) -> Tensor:
+        """Denominators after summing over chunks, before dividing (shape ``[1]``)."""
+        if self.normalization == "batch":
+            return den.new_full(den.shape, float(batch_size))
+        if self.normalization == "clamp1":
+            return den.clamp_min(1.0)
+        return torch.where(den > 0, den, torch.ones_like(den))
+
+    def reduce(self, num: Tensor, den: Tensor, batch_size: int) -> LossValue:
+        final_den = self.final_denominators(den, batch_size).detach()
+        loss = (num / final_den).reshape(())
+        return LossValue(loss, num.reshape(()), final_den.reshape(()), {self.spec(): loss.detach()})
+
+    def __repr__(self) -> str:
+        return f"<objective {self.spec()}>"
+
+    # --- subclass hooks -----------------------------------------------------------------
+    def _terms(self, nlq: Tensor, mask: Tensor, correct: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _slot_grad(self, nlq: Tensor, mask: Tensor, correct: Optional[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def valid_bool(mask: Tensor) -> Tensor:
+    return mask > 0
+
+
+def mask_as(mask: Tensor, like: Tensor) -> Tensor:
+    return mask if mask.dtype == like.dtype else mask.to(like.dtype)

@@ -1,0 +1,265 @@
+"""Objective registry: names -> factories, filled from the ``specforge_dpace.losses`` entry points.
+
+The built-ins come through this package's own entry points, like any third party's.
+Discovery is lazy (first lookup) and a broken third-party entry point only warns.
+A :class:`LossRegistry` holds no global state, so tests can build their own; the
+module-level functions use one default instance.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, Mapping, Optional, Union
+
+from ._base import BlockObjective, Option
+from ._composite import CompositeObjective
+from ._spec import GRAMMAR, Term, parse_spec
+
+ENTRY_POINT_GROUP = "specforge_dpace.losses"
+DISTRIBUTION = "specforge-dpace"
+BUILTIN_SOURCE = "built-in"
+
+Objective = Union[BlockObjective, CompositeObjective]
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    name: str
+    factory: Callable[..., BlockObjective]
+    options: Mapping[str, Option]
+    source: str
+    description: str = ""
+    needs_correct: bool = False
+
+
+def _builtin_factories() -> dict[str, Callable[..., BlockObjective]]:
+    """Used only when the package runs from a source tree without installed metadata."""
+    from ._prefix import AcceptUntilFailLoss, ChainLoss, FirstErrorFocalLoss
+    from ._weighted import (
+        DFlashLoss,
+        DPaceContinuationValueLoss,
+        DPaceCumulativeConfidenceLoss,
+        DPaceLoss,
+    )
+
+    classes = [
+        DFlashLoss,
+        DPaceLoss,
+        DPaceCumulativeConfidenceLoss,
+        DPaceContinuationValueLoss,
+        FirstErrorFocalLoss,
+        ChainLoss,
+        AcceptUntilFailLoss,
+    ]
+    return {cls.name: cls for cls in classes}
+
+
+def _options_of(factory: Callable[..., Any]) -> dict[str, Option]:
+    declared = getattr(factory, "options", None)
+    if isinstance(declared, Mapping):
+        return dict(declared)
+    options = {}
+    for param in inspect.signature(factory).parameters.values():
+        if param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD) and param.default is not param.empty:
+            default = param.default
+            types = (type(default),) if default is not None else (object,)
+            if types == (int,):
+                types = (float, int)
+            options[param.name] = Option(default, types, nullable=default is None)
+    return options
+
+
+class LossRegistry:
+    """Name -> objective factory, with entry-point discovery on first use."""
+
+    def __init__(self, *, discover: bool = True, group: str = ENTRY_POINT_GROUP) -> None:
+        self._entries: dict[str, LossInfo] = {}
+        self._discover = discover
+        self._discovered = not discover
+        self._group = group
+
+    # --- registration -------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        factory: Callable[..., BlockObjective],
+        *,
+        replace: bool = False,
+        source: str = "register_loss()",
+        description: Optional[str] = None,
+    ) -> LossInfo:
+        """Register ``factory`` under ``name``; a duplicate is refused unless ``replace=True``."""
+        if not isinstance(name, str) or not name or any(c in name for c in "+*(),= \t"):
+            raise ValueError(
+                f"invalid objective name {name!r}: use letters, digits, '-', '_' or '.' "
+                "(the characters + * ( ) , = and spaces belong to the spec grammar)"
+            )
+        if not callable(factory):
+            raise TypeError(f"objective factory for {name!r} must be callable, got {type(factory).__name__}")
+        self._ensure_discovered()
+        existing = self._entries.get(name)
+        if existing is not None and not replace:
+            raise ValueError(
+                f"objective {name!r} is already registered (from {existing.source}); "
+                "pass replace=True to override it"
+            )
+        info = LossInfo(
+            name=name,
+            factory=factory,
+            options=_options_of(factory),
+            source=source,
+            description=description if description is not None else getattr(factory, "description", "") or "",
+            needs_correct=bool(getattr(factory, "needs_correct", False)),
+        )
+        self._entries[name] = info
+        return info
+
+    def unregister(self, name: str) -> None:
+        self._ensure_discovered()
+        self._entries.pop(name, None)
+
+    # --- discovery ----------------------------------------------------------------------
+    def _ensure_discovered(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        own_found = False
+        for ep in sorted(metadata.entry_points(group=self._group), key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else "<unknown distribution>"
+            is_own = dist_name is not None and dist_name.replace("_", "-").lower() == DISTRIBUTION
+            if ep.name in self._entries and is_own:
+                continue
+            try:
+                factory = ep.load()
+            except Exception as exc:  # a broken plugin must not take the others down
+                warnings.warn(
+                    f"specforge-dpace: skipping objective {ep.name!r} from distribution {dist_name!r}: "
+                    f"entry point {ep.value!r} failed to load: {type(exc).__name__}: {exc}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            if is_own:
+                own_found = True
+                source = BUILTIN_SOURCE
+            else:
+                version = dist.version if dist is not None else "?"
+                source = f"{dist_name} {version} (entry point)"
+            if ep.name in self._entries:
+                warnings.warn(
+                    f"specforge-dpace: objective {ep.name!r} from {source} clashes with one from "
+                    f"{self._entries[ep.name].source}; keeping the first",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            self._entries[ep.name] = LossInfo(
+                ep.name,
+                factory,
+                _options_of(factory),
+                source,
+                getattr(factory, "description", "") or "",
+                bool(getattr(factory, "needs_correct", False)),
+            )
+        if not own_found:  # running from a source tree without installed metadata
+            for name, factory in _builtin_factories().items():
+                if name not in self._entries:
+                    self._entries[name] = LossInfo(
+                        name, factory, _options_of(factory), BUILTIN_SOURCE, factory.description, factory.needs_correct
+                    )
+
+    # --- lookup -------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        self._ensure_discovered()
+        return sorted(self._entries)
+
+    def info(self, name: str) -> LossInfo:
+        self._ensure_discovered()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown objective {name!r}; registered objectives: {', '.join(self.names())}. "
+                f"Combine them with the spec grammar: {GRAMMAR}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure_discovered()
+        return name in self._entries
+
+    def create(self, name: str, **options: Any) -> BlockObjective:
+        info = self.info(name)
+        unknown = sorted(set(options) - set(info.options))
+        if unknown:
+            accepted = ", ".join(f"{k} ({o.describe()})" for k, o in info.options.items()) or "none"
+            raise ValueError(f"{name}: unknown option(s) {unknown}; accepted options: {accepted}")
+        coerced = {k: info.options[k].coerce(name, k, v) for k, v in options.items()}
+        objective = info.factory(**coerced)
+        for attr in ("chunk_terms", "reduce"):
+            if not callable(getattr(objective, attr, None)):
+                raise TypeError(
+                    f"objective {name!r} from {info.source}: factory returned {type(objective).__name__}, "
+                    f"which has no {attr}(); subclass specforge_dpace.losses.BlockObjective"
+                )
+        return objective
+
+    def build(self, spec: Any, options: Optional[Mapping[str, Any]] = None) -> Objective:
+        """Objective from a name or composite spec (or an objective, returned as is).
+
+        ``options`` apply to a single-term spec, on top of options written in the spec.
+        """
+        if isinstance(spec, (BlockObjective, CompositeObjective)):
+            if options:
+                raise ValueError(f"options {dict(options)} cannot be applied to an already built {spec!r}")
+            return spec
+        if not isinstance(spec, str):
+            raise TypeError(f"objective spec must be a string, got {type(spec).__name__} {spec!r}")
+        terms = parse_spec(spec)
+        options = dict(options or {})
+        if options:
+            if len(terms) != 1:
+                raise ValueError(
+                    f"separate options {options} apply only to a single-term spec, but {spec!r} has "
+                    f"{len(terms)} terms; write them inside the spec, e.g. 'dpace(alpha=0.3) + 0.3*chain'"
+                )
+            clash = sorted(set(options) & set(terms[0].options))
+            if clash:
+                raise ValueError(f"option(s) {clash} given both in the spec {spec!r} and separately")
+            terms = [Term(terms[0].name, terms[0].weight, {**terms[0].options, **options})]
+        built = [(t.weight, self.create(t.name, **t.options)) for t in terms]
+        if len(built) == 1 and built[0][0] == 1.0:
+            return built[0][1]
+        return CompositeObjective(built)
+
+
+default_registry = LossRegistry()
+
+
+def register_loss(
+    name: str,
+    factory: Callable[..., BlockObjective],
+    *,
+    replace: bool = False,
+    description: Optional[str] = None,
+) -> LossInfo:
+    """Register an objective in the default registry (refuses duplicates unless ``replace``)."""
+    return default_registry.register(name, factory, replace=replace, description=description)
+
+
+def available_losses() -> list[str]:
+    """Sorted names of every registered objective (built-ins and discovered plugins)."""
+    return default_registry.names()
+
+
+def loss_info(name: str) -> LossInfo:
+    return default_registry.info(name)
+
+
+def build_loss(spec: Any, options: Optional[Mapping[str, Any]] = None, **more: Any) -> Objective:
+    """Build an objective from a name or composite spec, e.g. ``build_loss("dpace", alpha=0.3)``."""
+    merged = {**(options or {}), **more}
+    return default_registry.build(spec, merged or None)

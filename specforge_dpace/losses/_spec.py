@@ -1,0 +1,137 @@
+"""Parser for objective specs: one grammar for the CLI flag, YAML ``loss_type`` and Python.
+
+    spec   := term ('+' term)*
+    term   := [number '*'] name ['(' option (',' option)* ')']
+    option := key '=' value            (numbers, true/false, none)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+GRAMMAR = (
+    "spec := term ('+' term)* ; term := [number '*'] name ['(' key=value (',' key=value)* ')'] ; "
+    "values: numbers, true/false, none. Example: 'dflash(gamma=10) + 0.3*first-error-focal + 40*chain'"
+)
+
+_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_NAME = r"[A-Za-z_][A-Za-z0-9_.\-]*"
+_TOKEN = re.compile(rf"\s*(?:(?P<number>{_NUMBER})|(?P<name>{_NAME})|(?P<punct>[*+(),=-]))")
+
+
+class SpecError(ValueError):
+    """A malformed objective spec; the message shows the spec, the position and the grammar."""
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _tokenize(spec: str) -> list[tuple[str, str, int]]:
+    tokens, pos = [], 0
+    stripped = spec.rstrip()
+    while pos < len(stripped):
+        match = _TOKEN.match(stripped, pos)
+        if not match or match.end() == pos:
+            raise _error(spec, pos, f"unexpected character {stripped[pos]!r}")
+        kind = match.lastgroup
+        start = match.start(kind)
+        tokens.append((kind, match.group(kind), start))
+        pos = match.end()
+    return tokens
+
+
+def _error(spec: str, pos: int, what: str) -> SpecError:
+    return SpecError(f"malformed objective spec {spec!r} at position {pos}: {what}. Grammar: {GRAMMAR}")
+
+
+def _value(kind: str, text: str) -> Any:
+    if kind == "number":
+        number = float(text)
+        return int(number) if re.fullmatch(r"[+-]?\d+", text) else number
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    return text
+
+
+def parse_spec(spec: str) -> list[Term]:
+    """Split a spec into weighted terms; raises :class:`SpecError` with the grammar on bad input."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"empty objective spec {spec!r}. Grammar: {GRAMMAR}")
+    tokens = _tokenize(spec)
+    terms: list[Term] = []
+    i = 0
+
+    def peek(offset: int = 0):
+        j = i + offset
+        return tokens[j] if j < len(tokens) else ("end", "", len(spec))
+
+    while True:
+        weight = 1.0
+        kind, text, pos = peek()
+        if kind == "number":
+            if peek(1)[1] != "*":
+                raise _error(spec, peek(1)[2], "a weight must be followed by '*'")
+            weight = float(text)
+            i += 2
+            kind, text, pos = peek()
+        if kind != "name":
+            raise _error(spec, pos, f"expected an objective name, found {text or 'end of spec'!r}")
+        name = text
+        i += 1
+        options: dict[str, Any] = {}
+        if peek()[1] == "(":
+            i += 1
+            while True:
+                kind, key, pos = peek()
+                if kind != "name":
+                    raise _error(spec, pos, f"expected an option name, found {key or 'end of spec'!r}")
+                if peek(1)[1] != "=":
+                    raise _error(spec, peek(1)[2], f"expected '=' after option {key!r}")
+                vkind, vtext, vpos = peek(2)
+                sign = ""
+                if vtext == "-" and peek(3)[0] == "number":
+                    sign, (vkind, vtext, vpos) = "-", peek(3)
+                    i += 1
+                if vkind not in ("number", "name"):
+                    raise _error(spec, vpos, f"expected a value for option {key!r}")
+                if key in options:
+                    raise _error(spec, pos, f"option {key!r} given twice")
+                options[key] = _value(vkind, sign + vtext)
+                i += 3
+                kind, text, pos = peek()
+                i += 1
+                if text == ")":
+                    break
+                if text != ",":
+                    raise _error(spec, pos, "expected ',' or ')'")
+        terms.append(Term(name=name, weight=weight, options=options))
+        kind, text, pos = peek()
+        if kind == "end":
+            return terms
+        if text != "+":
+            raise _error(spec, pos, f"expected '+' between terms, found {text!r}")
+        i += 1
+
+
+def format_spec(terms: list[Term]) -> str:
+    """Inverse of :func:`parse_spec` (canonical spacing)."""
+    from ._base import _format_value
+
+    parts = []
+    for term in terms:
+        text = term.name
+        if term.options:
+            text += "(" + ",".join(f"{k}={_format_value(v)}" for k, v in term.options.items()) + ")"
+        if term.weight != 1.0:
+            text = f"{term.weight:g}*{text}"
+        parts.append(text)
+    return " + ".join(parts)
