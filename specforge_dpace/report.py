@@ -1,0 +1,217 @@
+"""Tables, JSON, CSV and PNG plots: the one reporting module shared by evaluate, demo and bench.
+
+Pure standard library except for plots (matplotlib, imported lazily with the Agg backend).
+Files are written atomically (temporary file + rename) so an interrupted run never leaves a
+half-written report behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return format(value, floatfmt)
+    return str(value)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], columns: Optional[Sequence[str]]) -> list[str]:
+    if columns is not None:
+        return list(columns)
+    seen: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in seen:
+                seen.append(key)
+    return seen
+
+
+def format_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Optional[Sequence[str]] = None,
+    *,
+    floatfmt: str = ".4g",
+    title: Optional[str] = None,
+) -> str:
+    """Plain-text table with aligned columns (numbers right-aligned)."""
+    cols = _columns(rows, columns)
+    cells = [[_cell(row.get(c), floatfmt) for c in cols] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    numeric = [all(isinstance(row.get(c), (int, float)) or row.get(c) is None for row in rows) for c in cols]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    out = []
+    if title:
+        out.append(title)
+    out.append(line(cols))
+    out.append("  ".join("-" * w for w in widths))
+    out.extend(line(r) for r in cells)
+    return "\n".join(out)
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], columns: Optional[Sequence[str]] = None, *, floatfmt: str = ".4g"
+) -> str:
+    """GitHub-flavoured Markdown table."""
+    cols = _columns(rows, columns)
+    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in rows:
+        out.append("| " + " | ".join(_cell(row.get(c), floatfmt) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def _atomic_write(path: Path | str, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu().tolist()
+    except ImportError:  # pragma: no cover - torch is a base dependency
+        pass
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: Path | str, data: Any) -> Path:
+    """Atomic, pretty-printed JSON (tensors become lists, NaN becomes null)."""
+    return _atomic_write(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    return _atomic_write(path, text if text.endswith("\n") else text + "\n")
+
+
+def write_csv(path: Path | str, rows: Sequence[Mapping[str, Any]], columns: Optional[Sequence[str]] = None) -> Path:
+    cols = _columns(rows, columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _jsonable(row.get(c)) for c in cols})
+    return _atomic_write(path, buffer.getvalue())
+
+
+def append_jsonl(path: Path | str, record: Mapping[str, Any]) -> None:
+    """Append one JSON line and flush it to disk (results survive a crash)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(_jsonable(record)) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: Path | str) -> list[dict]:
+    """Records of a JSONL file; a torn last line (crash mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def grouped_bar_plot(
+    path: Path | str,
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[Optional[float]]],
+    *,
+    title: str = "",
+    ylabel: str = "",
+    errors: Optional[Mapping[str, Sequence[Optional[float]]]] = None,
+    baseline: Optional[float] = None,
+) -> Path:
+    """Grouped bars: one group per entry of ``groups``, one bar per series, values annotated."""
+    panels = [(title, ylabel, series, errors, baseline)]
+    return multi_panel_bar_plot(path, groups, panels)
+
+
+def multi_panel_bar_plot(
+    path: Path | str,
+    groups: Sequence[str],
+    panels: Iterable[tuple[str, str, Mapping[str, Sequence[Optional[float]]], Any, Optional[float]]],
+) -> Path:
+    """Side-by-side grouped bar charts sharing ``groups``; each panel is
+    ``(title, ylabel, series, errors_or_None, baseline_or_None)``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    panels = list(panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 1.6 + 1.2 * len(groups)) * len(panels), 4.2))
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for ax, (title, ylabel, series, errors, baseline) in zip(axes, panels):
+        names = list(series)
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            values = [float("nan") if v is None else float(v) for v in series[name]]
+            xs = [g + (i - (len(names) - 1) / 2) * width for g in range(len(groups))]
+            err = None
+            if errors and name in errors:
+                err = [0.0 if e is None else float(e) for e in errors[name]]
+            bars = ax.bar(xs, values, width, label=name, yerr=err, capsize=3)
+            for bar, value in zip(bars, values):
+                if not math.isnan(value):
+                    ax.annotate(
+                        f"{value:.3g}",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                    )
+        if baseline is not None:
+            ax.axhline(baseline, color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, rotation=15 if len(groups) > 4 else 0)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        if len(names) > 1:
+            ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
