@@ -1,40 +1,45 @@
 """specforge-dpace: acceptance-aware objectives for SpecForge DFlash drafters.
 
-Importing this package is cheap; the SpecForge hooks import SpecForge only when installed.
+The public API is re-exported here lazily (PEP 562), so ``import specforge_dpace`` -- which
+the start-up ``.pth`` hook does in every process -- imports neither torch nor SpecForge.
 """
 
-from .losses import available_losses, block_loss, build_loss, register_loss
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    # objectives
+    "available_losses": "specforge_dpace.losses",
+    "block_loss": "specforge_dpace.losses",
+    "build_loss": "specforge_dpace.losses",
+    "register_loss": "specforge_dpace.losses",
+    "loss_info": "specforge_dpace.losses",
+    "parse_spec": "specforge_dpace.losses",
+    "BlockObjective": "specforge_dpace.losses",
+    "CompositeObjective": "specforge_dpace.losses",
+    "Option": "specforge_dpace.losses",
+    # SpecForge hooks
+    "install": "specforge_dpace.hooks",
+    "uninstall": "specforge_dpace.hooks",
+    "is_installed": "specforge_dpace.hooks",
+    "detect_layout": "specforge_dpace.hooks",
+}
 
-def install(**kwargs):
-    """Patch the SpecForge layout found in this environment (see :mod:`specforge_dpace.hooks`)."""
-    from .hooks import install as _install
-
-    return _install(**kwargs)
+__all__ = ["__version__", *_EXPORTS]
 
 
-def uninstall():
-    """Restore every attribute :func:`install` patched."""
-    from .hooks import uninstall as _uninstall
-
-    return _uninstall()
-
-
-def is_installed() -> bool:
-    from .hooks import is_installed as _is_installed
-
-    return _is_installed()
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'specforge_dpace' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-__all__ = [
-    "__version__",
-    "available_losses",
-    "block_loss",
-    "build_loss",
-    "install",
-    "is_installed",
-    "register_loss",
-    "uninstall",
-]
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,96 @@
+"""Hook for ``specforge.config.schema``: ``training.loss_type`` takes any objective spec.
+
+SpecForge's ``TrainingConfig`` is strict (``extra="forbid"``) with ``loss_type`` a closed
+``Literal``.  The patch swaps that field for a string validated against the objective registry
+(unknown names still fail, listing the registered ones), adds ``training.loss_options``, and
+rebuilds the models that embed ``TrainingConfig``.  Reverting restores the original field
+objects and rebuilds again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ._patching import PatchSet
+
+TARGET_MODULE = "specforge.config.schema"
+
+
+def _validate_spec(value: Any, info: Any) -> Any:
+    from ._plan import plan_objective
+
+    plan_objective(value, dpace_alpha=(info.data or {}).get("dpace_alpha", 0.5))
+    return value
+
+
+def _validate_options(value: Any, info: Any) -> Any:
+    from ._plan import plan_objective
+
+    data = info.data or {}
+    if value and "loss_type" in data:  # loss_type failed already when absent from data
+        plan_objective(
+            data["loss_type"],
+            dpace_alpha=data.get("dpace_alpha", 0.5),
+            loss_decay_gamma=data.get("loss_decay_gamma"),
+            loss_options=value,
+        )
+    return value
+
+
+class _FieldsPatch(PatchSet):
+    """Model-field replacement; ``revert`` restores the fields and rebuilds the pydantic models."""
+
+    def __init__(self, label: str, models: list) -> None:
+        super().__init__(label)
+        self.models = models
+
+    def revert(self) -> None:
+        super().revert()
+        for model in self.models:
+            model.model_rebuild(force=True)
+
+
+def apply(module: Any) -> PatchSet:
+    from typing import Annotated
+
+    from pydantic import AfterValidator
+    from pydantic.fields import FieldInfo
+
+    training = module.TrainingConfig
+    fields = training.model_fields
+    patches = _FieldsPatch(TARGET_MODULE, [training, module.Config])
+    if "loss_options" in fields:
+        return patches  # already patched
+    original = fields["loss_type"]
+    loss_type = FieldInfo.from_annotated_attribute(
+        Annotated[str, AfterValidator(_validate_spec)], original.default
+    )
+    loss_type.description = "objective name or composite spec (specforge-dpace)"
+    loss_options = FieldInfo.from_annotated_attribute(
+        Annotated[Optional[dict[str, Any]], AfterValidator(_validate_options)], None
+    )
+    loss_options.description = "options of a single-term loss_type and path options (specforge-dpace)"
+    patches.set(_FieldDict(fields), "loss_type", loss_type)
+    patches.set(_FieldDict(fields), "loss_options", loss_options)
+    for model in patches.models:
+        model.model_rebuild(force=True)
+    return patches
+
+
+class _FieldDict:
+    """Attribute view of a dict so PatchSet can record and restore entries."""
+
+    def __init__(self, mapping: dict) -> None:
+        object.__setattr__(self, "_mapping", mapping)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._mapping[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self._mapping[key] = value
+
+    def __delattr__(self, key: str) -> None:
+        del self._mapping[key]
