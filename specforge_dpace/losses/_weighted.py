@@ -14,12 +14,18 @@ import torch
 from ._base import BlockObjective, Option, Tensor, mask_as
 
 
-def decay_weights(block_size: int, gamma: Optional[float], device: torch.device) -> Optional[Tensor]:
-    """``exp(-max(k-1, 0) / gamma)`` over slots, or None when gamma is unset or <= 0."""
+def decay_weights(
+    block_size: int, gamma: Optional[float], device: torch.device, dtype: torch.dtype = torch.float32
+) -> Optional[Tensor]:
+    """``exp(-max(k-1, 0) / gamma)`` over slots, or None when gamma is unset or <= 0.
+
+    fp32 unless asked for fp64 (SpecForge computes it in fp32; fp32 results stay bit-identical).
+    """
     if gamma is None or gamma <= 0:
         return None
     positions = torch.arange(block_size, device=device).view(1, 1, -1)
-    return torch.exp(-(positions - 1).clamp(min=0).float() / gamma)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.exp(-(positions - 1).clamp(min=0).to(work) / gamma)
 
 
 class DFlashLoss(BlockObjective):
@@ -32,7 +38,7 @@ class DFlashLoss(BlockObjective):
 
     def _weights(self, nlq: Tensor, mask: Tensor) -> Tensor:
         weights = mask_as(mask, nlq)
-        decay = decay_weights(nlq.shape[-1], self.gamma, nlq.device)
+        decay = decay_weights(nlq.shape[-1], self.gamma, nlq.device, nlq.dtype)
         return weights if decay is None else weights * decay
 
     def _terms(self, nlq, mask, correct):

@@ -1,0 +1,26 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/_tiny_specforge.py and friends
+
+try:
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture
+def specforge_installed():
+    """SpecForge's unified layout with the plugin hook installed (reverted afterwards if we installed it)."""
+    pytest.importorskip("specforge")
+    import specforge_dpace
+
+    was = specforge_dpace.is_installed("unified-model")
+    specforge_dpace.install()
+    yield
+    if not was:
+        specforge_dpace.uninstall()
