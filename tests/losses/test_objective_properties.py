@@ -183,3 +183,17 @@ def test_masked_slot_in_the_middle_is_a_noop_for_acceptance():
     correct = torch.tensor([[[False, True, False, True]]])
     tau_num, tau_den = acceptance_terms(nlq, mask, correct)["sim_tau"]
     assert (tau_num / tau_den).item() == 3.0  # both valid slots accepted; the masked one is skipped
+
+
+@pytest.mark.parametrize("spec", [*BUILTIN_NAMES, "dflash(gamma=7)"])
+def test_specforge_cross_microbatch_normalization_is_exact_for_single_terms(spec):
+    """SpecForge back-propagates each micro-batch's numerator and divides by the summed denominators
+    (accumulation steps and ranks): for one objective that equals the loss of the union batch."""
+    objective = build_loss(spec)
+    a = case(B=2, seed=21)
+    b = case(B=3, seed=22)
+    reported = [objective.reduce(*objective.chunk_terms(*mb), mb[0].shape[0]) for mb in (a, b)]
+    trainer_loss = sum(r.numerator for r in reported) / sum(r.denominator for r in reported)
+    union = [torch.cat([x, y]) for x, y in zip(a, b)]
+    union_loss = objective.reduce(*objective.chunk_terms(*union), 5).loss
+    torch.testing.assert_close(trainer_loss, union_loss, rtol=1e-12, atol=1e-12)
