@@ -53,7 +53,7 @@ class _FieldsPatch(PatchSet):
 def apply(module: Any) -> PatchSet:
     from typing import Annotated
 
-    from pydantic import AfterValidator
+    from pydantic import AfterValidator, Field
     from pydantic.fields import FieldInfo
 
     training = module.TrainingConfig
@@ -67,7 +67,7 @@ def apply(module: Any) -> PatchSet:
     )
     loss_type.description = "objective name or composite spec (specforge-dpace)"
     loss_options = FieldInfo.from_annotated_attribute(
-        Annotated[Optional[dict[str, Any]], AfterValidator(_validate_options)], None
+        Annotated[Optional[dict[str, Any]], AfterValidator(_validate_options)], Field(default_factory=dict)
     )
     loss_options.description = "options of a single-term loss_type and path options (specforge-dpace)"
     patches.set(_FieldDict(fields), "loss_type", loss_type)

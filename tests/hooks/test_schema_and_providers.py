@@ -36,6 +36,10 @@ def test_yaml_with_plugin_objective_and_options_validates(specforge_installed, t
     assert config.training.loss_options == {"fused": False}
     overridden = load_config(write_yaml(tmp_path, "  loss_type: dflash\n"), ["training.loss_type=auf"])
     assert overridden.training.loss_type == "auf"
+    with_options = load_config(
+        write_yaml(tmp_path, "  loss_type: dpace\n"), ["training.loss_options={alpha: 0.25, fused: false}"]
+    )
+    assert with_options.training.loss_options == {"alpha": 0.25, "fused": False}
 
 
 @pytest.mark.parametrize(

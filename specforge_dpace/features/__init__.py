@@ -1,0 +1,30 @@
+"""Offline features for SpecForge's trainer, captured from a Hugging Face target on any device.
+
+``capture_offline_features`` writes SpecForge's ``specforge_hidden_states_v1`` files (what
+``data.hidden_states_path`` reads); ``make_tiny_offline_setup`` builds a complete tiny,
+download-free setup (tokenizer, Qwen3 target, DFlash draft config, features) for CPU runs.
+Importing this package imports neither torch nor SpecForge.
+"""
+
+from .capture import (
+    FEATURE_FORMAT,
+    FEATURE_SUFFIX,
+    capture_offline_features,
+    load_target,
+    read_feature_file,
+    target_layer_ids_from_draft_config,
+)
+from .tiny import TinySizes, make_tiny_offline_setup, records_from_pairs, synthetic_pairs
+
+__all__ = [
+    "FEATURE_FORMAT",
+    "FEATURE_SUFFIX",
+    "TinySizes",
+    "capture_offline_features",
+    "load_target",
+    "make_tiny_offline_setup",
+    "read_feature_file",
+    "records_from_pairs",
+    "synthetic_pairs",
+    "target_layer_ids_from_draft_config",
+]
