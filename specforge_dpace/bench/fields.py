@@ -1,0 +1,144 @@
+"""The one place that maps SGLang ``/generate`` ``meta_info`` field names to our names.
+
+SGLang renamed its speculative-decoding counters several times between 0.5.11 and 0.5.23
+(DESIGN.md section 5). Every other module asks :func:`extract` for canonical values and never
+reads a raw SGLang key itself, so a new rename is a one-line change here.
+
+The version profiles below are the field sets observed in SGLang payloads of each release
+range; :func:`extract` does not need the version: it accepts any known alias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+# canonical name -> accepted SGLang meta_info keys, newest first
+ALIASES: dict[str, tuple[str, ...]] = {
+    "completion_tokens": ("completion_tokens",),
+    "verify_ct": ("spec_verify_ct",),
+    "accept_length": ("spec_accept_length",),
+    "num_correct_drafts": ("spec_accepted_drafts", "spec_num_correct_drafts", "spec_accept_token_num"),
+    "num_proposed_drafts": ("spec_proposed_drafts", "spec_num_proposed_drafts", "spec_draft_token_num"),
+    "histogram": ("spec_correct_drafts_histogram", "spec_accept_histogram"),
+}
+
+# version range -> canonical name -> the key that release range emits (used by the loopback
+# stand-in to speak each dialect and by the tests to prove every dialect is understood)
+PROFILES: dict[str, dict[str, str]] = {
+    "0.5.11": {
+        "completion_tokens": "completion_tokens",
+        "verify_ct": "spec_verify_ct",
+        "num_correct_drafts": "spec_accept_token_num",
+        "num_proposed_drafts": "spec_draft_token_num",
+        "histogram": "spec_accept_histogram",
+    },
+    "0.5.14": {
+        "completion_tokens": "completion_tokens",
+        "verify_ct": "spec_verify_ct",
+        "accept_length": "spec_accept_length",
+        "num_correct_drafts": "spec_num_correct_drafts",
+        "num_proposed_drafts": "spec_num_proposed_drafts",
+        "histogram": "spec_correct_drafts_histogram",
+    },
+    "0.5.23": {
+        "completion_tokens": "completion_tokens",
+        "verify_ct": "spec_verify_ct",
+        "accept_length": "spec_accept_length",
+        "num_correct_drafts": "spec_accepted_drafts",
+        "num_proposed_drafts": "spec_proposed_drafts",
+        "histogram": "spec_correct_drafts_histogram",
+    },
+}
+
+
+def profile_for(version: str) -> dict[str, str]:
+    """Field names SGLang ``version`` emits (the newest profile not newer than it)."""
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split(".")[:3] if p.isdigit())
+
+    try:
+        wanted = key(version)
+    except ValueError:
+        wanted = ()
+    if not wanted:
+        raise ValueError(f"cannot parse SGLang version {version!r}; expected e.g. 0.5.14")
+    eligible = [v for v in PROFILES if key(v) <= wanted]
+    if not eligible:
+        raise ValueError(
+            f"SGLang {version} predates DFlash serving (needs >= 0.5.11); known profiles: {sorted(PROFILES)}"
+        )
+    return PROFILES[max(eligible, key=key)]
+
+
+class MetaFieldError(ValueError):
+    """A ``/generate`` response lacks the fields acceptance is computed from."""
+
+
+@dataclass(frozen=True)
+class SpecMeta:
+    completion_tokens: int
+    verify_ct: Optional[int]
+    accept_length: Optional[float]
+    num_correct_drafts: Optional[int]
+    num_proposed_drafts: Optional[int]
+    histogram: Optional[list[int]]
+
+
+def _first(meta: Mapping[str, Any], canonical: str) -> Any:
+    for key in ALIASES[canonical]:
+        if key in meta and meta[key] is not None:
+            return meta[key]
+    return None
+
+
+def extract(meta: Any, *, speculative: bool) -> SpecMeta:
+    """Canonical acceptance fields of one final ``meta_info``.
+
+    With ``speculative=True`` the verify count must be present and positive; otherwise the
+    server is not running speculative decoding (or speaks an unknown dialect) and tau would
+    be meaningless, so this raises :class:`MetaFieldError` naming the keys it looked for.
+    """
+    if not isinstance(meta, Mapping):
+        raise MetaFieldError(f"meta_info must be a JSON object, got {type(meta).__name__}: {meta!r:.200}")
+    tokens = _first(meta, "completion_tokens")
+    if tokens is None:
+        raise MetaFieldError(
+            f"meta_info has no completion token count (looked for {ALIASES['completion_tokens']}); "
+            f"keys present: {sorted(meta)}"
+        )
+    verify = _first(meta, "verify_ct")
+    accept = _first(meta, "accept_length")
+    hist = _first(meta, "histogram")
+    if speculative and (verify is None or int(verify) <= 0):
+        raise MetaFieldError(
+            "meta_info has no positive speculative verify count (looked for "
+            f"{ALIASES['verify_ct']}; got {verify!r}); keys present: {sorted(meta)}. Is the server running "
+            "with --speculative-algorithm DFLASH, and is its SGLang version in 0.5.11..0.5.23?"
+        )
+    correct = _first(meta, "num_correct_drafts")
+    proposed = _first(meta, "num_proposed_drafts")
+    try:
+        return SpecMeta(
+            completion_tokens=int(tokens),
+            verify_ct=None if verify is None else int(verify),
+            accept_length=None if accept is None else float(accept),
+            num_correct_drafts=None if correct is None else int(correct),
+            num_proposed_drafts=None if proposed is None else int(proposed),
+            histogram=None if not hist else [int(x) for x in hist],
+        )
+    except (TypeError, ValueError) as exc:
+        raise MetaFieldError(f"meta_info acceptance fields have non-numeric values: {exc}") from exc
+
+
+def server_average_accept_length(info: Any) -> Optional[float]:
+    """``internal_states[0].avg_spec_accept_length`` of ``/server_info`` (None when absent)."""
+    if not isinstance(info, Mapping):
+        return None
+    states = info.get("internal_states")
+    if isinstance(states, list) and states and isinstance(states[0], Mapping):
+        value = states[0].get("avg_spec_accept_length")
+        if value is not None:
+            return float(value)
+    value = info.get("avg_spec_accept_length")
+    return None if value is None else float(value)

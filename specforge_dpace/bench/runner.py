@@ -1,0 +1,203 @@
+"""Benchmark orchestration: for each server (baseline, then each drafter) x dataset x temperature,
+send the prompts not yet in ``requests.jsonl`` and record the answers as they arrive.
+
+Servers are launched from this (main) thread one at a time and always stopped in ``finally``;
+a server that dies or answers malformed responses aborts the run with its log tail, and
+everything recorded so far stays for the next (resumed) run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from specforge_dpace.bench import client as client_mod
+from specforge_dpace.bench import fields, server as server_mod
+from specforge_dpace.bench.datasets import Prompt, TemplateChoice
+from specforge_dpace.bench.results import BASELINE, ResultStore, record_key
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on (server died, malformed answer, ...); results so far are kept."""
+
+
+@dataclass
+class BenchConfig:
+    target: str
+    drafters: dict[str, str]
+    prompts: dict[str, list[Prompt]]
+    out_dir: Path
+    temperatures: list[float] = field(default_factory=lambda: [0.0])
+    max_new_tokens: int = 256
+    concurrency: int = 1
+    server_args: list[str] = field(default_factory=list)
+    launcher: Optional[str] = None
+    server_urls: dict[str, str] = field(default_factory=dict)
+    health_timeout_s: float = 900.0
+    request_timeout_s: float = 600.0
+    time_budget_s: float = 24 * 3600.0
+    warmup: int = 2
+    template: TemplateChoice = field(default_factory=lambda: TemplateChoice("raw", None))
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: Optional[int] = None
+    baseline: bool = True
+    backend: str = "sglang"
+    block_sizes: dict[str, int] = field(default_factory=dict)
+
+    def servers(self) -> list[tuple[str, Optional[str]]]:
+        out = [(BASELINE, None)] if self.baseline else []
+        return out + list(self.drafters.items())
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    dataset: str
+    temperature: float
+    prompt: Prompt
+    text: str
+
+
+def make_record(cfg: BenchConfig, drafter: str, item: WorkItem, **values: Any) -> dict:
+    return {
+        "backend": cfg.backend, "drafter": drafter, "dataset": item.dataset, "temperature": item.temperature,
+        "max_new_tokens": cfg.max_new_tokens, "template": cfg.template.describe(),
+        "prompt_id": item.prompt.prompt_id, **values, "finished_at": time.time(),
+    }
+
+
+def pending_items(cfg: BenchConfig, store: ResultStore, drafter: str, render: Callable[[str], str]) -> list[WorkItem]:
+    items = []
+    for dataset, prompts in cfg.prompts.items():
+        for temperature in cfg.temperatures:
+            for p in prompts:
+                item = WorkItem(dataset, temperature, p, "")
+                if not store.is_done(record_key(make_record(cfg, drafter, item))):
+                    items.append(WorkItem(dataset, temperature, p, render(p.message)))
+    return items
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="req", leave=False)
+    except ImportError:  # pragma: no cover - tqdm is in the bench extra
+        return None
+
+
+def run_server(cfg: BenchConfig, store: ResultStore, name: str, draft: Optional[str],
+               render: Callable[[str], str], on_server: Callable[[str, dict], None] = lambda n, i: None) -> int:
+    """Measure every pending item on one server; returns the number of requests recorded."""
+    items = pending_items(cfg, store, name, render)
+    if not items:
+        print(f"[bench] {name}: already complete in {store.requests_path}, skipping")
+        return 0
+    speculative = draft is not None
+    if name in cfg.server_urls:
+        srv = server_mod.attach(name, cfg.server_urls[name], cfg.health_timeout_s)
+    else:
+        srv = server_mod.launch(
+            name, cfg.target, store.logs_dir / f"{name}.log", draft_path=draft,
+            block_size=cfg.block_sizes.get(name), extra_args=cfg.server_args, launcher=cfg.launcher,
+            health_timeout=cfg.health_timeout_s,
+        )
+    recorded = 0
+    try:
+        api = client_mod.SGLangClient(srv.url, cfg.request_timeout_s)
+
+        def fail(what: str, exc: BaseException) -> BenchError:
+            for _ in range(20):  # a crashing server may take a moment to be reaped
+                if not srv.alive():
+                    break
+                time.sleep(0.05)
+            if not srv.alive():
+                return BenchError(srv.describe_failure(f"died during the run ({exc})"))
+            return BenchError(srv.describe_failure(f"{what}: {exc}"))
+
+        try:
+            on_server(name, api.server_info())
+        except client_mod.RequestError:
+            on_server(name, {})
+        for item in items[: cfg.warmup]:  # warm-up: not recorded; flushed before measuring
+            try:
+                api.generate(item.text, client_mod.Sampling(item.temperature, min(32, cfg.max_new_tokens),
+                                                            cfg.top_p, cfg.top_k, cfg.seed))
+            except client_mod.RequestError as exc:
+                raise fail("failed the warm-up request", exc) from exc
+        groups: dict[tuple, list[WorkItem]] = {}
+        for item in items:
+            groups.setdefault((item.dataset, item.temperature), []).append(item)
+        for (dataset, temperature), group in groups.items():
+            sampling = client_mod.Sampling(temperature, cfg.max_new_tokens, cfg.top_p, cfg.top_k, cfg.seed)
+            try:
+                api.flush_cache()
+            except client_mod.RequestError as exc:
+                raise fail("refused /flush_cache", exc) from exc
+            bar = _progress(len(group), f"{name} {dataset} T={temperature:g}")
+            segment = 0
+            segment_steps = 0
+
+            def work(it: WorkItem) -> tuple[dict, float]:
+                start = time.perf_counter()
+                out = api.generate(it.text, sampling)
+                return out, time.perf_counter() - start
+
+            def done(it: WorkItem, result: tuple[dict, float]) -> None:
+                nonlocal segment, segment_steps, recorded
+                out, latency = result
+                meta = fields.extract(out.get("meta_info"), speculative=speculative)
+                store.add(make_record(
+                    cfg, name, it, completion_tokens=meta.completion_tokens,
+                    verify_ct=meta.verify_ct if speculative else None,
+                    accept_length=meta.accept_length, num_correct_drafts=meta.num_correct_drafts,
+                    num_proposed_drafts=meta.num_proposed_drafts, histogram=meta.histogram,
+                    latency_s=latency,
+                ))
+                segment += 1
+                segment_steps += meta.verify_ct or 0
+                recorded += 1
+                if bar is not None:
+                    bar.update(1)
+
+            try:
+                finished = client_mod.run_bounded(group, work, done, concurrency=cfg.concurrency,
+                                                  deadline_s=cfg.time_budget_s)
+            except (client_mod.RequestError, fields.MetaFieldError, TimeoutError) as exc:
+                raise fail("gave a bad /generate answer", exc) from exc
+            finally:
+                if bar is not None:
+                    bar.close()
+            avg = None
+            if speculative and segment:
+                try:
+                    avg = fields.server_average_accept_length(api.server_info())
+                except client_mod.RequestError:
+                    avg = None
+            store.add_server_stat({"backend": cfg.backend, "drafter": name, "dataset": dataset,
+                                   "temperature": temperature, "avg": avg, "requests": segment,
+                                   "verify_steps": segment_steps})
+            if finished < len(group):
+                raise BenchError(f"time budget of {cfg.time_budget_s:.0f}s reached on {name} {dataset}; "
+                                 "run the same command again to resume")
+    finally:
+        srv.stop()
+    return recorded
+
+
+def run_sglang(cfg: BenchConfig, store: ResultStore, render: Callable[[str], str],
+               on_server: Callable[[str, dict], None] = lambda n, i: None) -> int:
+    total = 0
+    for name, draft in cfg.servers():
+        total += run_server(cfg, store, name, draft, render, on_server)
+    return total
+
+
+def config_summary(cfg: BenchConfig) -> dict[str, Any]:
+    data = asdict(cfg)
+    data["prompts"] = {k: len(v) for k, v in cfg.prompts.items()}
+    data["template"] = cfg.template.describe()
+    data["out_dir"] = str(cfg.out_dir)
+    return data

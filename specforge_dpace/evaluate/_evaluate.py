@@ -1,0 +1,140 @@
+"""The evaluator's entry points: an in-memory (target, draft) pair or checkpoint directories."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+from ._metrics import EvalResult, overall_metrics, prompt_record
+
+
+@dataclass
+class EvalConfig:
+    """Decoding settings.  ``temperature`` 0 = greedy verification, > 0 = speculative sampling;
+    ``block_size`` None = the draft's own; ``seed`` seeds one generator per prompt
+    (``seed + prompt index``) so results do not depend on the prompt order or count."""
+
+    temperature: float = 0.0
+    max_new_tokens: int = 128
+    block_size: Optional[int] = None
+    stop_token_ids: Sequence[int] = ()
+    seed: int = 0
+    show_progress: bool = True
+    baseline: bool = False  # also time plain autoregressive decoding of each prompt (for speed-up)
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} is invalid; accepted: >= 0 (0 = greedy)")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} is invalid; accepted: an int >= 1")
+        if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 2):
+            raise ValueError(f"block_size={self.block_size!r} is invalid; accepted: an int >= 2 or None (draft's own)")
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional for the library API
+        return items
+    return tqdm(items, desc=desc, unit="prompt")
+
+
+def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None) -> EvalResult:
+    """Speculative-decode every prompt (batch 1) and measure acceptance.
+
+    ``target``: an HF causal LM; ``draft``: a SpecForge ``DFlashDraftModel`` fitting it;
+    ``prompts``: token-id lists or 1-D LongTensors.  Raises ``ValueError`` when the pair does
+    not fit (hidden size, vocabulary, layer ids, mask token, block size)."""
+    import torch
+
+    from ._checkpoint import validate_pair
+    from ._prompts import load_prompts
+    from ._speculative import DFlashDecoder, autoregressive_reference
+
+    config = config or EvalConfig()
+    config.validate()
+    settings = validate_pair(target.config, draft.config, config.block_size or draft.block_size)
+    prompt_ids = load_prompts(prompts)
+    vocab = (target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config).vocab_size
+    for i, ids in enumerate(prompt_ids):
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the target vocabulary [0, {vocab - 1}]")
+    block_size = settings["block_size"]
+    decoder = DFlashDecoder(target, draft, block_size=block_size, temperature=config.temperature)
+    target.eval()
+    draft.eval()
+    records = []
+    for index in _progress(range(len(prompt_ids)), config.show_progress, "evaluate"):
+        generator = torch.Generator(device=decoder.device).manual_seed(int(config.seed) + index)
+        trace = decoder.decode(prompt_ids[index], config.max_new_tokens, config.stop_token_ids, generator)
+        record = prompt_record(index, len(prompt_ids[index]), trace, block_size)
+        if config.baseline:
+            generator = torch.Generator(device=decoder.device).manual_seed(int(config.seed) + index)
+            t0 = time.perf_counter()
+            plain = autoregressive_reference(
+                target, prompt_ids[index], config.max_new_tokens, config.stop_token_ids, config.temperature, generator
+            )
+            if decoder.device.type == "cuda":
+                torch.cuda.synchronize(decoder.device)
+            record["baseline_tokens"] = len(plain)
+            record["baseline_s"] = time.perf_counter() - t0
+        records.append(record)
+    run_settings = asdict(config)
+    run_settings.pop("show_progress")
+    run_settings["stop_token_ids"] = [int(t) for t in config.stop_token_ids]
+    run_settings["block_size"] = block_size
+    overall = overall_metrics(records, block_size, run_settings)
+    if config.baseline:
+        base_s = sum(r["baseline_s"] for r in records)
+        overall["baseline_tokens_per_s"] = sum(r["baseline_tokens"] for r in records) / base_s if base_s else None
+        speed, base = overall["tokens_per_s"], overall["baseline_tokens_per_s"]
+        overall["speedup"] = speed / base if speed and base else None
+    return EvalResult(per_prompt=records, overall=overall)
+
+
+def evaluate_paths(
+    target_path,
+    draft_path,
+    prompts_path_or_list,
+    config: Optional[EvalConfig] = None,
+    tokenizer_path=None,
+    *,
+    num_prompts: Optional[int] = None,
+    device=None,
+) -> EvalResult:
+    """Load a target (HF directory) and a servable DFlash draft directory, then evaluate.
+
+    Prompts: a JSONL path (``"prompt"`` text or ``"input_ids"`` per line) or a list.  Text is
+    encoded with the tokenizer in ``tokenizer_path`` or, by default, ``target_path``."""
+    from ._checkpoint import load_draft, load_target, read_draft_config, validate_pair
+    from ._prompts import load_prompts, needs_tokenizer, read_prompt_records
+
+    config = config or EvalConfig()
+    config.validate()
+    target = load_target(target_path, device=device)
+    validate_pair(target.config, read_draft_config(draft_path), config.block_size)
+    draft = load_draft(draft_path, target.config, dtype=next(target.parameters()).dtype, device=device)
+    is_path = isinstance(prompts_path_or_list, str) or hasattr(prompts_path_or_list, "__fspath__")
+    items = read_prompt_records(prompts_path_or_list) if is_path else list(prompts_path_or_list)
+    encode = None
+    if needs_tokenizer(items[:num_prompts] if num_prompts else items):
+        from transformers import AutoTokenizer
+
+        source = tokenizer_path or target_path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"text prompts need a tokenizer, and none loads from {str(source)!r} ({exc}); pass a tokenizer "
+                "path or give input_ids in the prompts file"
+            ) from None
+
+        def encode(text: str) -> list:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prompts = load_prompts(items, encode, limit=num_prompts)
+    return evaluate_drafter(target, draft, prompts, config)

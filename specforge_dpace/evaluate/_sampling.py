@@ -1,0 +1,72 @@
+"""Verification rules of speculative decoding: which drafted tokens a target accepts.
+
+Pure functions over one block, so that the losslessness of each rule can be tested on
+hand-made distributions without any model (see tests/evaluate/test_sampling.py).
+
+Shapes for a block of ``K`` slots (slot 0 = last emitted token, slots 1..K-1 drafted):
+``draft_tokens[K-1]``, ``draft_probs[K-1, V]`` (q, the distribution each drafted token was
+sampled from), ``target_logits`` / ``target_probs[K, V]`` where row ``i`` is the target's
+distribution for the token after block slot ``i`` (row K-1 gives the bonus token).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def target_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Softmax at ``temperature`` in fp32 (the sampling distribution p or q)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for a sampling distribution, got {temperature}")
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tuple[int, int]:
+    """Greedy rule: accept the longest prefix equal to the target's argmax; the next token is
+    the target's argmax after that prefix.  Returns ``(accepted, next_token)``."""
+    target_choice = target_logits.argmax(dim=-1)  # [K]
+    agree = (draft_tokens == target_choice[:-1]).to(torch.int64)
+    accepted = int(agree.cumprod(dim=0).sum().item())
+    return accepted, int(target_choice[accepted].item())
+
+
+def _sample(probs: torch.Tensor, generator: Optional[torch.Generator]) -> int:
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def verify_sampling(
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor,
+    target_probs_: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[int, int]:
+    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), lossless in distribution.
+
+    Drafted token ``x_j`` is accepted with probability ``min(1, p_j(x_j) / q_j(x_j))``; at the
+    first rejection the next token is drawn from the normalized residual ``max(0, p_j - q_j)``;
+    if every drafted token is accepted the bonus token is drawn from ``p_{K-1}``.
+    Returns ``(accepted, next_token)``.
+    """
+    n_draft = int(draft_tokens.shape[0])
+    if draft_probs.shape[0] != n_draft or target_probs_.shape[0] != n_draft + 1:
+        raise ValueError(
+            f"shapes do not match: draft_tokens {tuple(draft_tokens.shape)}, draft_probs "
+            f"{tuple(draft_probs.shape)}, target_probs {tuple(target_probs_.shape)} (need K-1, K-1, K rows)"
+        )
+    device = generator.device if generator is not None else draft_probs.device
+    uniforms = torch.rand(n_draft, generator=generator, dtype=torch.float64, device=device)
+    for j in range(n_draft):
+        token = int(draft_tokens[j].item())
+        p = float(target_probs_[j, token].item())
+        q = float(draft_probs[j, token].item())
+        if q > 0 and float(uniforms[j].item()) * q < p:  # u < p/q without dividing by q
+            continue
+        residual = (target_probs_[j].double() - draft_probs[j].double()).clamp_min(0.0)
+        total = float(residual.sum().item())
+        # p == q up to rounding leaves an all-zero residual; a rejection then has probability ~0
+        # and p itself is the exact fallback.
+        choice = residual / total if total > 1e-12 else target_probs_[j].double()
+        return j, _sample(choice, generator)
+    return n_draft, _sample(target_probs_[n_draft].double(), generator)

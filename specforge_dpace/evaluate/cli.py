@@ -1,0 +1,110 @@
+"""``specforge-dpace evaluate``: offline DFlash acceptance (tau) of a draft checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "measure a DFlash drafter's acceptance length (tau) offline with an HF target (no SGLang, CPU ok)"
+DESCRIPTION = """Speculative decoding, batch 1, with an HF causal-LM target and a SpecForge DFlash draft
+checkpoint (the directory layout SGLang serves). Temperature 0 verifies greedily (output identical to
+the target's greedy decoding); temperature > 0 uses speculative sampling (lossless in distribution).
+
+Prints tau (tokens per verify step, bonus token included), the accepted-length histogram, per-slot
+acceptance, tokens/s and the draft/verify time split; writes eval.json and per_prompt.jsonl.
+
+Prompts file: JSONL, one object per line with "input_ids" (list of ints) or "prompt" (text, encoded
+without chat template by the tokenizer in --tokenizer or --target)."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", required=True, metavar="PATH", help="HF model directory of the target (local)")
+    parser.add_argument(
+        "--draft", required=True, metavar="PATH", help="DFlash draft directory (config.json + *.safetensors)"
+    )
+    parser.add_argument("--prompts", required=True, metavar="FILE", help="prompts JSONL ('prompt' or 'input_ids')")
+    parser.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer directory (default: --target)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0 = greedy verification (default); > 0 = speculative sampling"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
+    parser.add_argument(
+        "--block-size", type=int, default=None, help="block size K incl. the anchor slot (default: the draft's config)"
+    )
+    parser.add_argument(
+        "--stop-token-id",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="stop a prompt's decoding after this token (repeatable)",
+    )
+    parser.add_argument("--num-prompts", type=int, default=None, help="evaluate only the first N prompts")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed; prompt i uses seed + i (default 0)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own); 1 is fastest for tiny models on a busy machine",
+    )
+    parser.add_argument(
+        "--output-dir", default=None, metavar="DIR", help="write eval.json and per_prompt.jsonl here (default: none)"
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time plain autoregressive decoding with the target alone and report the speed-up",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar over prompts")
+
+
+def run(args: argparse.Namespace) -> int:
+    import warnings
+    from pathlib import Path
+
+    # SpecForge's package import warns about flash_attn for its EAGLE drafts; DFlash does not use it
+    warnings.filterwarnings("ignore", message="flash_attn is not found")
+
+    from ..report import append_jsonl, write_json, write_text
+    from ._evaluate import EvalConfig, evaluate_paths
+
+    if args.num_prompts is not None and args.num_prompts < 1:
+        raise ValueError(f"--num-prompts {args.num_prompts} is invalid; accepted: an int >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads} is invalid; accepted: an int >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = EvalConfig(
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        block_size=args.block_size,
+        stop_token_ids=tuple(args.stop_token_id),
+        seed=args.seed,
+        show_progress=not args.no_progress,
+        baseline=args.baseline,
+    )
+    result = evaluate_paths(
+        args.target,
+        args.draft,
+        args.prompts,
+        config,
+        tokenizer_path=args.tokenizer,
+        num_prompts=args.num_prompts,
+        device=args.device,
+    )
+    result.overall.update({"target": str(args.target), "draft": str(args.draft), "prompts": str(args.prompts)})
+    table = result.table()
+    print(table)
+    if args.output_dir:
+        out = Path(args.output_dir)
+        write_json(out / "eval.json", result.to_dict())
+        per_prompt = out / "per_prompt.jsonl"
+        if per_prompt.exists():
+            per_prompt.unlink()
+        for record in result.per_prompt:
+            append_jsonl(per_prompt, record)
+        write_text(out / "table.txt", table)
+        print(f"\nwrote {out / 'eval.json'}, {per_prompt} and {out / 'table.txt'}")
+    return 0

@@ -1,0 +1,56 @@
+"""Helpers for the evaluator tests: a chi-square goodness-of-fit test and oracle proposers."""
+
+from __future__ import annotations
+
+import torch
+
+from specforge_dpace.evaluate._speculative import DFlashDecoder, greedy_reference
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """Survival function of the chi-square distribution (regularized upper incomplete gamma)."""
+    half = torch.tensor([dof / 2, x / 2], dtype=torch.float64)
+    return float(torch.special.gammaincc(half[0], half[1]))
+
+
+def chi2_gof_pvalue(counts, probs, min_expected: float = 5.0) -> float:
+    """Pearson chi-square p-value of observed ``counts`` against ``probs``; cells with an
+    expected count below ``min_expected`` are pooled into one cell."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    n = float(counts.sum())
+    expected = probs * n
+    small = expected < min_expected
+    obs_cells = list(counts[~small].tolist())
+    exp_cells = list(expected[~small].tolist())
+    if small.any():
+        obs_cells.append(float(counts[small].sum()))
+        exp_cells.append(float(expected[small].sum()))
+    if any(e == 0 and o > 0 for o, e in zip(obs_cells, exp_cells)):
+        return 0.0  # a token the reference says is impossible
+    stat = sum((o - e) ** 2 / e for o, e in zip(obs_cells, exp_cells) if e > 0)
+    dof = len(obs_cells) - 1
+    return chi2_sf(stat, dof) if dof > 0 else 1.0
+
+
+class OracleDecoder(DFlashDecoder):
+    """Stand-in proposer for tau arithmetic: drafts the target's own greedy continuation and
+    optionally corrupts slot ``corrupt_at(step)`` (1-based; None = no corruption), so the
+    accepted length of every verify step is known in advance.  The real DFlashDraftModel cannot
+    be steered to a chosen accepted length, which is why this subclass exists; everything else
+    (target verification, KV-cache cropping, bookkeeping) is the real decoder."""
+
+    def __init__(self, *args, corrupt_at=lambda step: None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.corrupt_at = corrupt_at
+        self.step = 0
+
+    def _propose(self, draft_cache, new_features, tokens, generator):
+        cont = greedy_reference(self.target, tokens, self.block_size - 1)
+        drafted = torch.tensor(cont, dtype=torch.long)
+        slot = self.corrupt_at(self.step)
+        if slot is not None:
+            vocab = self.lm_head.weight.shape[0]
+            drafted[slot - 1] = (drafted[slot - 1] + 1) % vocab
+        self.step += 1
+        return drafted, None

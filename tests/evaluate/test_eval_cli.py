@@ -1,0 +1,119 @@
+"""``specforge-dpace evaluate`` end to end on a tiny saved target + draft, and prompt files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("specforge")
+
+from specforge_dpace.cli import main  # noqa: E402
+from specforge_dpace.evaluate import load_prompts, save_draft_checkpoint, tiny_draft, tiny_target  # noqa: E402
+
+
+def _word_tokenizer(vocab_size):
+    """A word-level tokenizer over words ``w0 .. w{V-1}`` (built locally, nothing downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0")
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    target = tiny_target(vocab_size=64, seed=0)
+    target.save_pretrained(root / "target")
+    _word_tokenizer(64).save_pretrained(root / "target")
+    save_draft_checkpoint(tiny_draft(target, block_size=4, seed=1), root / "draft")
+    prompts = root / "prompts.jsonl"
+    lines = [{"input_ids": [1, 2, 3]}, {"prompt": "w5 w6 w7 w8"}, {"input_ids": [10]}, {"input_ids": [4, 4]}]
+    prompts.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    return root
+
+
+def test_cli_end_to_end(checkpoint_dirs, tmp_path, capsys):
+    root = checkpoint_dirs
+    out = tmp_path / "out"
+    argv = [
+        "evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"),
+        "--prompts", str(root / "prompts.jsonl"), "--temperature", "0.7", "--max-new-tokens", "9",
+        "--num-prompts", "3", "--seed", "5", "--output-dir", str(out), "--no-progress", "--threads", "1",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "tau" in printed and "accepted-length histogram" in printed
+    data = json.loads((out / "eval.json").read_text())
+    overall = data["overall"]
+    assert overall["num_prompts"] == 3 and overall["temperature"] == 0.7 and overall["block_size"] == 4
+    assert overall["completion_tokens"] == 27
+    assert sum(overall["accept_hist"]) == overall["verify_steps"]
+    assert overall["tau"] == pytest.approx((27 - 3) / overall["verify_steps"])
+    assert overall["draft_s"] > 0 and overall["verify_s"] > 0 and overall["tokens_per_s"] > 0
+    lines = (out / "per_prompt.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert json.loads(lines[1])["prompt_tokens"] == 4  # the text prompt went through the tokenizer
+    # same seed, same numbers
+    assert main(argv) == 0
+    again = json.loads((out / "eval.json").read_text())
+    assert [r["output_ids"] for r in again["per_prompt"]] == [r["output_ids"] for r in data["per_prompt"]]
+
+
+def test_cli_block_size_and_stop_tokens(checkpoint_dirs, tmp_path):
+    root = checkpoint_dirs
+    out = tmp_path / "out"
+    base = ["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"),
+            "--prompts", str(root / "prompts.jsonl"), "--no-progress", "--output-dir", str(out)]
+    assert main(base + ["--block-size", "6", "--max-new-tokens", "6", "--num-prompts", "1", "--baseline"]) == 0
+    data = json.loads((out / "eval.json").read_text())
+    assert data["overall"]["block_size"] == 6 and len(data["overall"]["accept_hist"]) == 6
+    assert data["overall"]["speedup"] > 0
+    first = data["per_prompt"][0]["output_ids"]
+    assert main(base + ["--stop-token-id", str(first[1]), "--max-new-tokens", "6", "--num-prompts", "1"]) == 0
+    stopped = json.loads((out / "eval.json").read_text())["per_prompt"][0]
+    assert stopped["stopped"] and stopped["output_ids"] == first[: first.index(first[1]) + 1]
+
+
+def test_cli_reports_bad_input_without_traceback(checkpoint_dirs, tmp_path, capsys):
+    root = checkpoint_dirs
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input_ids": [1]}\nnot json\n')
+    code = main(["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompts", str(bad)])
+    assert code == 2
+    assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
+    code = main(["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"),
+                 "--prompts", str(root / "prompts.jsonl"), "--block-size", "1"])
+    assert code == 2 and "block_size=1 is invalid" in capsys.readouterr().err
+
+
+def test_cli_help_explains_every_flag():
+    out = subprocess.run(
+        [sys.executable, "-m", "specforge_dpace", "evaluate", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in ("--target", "--draft", "--prompts", "--temperature", "--max-new-tokens", "--block-size",
+                 "--stop-token-id", "--num-prompts", "--seed", "--output-dir", "--tokenizer", "--device", "--threads",
+                 "--baseline", "--no-progress"):
+        assert flag in out
+
+
+def test_load_prompts_forms_and_errors(tmp_path):
+    import torch
+
+    assert load_prompts([[1, 2], torch.tensor([3, 4]), {"input_ids": [5]}]) == [[1, 2], [3, 4], [5]]
+    assert load_prompts(["a b"], encode=lambda s: [len(w) for w in s.split()]) == [[1, 1]]
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        load_prompts(["text"])
+    with pytest.raises(ValueError, match="neither 'input_ids' nor 'prompt'"):
+        load_prompts([{"text": "x"}])
+    with pytest.raises(ValueError, match="non-empty list"):
+        load_prompts([[]])
+    with pytest.raises(ValueError, match="does not exist"):
+        load_prompts(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="no prompts"):
+        load_prompts([])

@@ -1,0 +1,114 @@
+"""The verification rules as pure functions: greedy prefix matching and speculative sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _eval_helpers import chi2_gof_pvalue, chi2_sf
+
+from specforge_dpace.evaluate import verify_greedy, verify_sampling
+
+
+def _onehot_logits(tokens, vocab=8):
+    logits = torch.zeros(len(tokens), vocab)
+    logits[torch.arange(len(tokens)), torch.tensor(tokens)] = 5.0
+    return logits
+
+
+@pytest.mark.parametrize(
+    "draft, target, expected",
+    [
+        ([3, 4, 5], [3, 4, 5, 6], (3, 6)),  # all accepted: bonus from the last row
+        ([3, 4, 5], [1, 4, 5, 6], (0, 1)),  # first wrong: target's own token
+        ([3, 4, 5], [3, 4, 7, 6], (2, 7)),
+        ([3, 0, 5], [3, 4, 5, 6], (1, 4)),  # a later agreement after an error does not count
+    ],
+)
+def test_verify_greedy_hand_cases(draft, target, expected):
+    assert verify_greedy(torch.tensor(draft), _onehot_logits(target)) == expected
+
+
+def test_chi2_sf_known_values():
+    assert chi2_sf(3.841458820694124, 1) == pytest.approx(0.05, rel=1e-6)
+    assert chi2_sf(18.307038053275146, 10) == pytest.approx(0.05, rel=1e-6)
+    assert chi2_gof_pvalue([50, 50], [0.5, 0.5]) == pytest.approx(1.0)
+    assert chi2_gof_pvalue([90, 10], [0.5, 0.5]) < 1e-10
+
+
+def test_verify_sampling_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="shapes do not match"):
+        verify_sampling(torch.tensor([1, 2]), torch.full((2, 4), 0.25), torch.full((2, 4), 0.25))
+
+
+def _random_dist(gen, rows, vocab, sharp=2.0):
+    return torch.softmax(sharp * torch.randn(rows, vocab, generator=gen, dtype=torch.float64), dim=-1)
+
+
+def test_equal_distributions_accept_everything():
+    gen = torch.Generator().manual_seed(0)
+    p = _random_dist(gen, 4, 8)
+    for _ in range(200):
+        drafted = torch.multinomial(p[:3], 1, generator=gen).squeeze(-1)
+        accepted, _ = verify_sampling(drafted, p[:3], p, gen)
+        assert accepted == 3
+
+
+def test_disjoint_support_always_rejects_and_samples_target():
+    gen = torch.Generator().manual_seed(1)
+    p = torch.zeros(3, 6, dtype=torch.float64)
+    p[:, :3] = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    q = torch.zeros(2, 6, dtype=torch.float64)
+    q[:, 5] = 1.0
+    counts = torch.zeros(6)
+    for _ in range(3000):
+        accepted, token = verify_sampling(torch.tensor([5, 5]), q, p, gen)
+        assert accepted == 0
+        counts[token] += 1
+    assert counts[3:].sum() == 0
+    assert chi2_gof_pvalue(counts, p[0]) > 1e-3
+
+
+def _simulate(p_table, q_table, block, n_tokens, gen, rule="speculative"):
+    """Tokens of one sequence decoded block by block with position-indexed p and q tables
+    (a target and a draft whose distributions depend only on the position)."""
+    out: list[int] = []
+    while len(out) < n_tokens:
+        pos = len(out)
+        q = q_table[pos : pos + block - 1]
+        p = p_table[pos : pos + block]
+        drafted = torch.multinomial(q, 1, generator=gen).squeeze(-1)
+        if rule == "speculative":
+            accepted, nxt = verify_sampling(drafted, q, p, gen)
+        else:  # "accept-all": a lossy rule the test must catch
+            accepted, nxt = len(drafted), int(torch.multinomial(p[-1], 1, generator=gen))
+        out.extend(drafted[:accepted].tolist() + [nxt])
+    return out[:n_tokens]
+
+
+def test_speculative_sampling_is_lossless_per_position():
+    """Every emitted position follows the target's distribution, whatever the drafter proposes:
+    positions 0..4 cover first slots, later slots, bonus tokens and the steps after a rejection."""
+    vocab, block, n_pos, samples = 8, 3, 5, 3000
+    gen = torch.Generator().manual_seed(2)
+    p_table = _random_dist(gen, n_pos + block, vocab)
+    q_table = _random_dist(gen, n_pos + block, vocab)
+    counts = torch.zeros(n_pos, vocab)
+    for _ in range(samples):
+        seq = _simulate(p_table, q_table, block, n_pos, gen)
+        counts[torch.arange(n_pos), torch.tensor(seq)] += 1
+    pvalues = [chi2_gof_pvalue(counts[i], p_table[i]) for i in range(n_pos)]
+    assert min(pvalues) > 1e-3, pvalues
+    # the same samples clearly reject the drafter's own distribution: the test has power
+    assert max(chi2_gof_pvalue(counts[i], q_table[i]) for i in range(n_pos)) < 1e-6
+
+
+def test_lossy_rule_is_detected():
+    vocab, block, n_pos, samples = 8, 3, 3, 3000
+    gen = torch.Generator().manual_seed(3)
+    p_table = _random_dist(gen, n_pos + block, vocab)
+    q_table = _random_dist(gen, n_pos + block, vocab)
+    counts = torch.zeros(n_pos, vocab)
+    for _ in range(samples):
+        seq = _simulate(p_table, q_table, block, n_pos, gen, rule="accept-all")
+        counts[torch.arange(n_pos), torch.tensor(seq)] += 1
+    assert min(chi2_gof_pvalue(counts[i], p_table[i]) for i in range(n_pos)) < 1e-6
