@@ -19,29 +19,13 @@ def tiny_online_model(
     seed: int = 0,
 ):
     """``(model, batch)``: a real ``OnlineDFlashModel`` over a real tiny ``DFlashDraftModel``."""
-    from transformers import Qwen3Config
-
     from specforge.algorithms.common.dflash_family_model import OnlineDFlashModel
-    from specforge.modeling.draft.dflash import DFlashDraftModel
 
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-    )
-    config.block_size = block_size
-    config.num_target_layers = 2
-    config.dflash_config = {"target_layer_ids": [0, 1], "mask_token_id": vocab - 1}
-    config._attn_implementation = "sdpa"
-    draft = DFlashDraftModel(config)
-    lm_head = torch.nn.Linear(hidden, vocab, bias=False)
-    embed = torch.nn.Embedding(vocab, hidden)
+    from specforge_dpace.evaluate import tiny_draft, tiny_target
+
+    target = tiny_target(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=2, seed=seed)
+    draft = tiny_draft(target, block_size=block_size, target_layer_ids=[0, 1], seed=seed + 7).train()
+    lm_head, embed = target.lm_head, target.model.embed_tokens
     for module in (lm_head, embed):
         module.requires_grad_(False)
     kwargs = dict(
