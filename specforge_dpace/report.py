@@ -149,6 +149,13 @@ def read_jsonl(path: Path | str) -> list[dict]:
     return records
 
 
+def _wrap_label(label: str, width: int = 22) -> str:
+    """Long objective specs ('dflash(gamma=10) + 0.3*first-error-focal + 40*chain') on several lines."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(label), width=width, break_on_hyphens=False)) or str(label)
+
+
 def grouped_bar_plot(
     path: Path | str,
     groups: Sequence[str],
@@ -189,11 +196,14 @@ def multi_panel_bar_plot(
             if errors and name in errors:
                 err = [0.0 if e is None else float(e) for e in errors[name]]
             bars = ax.bar(xs, values, width, label=name, yerr=err, capsize=3)
-            for bar, value in zip(bars, values):
+            for j, (bar, value) in enumerate(zip(bars, values)):
                 if not math.isnan(value):
+                    top = value + (err[j] if err else 0.0)  # above the error bar, not on it
                     ax.annotate(
                         f"{value:.3g}",
-                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        (bar.get_x() + bar.get_width() / 2, top),
+                        xytext=(0, 2),
+                        textcoords="offset points",
                         ha="center",
                         va="bottom",
                         fontsize=7,
@@ -201,7 +211,7 @@ def multi_panel_bar_plot(
         if baseline is not None:
             ax.axhline(baseline, color="grey", linestyle="--", linewidth=1)
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels(groups, rotation=15 if len(groups) > 4 else 0)
+        ax.set_xticklabels([_wrap_label(g) for g in groups], rotation=15 if len(groups) > 4 else 0, fontsize=8)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         if len(names) > 1:
