@@ -1,0 +1,137 @@
+"""Train one tiny DFlash drafter with one objective through the real SpecForge
+``OnlineDFlashModel`` (the unified runtime), with the plugin installed so any registered
+objective or composite spec is accepted as ``loss_type``.
+
+The target's embeddings and LM head are shared and frozen (as in SpecForge); only the draft's
+layers, ``fc``, ``hidden_norm`` and ``norm`` train.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ._util import progress
+
+
+@dataclass
+class DrafterConfig:
+    block_size: int = 8
+    num_hidden_layers: int = 1
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup: int = 20
+    num_anchors: int = 32
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+def build_drafter(target, config: DrafterConfig, target_layer_ids: Sequence[int], mask_token_id: int):
+    """A fresh SpecForge ``DFlashDraftModel`` whose shapes copy the target (same seed = same init)."""
+    from specforge_dpace.evaluate import tiny_draft
+
+    return tiny_draft(
+        target,
+        num_hidden_layers=config.num_hidden_layers,
+        block_size=config.block_size,
+        target_layer_ids=list(target_layer_ids),
+        mask_token_id=mask_token_id,
+        seed=config.seed,
+    )
+
+
+def _lr(step: int, config: DrafterConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    frac = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def train_drafter(
+    target,
+    input_ids,
+    loss_mask,
+    features,
+    objective: str,
+    config: DrafterConfig,
+    *,
+    target_layer_ids: Sequence[int],
+    mask_token_id: int,
+    loss_options: Optional[dict] = None,
+    show_progress: bool = True,
+):
+    """Train a drafter on captured ``features``; returns ``(draft_model, log)``.
+
+    Batches are drawn with a generator seeded by ``config.seed`` and the model's anchor
+    sampling uses the global torch RNG, seeded here, so the same seed gives the same drafter
+    (the objective changes only the loss)."""
+    import specforge_dpace
+
+    was_installed = specforge_dpace.is_installed()
+    specforge_dpace.install()
+    try:
+        return _train(target, input_ids, loss_mask, features, objective, config, target_layer_ids, mask_token_id,
+                      loss_options, show_progress)
+    finally:  # leave the process as we found it (tests of the hooks share it)
+        if not was_installed:
+            specforge_dpace.uninstall()
+
+
+def _train(target, input_ids, loss_mask, features, objective, config, target_layer_ids, mask_token_id,
+           loss_options, show_progress):
+    """The training loop proper (the plugin is installed by the caller)."""
+    import torch
+    from specforge.algorithms.common.dflash_family_model import OnlineDFlashModel
+
+    draft = build_drafter(target, config, target_layer_ids, mask_token_id).float()
+    for p in target.parameters():
+        p.requires_grad_(False)
+    model = OnlineDFlashModel(
+        draft,
+        target.get_output_embeddings(),
+        target.get_input_embeddings(),
+        mask_token_id,
+        block_size=config.block_size,
+        attention_backend="sdpa",
+        num_anchors=config.num_anchors,
+        loss_type=objective,
+        loss_options=loss_options,
+    )
+    params = [p for p in draft.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    draft.train()
+    n = input_ids.shape[0]
+    log = {"loss": [], "acc": []}
+    t0 = time.perf_counter()
+    bar = progress(range(config.steps), desc=f"train {objective}", enabled=show_progress, unit="step")
+    for step in bar:
+        idx = torch.randint(0, n, (min(config.batch_size, n),), generator=generator)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, config)
+        loss, acc, _ = model(input_ids[idx], features[idx], loss_mask[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        log["loss"].append(float(loss.detach()))
+        log["acc"].append(float(acc.detach()))
+        if show_progress and step % 10 == 0:
+            window = log["acc"][-20:]
+            bar.set_postfix(acc=f"{sum(window) / len(window):.3f}")
+    draft.eval()
+    tail = max(1, min(20, len(log["acc"])))
+    summary = {
+        "objective": objective,
+        "canonical_loss_type": str(model.loss_type),
+        "steps": config.steps,
+        "train_s": time.perf_counter() - t0,
+        "final_loss": sum(log["loss"][-tail:]) / tail,
+        "final_train_acc": sum(log["acc"][-tail:]) / tail,
+        "loss_curve": log["loss"][:: max(1, config.steps // 50)],
+    }
+    return draft, summary
