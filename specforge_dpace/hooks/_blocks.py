@@ -119,7 +119,5 @@ def run_objective(
     if fused:
         from ._fused_bridge import fused_totals
 
-        totals = fused_totals(objective, model.lm_head, hidden_4d, target_ids, weight_mask, fused_sub_chunk)
-        if totals is not None:
-            return totals
+        return fused_totals(objective, model.lm_head, hidden_4d, target_ids, weight_mask, fused_sub_chunk)
     return chunk_reduce(chunk_function, hidden_4d, target_ids, weight_mask, chunk_size=chunk_size, dim=1)

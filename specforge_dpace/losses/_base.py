@@ -79,7 +79,7 @@ class LossValue:
     loss: Tensor
     numerator: Tensor
     denominator: Tensor
-    parts: dict[str, Tensor] = field(default_factory=dict)
+    parts: dict[str, Tensor] = field(default_factory=dict)  # per-term values (composites only)
 
 
 def check_block_tensors(
@@ -137,6 +137,7 @@ class BlockObjective:
             value = options.get(key, spec.default)
             setattr(self, key, spec.coerce(self.name, key, value) if key in options else value)
 
+
     # --- public contract -------------------------------------------------------------
     num_terms: ClassVar[int] = 1
 
@@ -162,7 +163,9 @@ class BlockObjective:
         """Additive ``(numerator[1], denominator[1])`` of one chunk of blocks."""
         check_block_tensors(self.name, neg_log_q, weight_mask, correct, self.needs_correct)
         num, den = self._terms(compute_dtype(neg_log_q), weight_mask, correct)
-        return num.reshape(1), den.detach().reshape(1).to(num.dtype)
+        if den.dtype != num.dtype:
+            den = den.to(num.dtype)
+        return num.reshape(1), den.detach().reshape(1)
 
     def slot_grad(self, neg_log_q: Tensor, weight_mask: Tensor, correct: Optional[Tensor] = None) -> Tensor:
         """Analytic d(numerator)/d(neg_log_q), shape ``[1, B, N, K]``, detached."""
@@ -176,12 +179,13 @@ class BlockObjective:
             return den.new_full(den.shape, float(batch_size))
         if self.normalization == "clamp1":
             return den.clamp_min(1.0)
-        return torch.where(den > 0, den, torch.ones_like(den))
+        # an all-masked batch has num == 0: 0 / tiny == 0, never NaN; otherwise den is unchanged
+        return den.clamp_min(torch.finfo(den.dtype).tiny)
 
     def reduce(self, num: Tensor, den: Tensor, batch_size: int) -> LossValue:
-        final_den = self.final_denominators(den, batch_size).detach()
-        loss = (num / final_den).reshape(())
-        return LossValue(loss, num.reshape(()), final_den.reshape(()), {self.spec(): loss.detach()})
+        final_den = self.final_denominators(den.detach(), batch_size).reshape(())
+        numerator = num.reshape(())
+        return LossValue(numerator / final_den, numerator, final_den)
 
     def __repr__(self) -> str:
         return f"<objective {self.spec()}>"

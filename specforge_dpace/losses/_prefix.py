@@ -78,11 +78,12 @@ class ChainLoss(BlockObjective):
     normalization = "clamp1"
 
     def _terms(self, nlq, mask, correct):
+        # nlq is already fp32/fp64 here (BlockObjective.chunk_terms): exp(cumsum(log q)), never prod(q)
         valid = valid_bool(mask)
-        prefix = torch.exp(log_prefix_probability(nlq, mask))
-        reward = (prefix * valid.to(prefix.dtype)).sum(dim=-1) * chain_scale(nlq.shape[-1])
-        num = -reward.sum()
-        return num.to(nlq.dtype), valid.any(dim=-1).sum().to(nlq.dtype)
+        weights = valid.to(nlq.dtype)
+        prefix = torch.cumsum(nlq * weights, dim=-1).neg_().exp_()
+        num = (prefix * weights).sum() * -chain_scale(nlq.shape[-1])
+        return num, valid.any(dim=-1).sum()
 
     def _slot_grad(self, nlq, mask, correct):
         valid = valid_bool(mask).to(torch.float64 if nlq.dtype == torch.float64 else torch.float32)

@@ -1,0 +1,76 @@
+"""Smoke runs of scripts/bench_loss_path.py at toy sizes: every section runs and its numbers are sane."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_loss_path.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_loss_path", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TOY = [
+    "--hidden-size", "32", "--vocab", "300", "--blocks", "6", "--block-size", "4", "--reps", "2", "--warmup", "0",
+    "--small-reps", "2", "--tiny-hidden", "16", "--tiny-vocab", "64", "--tiny-blocks", "4",
+    "--step-hidden", "32", "--step-vocab", "128", "--step-seq", "48", "--step-anchors", "4", "--threads", "1",
+]  # fmt: skip
+
+
+def test_help_documents_every_flag(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--sections", "--quick", "--sub-chunk-tokens", "--fused-objectives", "--markdown"):
+        assert flag in text
+    assert "0.67x" in text  # the flop-floor note is part of the help
+
+
+def test_bad_section_is_rejected(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "fused,nope"])
+    assert "unknown section" in capsys.readouterr().err
+
+
+def test_fused_and_overhead_sections(bench, tmp_path, capsys):
+    pytest.importorskip("specforge")
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    assert bench.main(["--sections", "overhead,fused", *TOY, "--json", str(out), "--markdown", str(md)]) == 0
+    data = json.loads(out.read_text())
+    fused = data["fused"]
+    assert {row["objective"] for row in fused} == {"dflash", "dpace"}
+    for row in fused:
+        assert row["grad_rel_err"] <= 1e-5 and row["loss_rel_err"] <= 1e-5
+        assert row["time_ratio"] > 0 and row["sub_chunk"] % 4 == 0
+    names = [row["objective"] for row in data["overhead"]]
+    assert bench.COMPOSITE in names and "chain" in names
+    assert "[fused]" in md.read_text() and "[overhead]" in capsys.readouterr().out
+
+
+def test_step_sections_with_the_hook(bench, tmp_path):
+    pytest.importorskip("specforge")
+    import specforge_dpace
+
+    was = specforge_dpace.is_installed("unified-model")
+    out = tmp_path / "bench.json"
+    try:
+        assert bench.main(["--sections", "step,fused-step", *TOY, "--json", str(out)]) == 0
+    finally:
+        if was and not specforge_dpace.is_installed("unified-model"):
+            specforge_dpace.install()
+        elif not was and specforge_dpace.is_installed("unified-model"):
+            specforge_dpace.uninstall()
+    data = json.loads(out.read_text())
+    assert data["step"][0]["case"] == "unpatched dflash" and len(data["step"]) == 9
+    for row in data["fused-step"]:
+        assert 0 < row["objective_share"] and row["step_ratio"] > 0
