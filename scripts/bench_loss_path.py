@@ -205,10 +205,15 @@ def objective_only_chunk(objective, lm_head, hidden, target, mask):
     batch, blocks, slots, width = hidden.shape
     logits = lm_head(hidden.reshape(batch, blocks * slots, width)).reshape(batch, blocks, slots, -1)
     nlq = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none").reshape_as(target)
-    with torch.no_grad():
-        correct = logits.argmax(dim=-1) == target
-        correct_num = (correct & (mask > 0.5)).sum().float()
+    correct = None
+    if objective.needs_correct:
+        with torch.no_grad():
+            correct = logits.argmax(dim=-1) == target
     num, den = objective.chunk_terms(nlq, mask, correct)
+    with torch.no_grad():  # after the objective, like upstream: checkpoint recomputation stops early
+        if correct is None:
+            correct = logits.argmax(dim=-1) == target
+        correct_num = (correct & (mask > 0.5)).sum().float()
     return num, den, correct_num, mask.sum()
 
 

@@ -55,12 +55,18 @@ def objective_chunk_terms(
     surrogate_den, accept_pos_num[K], accept_pos_den[K]``.
     """
     neg_log_q, logits = per_slot_cross_entropy(lm_head, hidden, target_ids)
+    correct = None
+    if objective.needs_correct:
+        with torch.no_grad():
+            correct = logits.argmax(dim=-1) == target_ids
+    num, den = objective.chunk_terms(neg_log_q, weight_mask, correct)
+    # Detached work after the objective: checkpoint recomputation in backward stops early here.
     with torch.no_grad():
-        correct = logits.argmax(dim=-1) == target_ids
+        if correct is None:
+            correct = logits.argmax(dim=-1) == target_ids
         correct_num = (correct & (weight_mask > 0.5)).sum().float()
         accuracy_den = weight_mask.sum()
         metrics = acceptance_terms(neg_log_q, weight_mask, correct)
-    num, den = objective.chunk_terms(neg_log_q, weight_mask, correct)
     return (
         num,
         den,
