@@ -30,6 +30,10 @@ class CompositeObjective:
         self.terms = [(float(w), obj) for w, obj in terms]
         self.needs_correct = any(obj.needs_correct for _, obj in self.terms)
         self.num_terms = sum(obj.num_terms for _, obj in self.terms)
+        if any(getattr(obj, "normalization", None) not in ("sum", "clamp1", "batch") for _, obj in self.terms):
+            raise TypeError("composite terms must be single-term BlockObjectives with a known normalization")
+        self._floor_cache: dict = {}
+        self._weight_cache: dict = {}
 
     @property
     def weights(self) -> list[float]:
@@ -52,18 +56,31 @@ class CompositeObjective:
     def slot_grad(self, neg_log_q: Tensor, weight_mask: Tensor, correct: Optional[Tensor] = None) -> Tensor:
         return torch.cat([obj.slot_grad(neg_log_q, weight_mask, correct) for _, obj in self.terms])
 
+    def _lower_bounds(self, den: Tensor, batch_size: int) -> Tensor:
+        """Per-term floor of the denominator: 1 (clamp1), tiny (sum) or the batch size (batch terms,
+        whose summed denominators are 0), so one ``maximum`` normalizes every term."""
+        tiny = torch.finfo(den.dtype).tiny
+        floors = {"batch": float(batch_size), "clamp1": 1.0}
+        key = (den.dtype, den.device, batch_size)
+        cached = self._floor_cache.get(key)
+        if cached is None:
+            values = [floors.get(obj.normalization, tiny) for _, obj in self.terms]
+            cached = self._floor_cache[key] = torch.tensor(values, dtype=den.dtype, device=den.device)
+        return cached
+
     def final_denominators(self, den: Tensor, batch_size: int) -> Tensor:
-        return torch.cat(
-            [obj.final_denominators(den[i : i + 1], batch_size) for i, (_, obj) in enumerate(self.terms)]
-        )
+        return torch.maximum(den, self._lower_bounds(den, batch_size))
 
     def reduce(self, num: Tensor, den: Tensor, batch_size: int) -> LossValue:
-        final_den = self.final_denominators(den, batch_size).detach()
-        weights = num.new_tensor(self.weights)
+        final_den = self.final_denominators(den.detach(), batch_size)
+        key = (num.dtype, num.device)
+        weights = self._weight_cache.get(key)
+        if weights is None:
+            weights = self._weight_cache[key] = torch.tensor(self.weights, dtype=num.dtype, device=num.device)
         per_term = num / final_den
         loss = (weights * per_term).sum()
         reference = final_den[0]
-        parts = {name: value.detach() for name, value in zip(self.term_names, per_term)}
+        parts = dict(zip(self.term_names, per_term.detach().unbind()))
         return LossValue(loss, loss * reference, reference, parts)
 
     def __repr__(self) -> str:

@@ -79,11 +79,10 @@ class ChainLoss(BlockObjective):
 
     def _terms(self, nlq, mask, correct):
         # nlq is already fp32/fp64 here (BlockObjective.chunk_terms): exp(cumsum(log q)), never prod(q)
-        valid = valid_bool(mask)
-        weights = valid.to(nlq.dtype)
+        weights = mask_as(mask, nlq)  # m in {0, 1} (DESIGN.md section 3)
         prefix = torch.cumsum(nlq * weights, dim=-1).neg_().exp_()
         num = (prefix * weights).sum() * -chain_scale(nlq.shape[-1])
-        return num, valid.any(dim=-1).sum()
+        return num, (weights.amax(dim=-1) > 0).sum()
 
     def _slot_grad(self, nlq, mask, correct):
         valid = valid_bool(mask).to(torch.float64 if nlq.dtype == torch.float64 else torch.float32)

@@ -38,8 +38,14 @@ class DFlashLoss(BlockObjective):
 
     def _weights(self, nlq: Tensor, mask: Tensor) -> Tensor:
         weights = mask_as(mask, nlq)
-        decay = decay_weights(nlq.shape[-1], self.gamma, nlq.device, nlq.dtype)
-        return weights if decay is None else weights * decay
+        if self.gamma is None or self.gamma <= 0:
+            return weights
+        key = (nlq.shape[-1], nlq.device, nlq.dtype)
+        cache = self.__dict__.setdefault("_decay_cache", {})
+        decay = cache.get(key)
+        if decay is None:  # same values SpecForge recomputes every call; computed once per shape here
+            decay = cache[key] = decay_weights(nlq.shape[-1], self.gamma, nlq.device, nlq.dtype)
+        return weights * decay
 
     def _terms(self, nlq, mask, correct):
         weights = self._weights(nlq, mask)
