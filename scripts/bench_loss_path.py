@@ -41,15 +41,7 @@ import types
 from typing import Any, Callable, Optional
 
 SECTIONS = ("overhead", "real", "step", "fused", "fused-step")
-OBJECTIVES = (
-    "dflash",
-    "dpace",
-    "dpace-cumulative-confidence-only",
-    "dpace-continuation-value-only",
-    "first-error-focal",
-    "chain",
-    "auf",
-)
+from specforge_dpace.losses import BUILTIN_NAMES as OBJECTIVES  # noqa: E402  (every built-in objective)
 COMPOSITE = "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"
 
 
