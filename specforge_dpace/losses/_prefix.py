@@ -12,49 +12,54 @@ import torch
 from ._base import BlockObjective, Tensor, mask_as, valid_bool
 
 
+def _errors(mask: Tensor, correct: Tensor) -> Tensor:
+    return valid_bool(mask) & ~correct.bool()
+
+
 def first_valid_error(mask: Tensor, correct: Tensor) -> Tensor:
     """Bool ``[B, N, K]``: the first supervised slot of each block whose argmax is wrong."""
-    errors = valid_bool(mask) & ~correct.bool()
+    errors = _errors(mask, correct)
     return errors & (errors.int().cumsum(dim=-1) == 1)
 
 
 def accepted_support(mask: Tensor, correct: Tensor) -> Tensor:
     """Bool ``[B, N, K]``: supervised slots up to and including the first error (all if none)."""
-    errors = valid_bool(mask) & ~correct.bool()
-    errors_before = errors.int().cumsum(dim=-1) - errors.int()
-    return valid_bool(mask) & (errors_before == 0)
+    errors = _errors(mask, correct).int()
+    return valid_bool(mask) & ((errors.cumsum(dim=-1) - errors) == 0)
 
 
-class FirstErrorFocalLoss(BlockObjective):
+class _SelectedSlotsLoss(BlockObjective):
+    """Token-mean cross-entropy over a detached selection of slots (the selection is the gradient)."""
+
+    needs_correct = True
+    normalization = "clamp1"
+
+    @staticmethod
+    def select(mask: Tensor, correct: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _terms(self, nlq, mask, correct):
+        selected = self.select(mask, correct).to(nlq.dtype)
+        return (nlq * selected).sum(), selected.sum()
+
+    def _slot_grad(self, nlq, mask, correct):
+        return self.select(mask, correct).to(nlq.dtype)
+
+
+class FirstErrorFocalLoss(_SelectedSlotsLoss):
     """Cross-entropy at the slot that breaks each block's accepted prefix."""
 
     name = "first-error-focal"
     description = "CE at the first wrong supervised slot per block; mean over blocks with an error"
-    needs_correct = True
-    normalization = "clamp1"
-
-    def _terms(self, nlq, mask, correct):
-        first = first_valid_error(mask, correct)
-        return (nlq * first.to(nlq.dtype)).sum(), first.sum().to(nlq.dtype)
-
-    def _slot_grad(self, nlq, mask, correct):
-        return first_valid_error(mask, correct).to(nlq.dtype)
+    select = staticmethod(first_valid_error)
 
 
-class AcceptUntilFailLoss(BlockObjective):
+class AcceptUntilFailLoss(_SelectedSlotsLoss):
     """Cross-entropy over each block's accepted prefix plus the first rejected slot."""
 
     name = "auf"
     description = "accept-until-fail: CE over supervised slots up to the first error; token mean"
-    needs_correct = True
-    normalization = "clamp1"
-
-    def _terms(self, nlq, mask, correct):
-        support = accepted_support(mask, correct)
-        return (nlq * support.to(nlq.dtype)).sum(), support.sum().to(nlq.dtype)
-
-    def _slot_grad(self, nlq, mask, correct):
-        return accepted_support(mask, correct).to(nlq.dtype)
+    select = staticmethod(accepted_support)
 
 
 def log_prefix_probability(nlq: Tensor, mask: Tensor) -> Tensor:
