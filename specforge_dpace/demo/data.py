@@ -43,6 +43,8 @@ def generate(
     import torch
     from transformers import DynamicCache
 
+    from ..evaluate._cache import cache_kwargs
+
     if len({len(p) for p in prompts}) != 1:
         raise ValueError("generate needs prompts of one length (no padding is used)")
     if temperature < 0:
@@ -56,7 +58,7 @@ def generate(
             cache = DynamicCache()
             step_input, out_tokens = ids, []
             for _ in range(new_tokens):
-                logits = target(input_ids=step_input, past_key_values=cache, use_cache=True).logits[:, -1].float()
+                logits = target(input_ids=step_input, **cache_kwargs(target, cache), use_cache=True).logits[:, -1].float()
                 if temperature == 0:
                     nxt = logits.argmax(dim=-1)
                 else:

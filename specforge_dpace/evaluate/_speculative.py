@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ._cache import cache_kwargs, crop_cache
 from ._sampling import target_probs, verify_greedy, verify_sampling
 
 
@@ -40,16 +41,6 @@ class DecodeTrace:
     draft_s: float = 0.0
     verify_s: float = 0.0
     stopped: bool = False
-
-
-def crop_cache(cache, length: int) -> None:
-    """Keep the first ``length`` positions of a transformers cache.
-
-    ``crop(-n)`` drops the last ``n`` positions both in transformers 4.x (where a positive
-    argument is the length to keep) and in 5.x (where a positive argument is refused)."""
-    extra = cache.get_seq_length() - int(length)
-    if extra > 0:
-        cache.crop(-extra)
 
 
 def _sync(device: torch.device) -> None:
@@ -130,7 +121,7 @@ class DFlashDecoder:
         draft_cache = DynamicCache()
 
         t0 = time.perf_counter()
-        out = self.target(input_ids=ids, past_key_values=target_cache, use_cache=True, output_hidden_states=True)
+        out = self.target(input_ids=ids, **cache_kwargs(self.target, target_cache), use_cache=True, output_hidden_states=True)
         pending = context_features(out.hidden_states, self.layer_ids)  # features not yet in the draft cache
         token = self._first_token(out.logits[0, -1], generator)
         _sync(self.device)
@@ -152,7 +143,7 @@ class DFlashDecoder:
             out = self.target(
                 input_ids=block,
                 position_ids=positions,
-                past_key_values=target_cache,
+                **cache_kwargs(self.target, target_cache),
                 use_cache=True,
                 output_hidden_states=True,
             )
@@ -206,7 +197,7 @@ def autoregressive_reference(
     ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device).unsqueeze(0)
     out_ids: list[int] = []
     while len(out_ids) < max_new_tokens:
-        logits = target(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1]
+        logits = target(input_ids=ids, **cache_kwargs(target, cache), use_cache=True).logits[0, -1]
         if temperature == 0:
             token = int(logits.argmax().item())
         else:
