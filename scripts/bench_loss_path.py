@@ -103,21 +103,39 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- measurement helpers
 
 
-def alternate(cases: dict[str, Callable[[], Any]], reps: int, warmup: int, desc: str) -> dict[str, list[float]]:
-    """Seconds per call of every case, run in rotated order each repetition (load drifts hit all cases)."""
+def alternate(
+    cases: dict[str, Callable[[], Any]],
+    reps: int,
+    warmup: int,
+    desc: str,
+    before: Optional[Callable[[str], None]] = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of every case, run in rotated order each repetition (load drifts hit all cases).
+
+    ``before(name)`` runs ahead of each call, outside the clock (the step section switches the hook)."""
     from tqdm import tqdm
 
+    prepare = before or (lambda name: None)
+
     names = list(cases)
-    for _ in range(warmup):
-        for name in names:
-            cases[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for rep in tqdm(range(reps), desc=desc, leave=False, file=sys.stderr):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            cases[name]()
-            times[name].append(time.perf_counter() - start)
+    # One bar over every call, warm-up included: at real sizes on a CPU a call takes seconds.
+    with tqdm(total=(warmup + reps) * len(names), desc=desc, leave=False, file=sys.stderr, unit="call") as bar:
+        for _ in range(warmup):
+            for name in names:
+                bar.set_postfix_str(f"warm-up {name}", refresh=False)
+                prepare(name)
+                cases[name]()
+                bar.update()
+        for rep in range(reps):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                bar.set_postfix_str(f"rep {rep + 1}/{reps} {name}", refresh=False)
+                prepare(name)
+                start = time.perf_counter()
+                cases[name]()
+                times[name].append(time.perf_counter() - start)
+                bar.update()
     return times
 
 
@@ -502,29 +520,15 @@ class TinyStep:
 
 
 def _timed_alternate(cases: dict[str, tuple[bool, Callable[[], Any]]], reps: int, warmup: int, desc: str):
-    """Like ``alternate`` but switches the hook state before the clock starts."""
+    """``alternate`` over ``(patched, fn)`` cases, switching the hook state before the clock starts."""
     import specforge_dpace
-    from tqdm import tqdm
 
-    def set_state(state: bool) -> None:
+    def set_state(name: str) -> None:
+        state = cases[name][0]
         if state != specforge_dpace.is_installed("unified-model"):
             (specforge_dpace.install if state else specforge_dpace.uninstall)()
 
-    names = list(cases)
-    for _ in range(warmup):
-        for name in names:
-            set_state(cases[name][0])
-            cases[name][1]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for rep in tqdm(range(reps), desc=desc, leave=False, file=sys.stderr):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            state, fn = cases[name]
-            set_state(state)
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
+    return alternate({name: fn for name, (_, fn) in cases.items()}, reps, warmup, desc, before=set_state)
 
 
 def _build(args, patched: bool, loss_type: str, loss_options: Optional[dict] = None) -> TinyStep:
