@@ -10,22 +10,28 @@ DESCRIPTION = """List every registered objective (built-in or from a distributio
 
 Objective specs combine them: 'dflash(gamma=10) + 0.3*first-error-focal + 40*chain'.
 With --try, evaluate each objective (or the given specs) on a random DFlash block batch
-and print value, gradient norm and time."""
+and print value, gradient norm and time:
+
+  specforge-dpace losses --try
+  specforge-dpace losses --try 'dpace(alpha=0.3)' 'dpace + 0.3*first-error-focal'"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--try",
-        dest="try_batch",
-        action="store_true",
-        help="evaluate every objective on a random [B, N, K] batch and print a table",
+        dest="try_specs",
+        nargs="*",
+        default=None,
+        metavar="SPEC",
+        help="evaluate objectives on a random [B, N, K] batch and print a table: the given specs, or every "
+        "registered objective and a three-term composite when none is given",
     )
     parser.add_argument(
         "--spec",
         action="append",
         default=None,
         metavar="SPEC",
-        help="with --try: objective spec(s) to evaluate instead of every registered name (repeatable)",
+        help="one more spec to try (repeatable; implies --try)",
     )
     parser.add_argument("--batch-size", type=int, default=4, help="B of the random batch (default 4)")
     parser.add_argument("--blocks", type=int, default=64, help="N, blocks per sequence (default 64)")
@@ -81,8 +87,8 @@ def try_objectives(specs, batch_size: int, blocks: int, block_size: int, seed: i
                 "objective": objective.spec(),
                 "loss": float(value.loss.detach()),
                 "grad norm": float(neg_log_q.grad.norm()),
-                "reported num": float(value.numerator),
-                "reported den": float(value.denominator),
+                "reported num": float(value.numerator.detach()),
+                "reported den": float(torch.as_tensor(value.denominator).detach()),
                 "ms": elapsed * 1e3,
             }
         )
@@ -96,17 +102,20 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (("--batch-size", args.batch_size), ("--blocks", args.blocks), ("--block-size", args.block_size)):
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")
-    rows = _listing_rows()
-    if args.json:
-        import json
+    asked = [*(args.try_specs or ()), *(args.spec or ())]
+    if not asked:  # the listing, unless the user asked about particular specs
+        rows = _listing_rows()
+        if args.json:
+            import json
 
-        print(json.dumps(rows, indent=2))
-    else:
-        print(format_table(rows, title=f"{len(rows)} registered objectives"))
-    if args.try_batch:
-        specs = args.spec or available_losses() + ["dflash(gamma=10) + 0.3*first-error-focal + 40*chain"]
+            print(json.dumps(rows, indent=2))
+        else:
+            print(format_table(rows, title=f"{len(rows)} registered objectives"))
+    if args.try_specs is not None or asked:
+        specs = asked or available_losses() + ["dflash(gamma=10) + 0.3*first-error-focal + 40*chain"]
         shape = f"B={args.batch_size}, N={args.blocks}, K={args.block_size}"
         table = try_objectives(specs, args.batch_size, args.blocks, args.block_size, args.seed)
-        print()
+        if not asked:
+            print()
         print(format_table(table, title=f"objectives on a random batch ({shape}, seed {args.seed})"))
     return 0

@@ -35,3 +35,14 @@ def test_bad_spec_is_reported():
     result = run_cli("--try", "--spec", "dpaec")
     assert result.returncode != 0
     assert "unknown objective 'dpaec'" in result.stderr
+
+
+def test_try_takes_specs_directly_and_spec_implies_try():
+    result = run_cli("--try", "dpace(alpha=0.3)", "chain", "--spec", "dpace + 0.3*first-error-focal", "--blocks", "4")
+    assert result.returncode == 0, result.stderr
+    assert "registered objectives" not in result.stdout  # particular specs: no listing
+    for spec in ("dpace(alpha=0.3)", "chain", "dpace + 0.3*first-error-focal"):
+        assert spec in result.stdout
+    assert "auf" not in result.stdout and "Warning" not in result.stderr
+    alone = run_cli("--spec", "dpace(alpha=2)")
+    assert alone.returncode == 2 and "alpha=2.0 is out of range" in alone.stderr
