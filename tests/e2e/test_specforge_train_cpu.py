@@ -61,6 +61,7 @@ def _train(
         trained = STEP_LINE.search(result.stdout) is not None
         if result.returncode == 0 or not (trained and UPSTREAM_TEARDOWN_ABORT in result.stdout):
             break
+        print(f"specforge train hit the upstream gloo teardown abort after training; rerunning: {config} {overrides}")
     return result
 
 
