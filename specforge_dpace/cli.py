@@ -9,10 +9,12 @@ not installed) are skipped rather than breaking the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
-from typing import Optional, Sequence
+import warnings
+from typing import Iterator, Optional, Sequence
 
 COMMANDS = {
     "losses": "specforge_dpace.losses.cli",
@@ -48,16 +50,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@contextlib.contextmanager
+def _plain_warnings(command: str) -> Iterator[None]:
+    """Show this package's own warnings as one ``specforge-dpace CMD: warning: ...`` line (they are
+    advice about the user's flags, not code locations); other libraries' warnings keep their format."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if os.path.abspath(str(filename)).startswith(_PACKAGE_DIR + os.sep):
+            print(f"specforge-dpace {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    debug = bool(os.environ.get("SPECFORGE_DPACE_TRACEBACK"))
     try:
-        return int(args._run(args) or 0)
+        with contextlib.nullcontext() if debug else _plain_warnings(args.command):
+            return int(args._run(args) or 0)
     except ValueError as exc:  # validation errors name the bad value; a traceback adds nothing
-        if os.environ.get("SPECFORGE_DPACE_TRACEBACK"):
+        if debug:
             raise
         print(f"specforge-dpace {args.command}: error: {exc}", file=sys.stderr)
         return 2
