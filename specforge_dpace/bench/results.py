@@ -106,13 +106,9 @@ class ResultStore:
 
 
 def versions(extra: Optional[dict] = None) -> dict[str, Any]:
-    from importlib import metadata
+    from .._versions import package_versions
 
     out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("specforge-dpace", "specforge", "sglang", "torch", "transformers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
+    out.update(package_versions(("specforge-dpace", "specforge", "sglang", "torch", "transformers")))
     out.update(extra or {})
     return out

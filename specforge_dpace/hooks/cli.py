@@ -15,7 +15,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from .._versions import package_version, package_versions
+from ._autoload import ENV_VAR, enabled
 
 HELP = "check that the plugin is installed and active in the processes SpecForge starts"
 DESCRIPTION = """Check the installation: versions, the autoload .pth file, SPECFORGE_DPACE_AUTOLOAD,
@@ -42,8 +43,8 @@ try:
         if target.layout == report["layout"]:
             try:
                 importlib.import_module(target.module)
-            except ImportError as exc:
-                report["missing"].append(f"{target.module}: {exc}")
+            except ImportError:
+                report["missing"].append(target.module)
 except Exception as exc:
     report["error"] = f"{type(exc).__name__}: {exc}"
 report["applied"] = hooks.installed_targets()
@@ -65,21 +66,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _version(distribution: str) -> Optional[str]:
-    from importlib import metadata
-
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def versions() -> Check:
     import platform
 
-    parts = [f"python {platform.python_version()}"]
-    for name in ("specforge-dpace", "torch", "transformers", "specforge"):
-        parts.append(f"{name} {_version(name) or 'not installed'}")
+    found = package_versions(("specforge-dpace", "torch", "transformers", "specforge"))
+    parts = [f"python {platform.python_version()}", *(f"{n} {v or 'not installed'}" for n, v in found.items())]
     return Check("versions", INFO, ", ".join(parts))
 
 
@@ -94,20 +85,19 @@ def _site_dirs() -> list[Path]:
 
 
 def pth_file() -> Check:
-    found = [d / PTH_NAME for d in _site_dirs() if (d / PTH_NAME).is_file()]
+    dirs = _site_dirs()
+    found = [d / PTH_NAME for d in dirs if (d / PTH_NAME).is_file()]
     if found:
         return Check("autoload .pth", OK, str(found[0]))
     return Check(
         "autoload .pth",
         FAIL,
-        f"{PTH_NAME} is in none of {[str(d) for d in _site_dirs()]}: SpecForge's processes will not load the plugin. "
+        f"{PTH_NAME} is in none of {[str(d) for d in dirs]}: SpecForge's processes will not load the plugin. "
         "Reinstall: pip install -c constraints-cpu.txt specforge-dpace (or -e . from a checkout)",
     )
 
 
 def autoload_switch() -> Check:
-    from ._autoload import ENV_VAR, enabled
-
     value = os.environ.get(ENV_VAR)
     if enabled():
         return Check(ENV_VAR, OK, "unset (on)" if value is None else f"{value!r} (on)")
@@ -116,7 +106,7 @@ def autoload_switch() -> Check:
 
 def fresh_process(timeout: float) -> list[Check]:
     """What a process started by SpecForge gets: layout, patched targets, missing modules."""
-    if _version("specforge") is None:
+    if package_version("specforge") is None:
         return [Check("SpecForge", WARN, "not installed: the objectives work as a library; pip install --no-deps specforge==0.2.0")]
     try:
         result = subprocess.run(
@@ -134,11 +124,8 @@ def fresh_process(timeout: float) -> list[Check]:
     from . import TARGETS
 
     checks = [Check("SpecForge layout", OK, report["layout"])]
-    expected = [t for t in TARGETS if t.layout == report["layout"]]
-    missing = {entry.split(":", 1)[0] for entry in report["missing"]}
-    from ._autoload import enabled
-
-    for target in expected:
+    missing = set(report["missing"])
+    for target in (t for t in TARGETS if t.layout == report["layout"]):
         if target.name in report["applied"]:
             checks.append(Check(f"patched on import: {target.name}", OK, target.module))
         elif target.module in missing:

@@ -88,7 +88,7 @@ def try_objectives(specs, batch_size: int, blocks: int, block_size: int, seed: i
                 "loss": float(value.loss.detach()),
                 "grad norm": float(neg_log_q.grad.norm()),
                 "reported num": float(value.numerator.detach()),
-                "reported den": float(torch.as_tensor(value.denominator).detach()),
+                "reported den": float(value.denominator.detach()),
                 "ms": elapsed * 1e3,
             }
         )

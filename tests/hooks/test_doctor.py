@@ -67,8 +67,8 @@ def test_missing_pth_file_is_a_failure_with_the_fix(monkeypatch, tmp_path):
 
 
 def test_without_specforge_the_library_still_counts_as_healthy(monkeypatch):
-    real = doctor._version
-    monkeypatch.setattr(doctor, "_version", lambda name: None if name == "specforge" else real(name))
+    real = doctor.package_version
+    monkeypatch.setattr(doctor, "package_version", lambda name: None if name == "specforge" else real(name))
     [row] = doctor.fresh_process(timeout=30)
     assert row.check == "SpecForge" and row.status == "warn" and "--no-deps specforge==0.2.0" in row.detail
 
