@@ -26,21 +26,47 @@ def parse_args(argv=None):
     from specforge_dpace.demo.pipeline import DEFAULT_OBJECTIVES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", type=Path, default=Path("bench-acceptance"),
-                   help="cache and report directory (default: ./bench-acceptance)")
-    p.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES), metavar="SPEC",
-                   help="objective specs; the first plain 'dflash' one is the baseline (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, one full replicate each "
-                   "(at least 3 for a spread; default: 0 1 2)")
-    p.add_argument("--steps", type=int, default=1200, help="drafter optimizer steps per objective (default 1200; the demo uses 600)")
-    p.add_argument("--num-train-seqs", type=int, default=768, help="target-generated training sequences (default 768; the demo uses 512)")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("bench-acceptance"),
+        help="cache and report directory (default: ./bench-acceptance)",
+    )
+    p.add_argument(
+        "--objectives",
+        nargs="+",
+        default=list(DEFAULT_OBJECTIVES),
+        metavar="SPEC",
+        help="objective specs; the first plain 'dflash' one is the baseline (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds, one full replicate each (at least 3 for a spread; default: 0 1 2)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1200,
+        help="drafter optimizer steps per objective (default 1200; the demo uses 600)",
+    )
+    p.add_argument(
+        "--num-train-seqs",
+        type=int,
+        default=768,
+        help="target-generated training sequences (default 768; the demo uses 512)",
+    )
     p.add_argument("--gen-len", type=int, default=96, help="tokens generated per training sequence (default 96)")
     p.add_argument("--block-size", type=int, default=8, help="DFlash block size K (default 8)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per drafter step (default 8)")
     p.add_argument("--lr", type=float, default=2e-3, help="drafter peak learning rate (default 2e-3)")
     p.add_argument("--eval-prompts", type=int, default=24, help="held-out prompts per evaluation (default 24)")
     p.add_argument("--eval-max-new-tokens", type=int, default=64, help="tokens decoded per prompt (default 64)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: $SPECFORGE_DPACE_THREADS or 1)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: $SPECFORGE_DPACE_THREADS or 1)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p.parse_args(argv)
 
@@ -51,16 +77,18 @@ def summarize(per_seed: dict, objectives, baseline: str) -> list[dict]:
     for obj in objectives:
         taus = [per_seed[s][obj] for s in per_seed]
         gains = [per_seed[s][obj] / per_seed[s][baseline] - 1.0 for s in per_seed]
-        rows.append({
-            "objective": obj,
-            "tau_mean": statistics.mean(taus),
-            "tau_std": statistics.stdev(taus) if len(taus) > 1 else 0.0,
-            "gain_mean_%": 100 * statistics.mean(gains),
-            "gain_std_%": 100 * (statistics.stdev(gains) if len(gains) > 1 else 0.0),
-            "gain_min_%": 100 * min(gains),
-            "gain_max_%": 100 * max(gains),
-            "taus": " ".join(f"{t:.3f}" for t in taus),
-        })
+        rows.append(
+            {
+                "objective": obj,
+                "tau_mean": statistics.mean(taus),
+                "tau_std": statistics.stdev(taus) if len(taus) > 1 else 0.0,
+                "gain_mean_%": 100 * statistics.mean(gains),
+                "gain_std_%": 100 * (statistics.stdev(gains) if len(gains) > 1 else 0.0),
+                "gain_min_%": 100 * min(gains),
+                "gain_max_%": 100 * max(gains),
+                "taus": " ".join(f"{t:.3f}" for t in taus),
+            }
+        )
     return rows
 
 
@@ -78,9 +106,16 @@ def main(argv=None) -> int:
     per_seed, runs, t0 = {}, [], time.perf_counter()
     for seed in args.seeds:
         config = DemoConfig(
-            objectives=objectives, seed=seed, threads=args.threads or default_threads(), steps=args.steps,
-            num_train_seqs=args.num_train_seqs, gen_len=args.gen_len, block_size=args.block_size,
-            batch_size=args.batch_size, lr=args.lr, eval_prompts=args.eval_prompts,
+            objectives=objectives,
+            seed=seed,
+            threads=args.threads or default_threads(),
+            steps=args.steps,
+            num_train_seqs=args.num_train_seqs,
+            gen_len=args.gen_len,
+            block_size=args.block_size,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            eval_prompts=args.eval_prompts,
             eval_max_new_tokens=args.eval_max_new_tokens,
         )
         report = DemoPipeline(args.output_dir / f"seed-{seed}", config, show_progress=not args.no_progress).run()
@@ -88,16 +123,31 @@ def main(argv=None) -> int:
         runs.append(report)
         print(f"[bench] seed {seed}: " + ", ".join(f"{k}: {v:.3f}" for k, v in per_seed[seed].items()), flush=True)
     rows = summarize(per_seed, objectives, baseline)
-    title = (f"tau over seeds {args.seeds} (block {args.block_size}, {args.steps} steps, "
-             f"{args.num_train_seqs} seqs); gain = per-seed tau / tau[{baseline}] - 1")
+    title = (
+        f"tau over seeds {args.seeds} (block {args.block_size}, {args.steps} steps, "
+        f"{args.num_train_seqs} seqs); gain = per-seed tau / tau[{baseline}] - 1"
+    )
     print(rpt.format_table(rows, floatfmt=".3f", title=title))
     out = args.output_dir
-    rpt.write_json(out / "bench_acceptance.json", {"rows": rows, "per_seed": per_seed, "args": vars(args),
-                                                   "baseline": baseline, "wall_s": time.perf_counter() - t0})
+    rpt.write_json(
+        out / "bench_acceptance.json",
+        {
+            "rows": rows,
+            "per_seed": per_seed,
+            "args": vars(args),
+            "baseline": baseline,
+            "wall_s": time.perf_counter() - t0,
+        },
+    )
     rpt.write_text(out / "bench_acceptance.md", rpt.markdown_table(rows, floatfmt=".3f") + "\n")
-    rpt.grouped_bar_plot(out / "bench_acceptance.png", [r["objective"][:22] for r in rows],
-                         {"tau": [r["tau_mean"] for r in rows]}, errors={"tau": [r["tau_std"] for r in rows]},
-                         title="tau (mean +- std over seeds)", ylabel="tau")
+    rpt.grouped_bar_plot(
+        out / "bench_acceptance.png",
+        [r["objective"][:22] for r in rows],
+        {"tau": [r["tau_mean"] for r in rows]},
+        errors={"tau": [r["tau_std"] for r in rows]},
+        title="tau (mean +- std over seeds)",
+        ylabel="tau",
+    )
     print(f"wrote {out}/bench_acceptance.json, .md, .png  (wall {time.perf_counter() - t0:.0f} s)")
     return 0
 

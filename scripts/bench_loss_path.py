@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional
 
 SECTIONS = ("overhead", "real", "step", "fused", "fused-step")
 from specforge_dpace.losses import BUILTIN_NAMES as OBJECTIVES  # noqa: E402  (every built-in objective)
+
 COMPOSITE = "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"
 
 
@@ -69,25 +70,45 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example: OMP_NUM_THREADS=2 python scripts/bench_loss_path.py --sections overhead,fused --quick",
     )
-    parser.add_argument("--sections", type=_sections, default=list(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and only N=32 at real sizes (validation runs)")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per case at real sizes (default 5, quick 3)")
-    parser.add_argument("--small-reps", type=int, default=None, help="repetitions for the overhead and step sections (default 300, quick 60)")
+    parser.add_argument(
+        "--sections", type=_sections, default=list(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions and only N=32 at real sizes (validation runs)"
+    )
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed repetitions per case at real sizes (default 5, quick 3)"
+    )
+    parser.add_argument(
+        "--small-reps",
+        type=int,
+        default=None,
+        help="repetitions for the overhead and step sections (default 300, quick 60)",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per case (default 2, quick 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads at real sizes (default 2)")
     parser.add_argument(
-        "--small-threads", type=int, default=1, help="torch threads for the tiny overhead/step sections (default 1: less jitter)"
+        "--small-threads",
+        type=int,
+        default=1,
+        help="torch threads for the tiny overhead/step sections (default 1: less jitter)",
     )
     parser.add_argument("--device", default="cpu", help="torch device for the real-size sections (cpu or cuda)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="dtype of hidden states and lm_head")
     parser.add_argument("--hidden-size", type=int, default=1024, help="H at real sizes (default 1024)")
     parser.add_argument("--vocab", type=_csv_ints, default=[32000, 151936], help="V values at real sizes")
-    parser.add_argument("--blocks", type=_csv_ints, default=None, help="N values at real sizes (default 32,128; quick 32)")
+    parser.add_argument(
+        "--blocks", type=_csv_ints, default=None, help="N values at real sizes (default 32,128; quick 32)"
+    )
     parser.add_argument("--block-size", type=int, default=16, help="K, slots per block (default 16)")
     parser.add_argument("--batch", type=int, default=1, help="B, sequences per micro-batch at real sizes (default 1)")
     parser.add_argument("--chunk-blocks", type=int, default=128, help="SpecForge objective_chunk_blocks (default 128)")
-    parser.add_argument("--sub-chunk-tokens", type=int, default=None, help="fused sub-chunk size override (default: automatic)")
-    parser.add_argument("--fused-objectives", default="dflash,dpace", help="objectives in the fused section (upstream names)")
+    parser.add_argument(
+        "--sub-chunk-tokens", type=int, default=None, help="fused sub-chunk size override (default: automatic)"
+    )
+    parser.add_argument(
+        "--fused-objectives", default="dflash,dpace", help="objectives in the fused section (upstream names)"
+    )
     parser.add_argument("--tiny-hidden", type=int, default=64, help="H of the tiny lm_head in the overhead section")
     parser.add_argument("--tiny-vocab", type=int, default=256, help="V of the tiny lm_head in the overhead section")
     parser.add_argument("--tiny-blocks", type=int, default=32, help="N in the overhead section")
@@ -304,7 +325,12 @@ def section_overhead(args) -> list[dict]:
     upstream_added = median_ms(times["upstream dpace"]) * 1e3 - base
     rows = [
         {"path": "upstream dflash", "objective": "dflash", "median_us": base, "added_us": 0.0},
-        {"path": "upstream dpace", "objective": "dpace", "median_us": base + upstream_added, "added_us": upstream_added},
+        {
+            "path": "upstream dpace",
+            "objective": "dpace",
+            "median_us": base + upstream_added,
+            "added_us": upstream_added,
+        },
     ]
     plugin_base = median_ms(times["objective dflash"]) * 1e3
     for spec in (*OBJECTIVES, COMPOSITE):
@@ -345,7 +371,12 @@ def section_real(args) -> list[dict]:
         cases = {
             "upstream dflash": _backward_case(
                 functools.partial(
-                    upstream_loss, "dflash", upstream_host(head, "dflash", args.block_size), hidden, target, mask,
+                    upstream_loss,
+                    "dflash",
+                    upstream_host(head, "dflash", args.block_size),
+                    hidden,
+                    target,
+                    mask,
                     args.chunk_blocks,
                 ),
                 hidden,
@@ -461,10 +492,9 @@ class TinyStep:
 
     def __init__(self, args, loss_type: str, loss_options: Optional[dict] = None, seed: int = 0) -> None:
         import torch
-        from transformers import Qwen3Config
-
         from specforge.algorithms.common.dflash_family_model import OnlineDFlashModel
         from specforge.modeling.draft.dflash import DFlashDraftModel
+        from transformers import Qwen3Config
 
         hidden, vocab = args.step_hidden, args.step_vocab
         torch.manual_seed(seed)
@@ -562,7 +592,14 @@ def section_step(args) -> list[dict]:
     rows = []
     for name, values in times.items():
         target = "<= 1.01x" if name == "patched dflash" else ("" if name == "unpatched dflash" else "within noise")
-        rows.append({"case": name, "median_ms": median_ms(values), "ratio_vs_unpatched_dflash": median_ms(values) / base, "target": target})
+        rows.append(
+            {
+                "case": name,
+                "median_ms": median_ms(values),
+                "ratio_vs_unpatched_dflash": median_ms(values) / base,
+                "target": target,
+            }
+        )
     _emit(args, _step_title(args, "step"), rows)
     return rows
 
@@ -593,12 +630,16 @@ def section_fused_step(args) -> list[dict]:
         mask[..., 0] = 0.0
 
         objective_cases[f"upstream {name}"] = _backward_case(
-            functools.partial(upstream_loss, name, upstream_host(head, name, args.block_size), hidden, target, mask, args.chunk_blocks),
+            functools.partial(
+                upstream_loss, name, upstream_host(head, name, args.block_size), hidden, target, mask, args.chunk_blocks
+            ),
             hidden,
             "cpu",
         )
         objective_cases[f"fused {name}"] = _backward_case(
-            functools.partial(fused_loss, build_loss(name), head, hidden, target, mask, args.sub_chunk_tokens), hidden, "cpu"
+            functools.partial(fused_loss, build_loss(name), head, hidden, target, mask, args.sub_chunk_tokens),
+            hidden,
+            "cpu",
         )
     step_times = _timed_alternate(cases, args.small_reps, args.warmup_small, "fused-step")
     path_times = alternate(objective_cases, args.small_reps, args.warmup_small, "fused-step objective")
@@ -630,7 +671,11 @@ _TABLES: list[tuple[str, list[dict]]] = []
 
 def _progress(row: dict) -> None:
     """One line per finished row on stderr, so long real-size runs show results as they come."""
-    print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
+    print(
+        "  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _emit(args, title: str, rows: list[dict]) -> None:

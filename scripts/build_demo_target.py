@@ -19,7 +19,9 @@ def main(argv=None) -> int:
 
     defaults = TargetConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", type=Path, default=assets_dir(), help="where to write (default: the package assets)")
+    parser.add_argument(
+        "--out-dir", type=Path, default=assets_dir(), help="where to write (default: the package assets)"
+    )
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens per training window")
@@ -36,11 +38,18 @@ def main(argv=None) -> int:
     from specforge_dpace.demo.build import build_target_assets
 
     config = TargetConfig(
-        steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size, num_hidden_layers=args.layers, seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        seed=args.seed,
     )
-    meta = build_target_assets(args.out_dir, config, dtype=args.dtype, threads=args.threads,
-                               show_progress=not args.no_progress)
+    meta = build_target_assets(
+        args.out_dir, config, dtype=args.dtype, threads=args.threads, show_progress=not args.no_progress
+    )
     print(json.dumps(meta, indent=2, sort_keys=True))
     return 0
 

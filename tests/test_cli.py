@@ -9,8 +9,20 @@ import warnings
 from specforge_dpace import cli
 
 DPACE_WITH_GAMMA = [
-    "train-dflash", "--target-model-path", "/t", "--draft-config-path", "/d", "--train-data-path", "/x.jsonl",
-    "--output-dir", "/tmp/o", "--loss-type", "dpace", "--loss-decay-gamma", "7", "--dry-run",
+    "train-dflash",
+    "--target-model-path",
+    "/t",
+    "--draft-config-path",
+    "/d",
+    "--train-data-path",
+    "/x.jsonl",
+    "--output-dir",
+    "/tmp/o",
+    "--loss-type",
+    "dpace",
+    "--loss-decay-gamma",
+    "7",
+    "--dry-run",
 ]
 
 

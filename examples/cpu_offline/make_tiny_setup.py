@@ -26,7 +26,9 @@ def main(argv=None) -> int:
         "--num-samples", type=int, default=16, help="number of feature files to write (default: %(default)s)"
     )
     parser.add_argument(
-        "--sample-length", type=int, default=40,
+        "--sample-length",
+        type=int,
+        default=40,
         help="words per synthetic sample, prompt included (default: %(default)s)",
     )
     parser.add_argument(

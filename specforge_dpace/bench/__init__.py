@@ -14,7 +14,19 @@ from specforge_dpace.bench.server import ServerError, attach, launch
 from specforge_dpace.bench.validate import DraftValidationError, validate_draft_dir
 
 __all__ = [
-    "BenchConfig", "BenchError", "DraftValidationError", "MetaFieldError", "Prompt", "ResultStore",
-    "ServerError", "SpecMeta", "TemplateChoice", "attach", "extract", "launch", "load_dataset",
-    "run_sglang", "validate_draft_dir",
+    "BenchConfig",
+    "BenchError",
+    "DraftValidationError",
+    "MetaFieldError",
+    "Prompt",
+    "ResultStore",
+    "ServerError",
+    "SpecMeta",
+    "TemplateChoice",
+    "attach",
+    "extract",
+    "launch",
+    "load_dataset",
+    "run_sglang",
+    "validate_draft_dir",
 ]

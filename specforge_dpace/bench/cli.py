@@ -41,43 +41,90 @@ def _pairs(values, flag: str) -> dict[str, str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     p = parser
-    p.add_argument("--target", required=True, help="target model directory (served by SGLang / loaded by the evaluator)")
-    p.add_argument("--drafter", action="append", metavar="NAME=PATH",
-                   help="a DFlash draft directory to benchmark (repeat for several; NAME labels it in the report)")
-    p.add_argument("--dataset", action="append", metavar="KIND=PATH",
-                   help="KIND is gsm8k, math500, humaneval, mbpp, mt-bench, alpaca or prompts; PATH a local "
-                        ".jsonl/.json/.parquet file; 'smoke' alone uses the bundled 8-prompt set (default)")
-    p.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts of each dataset (default all)")
-    p.add_argument("--temperature", type=float, action="append",
-                   help="sampling temperature (repeat for several; default 0 = greedy)")
+    p.add_argument(
+        "--target", required=True, help="target model directory (served by SGLang / loaded by the evaluator)"
+    )
+    p.add_argument(
+        "--drafter",
+        action="append",
+        metavar="NAME=PATH",
+        help="a DFlash draft directory to benchmark (repeat for several; NAME labels it in the report)",
+    )
+    p.add_argument(
+        "--dataset",
+        action="append",
+        metavar="KIND=PATH",
+        help="KIND is gsm8k, math500, humaneval, mbpp, mt-bench, alpaca or prompts; PATH a local "
+        ".jsonl/.json/.parquet file; 'smoke' alone uses the bundled 8-prompt set (default)",
+    )
+    p.add_argument(
+        "--num-prompts", type=int, default=None, help="use the first N prompts of each dataset (default all)"
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        action="append",
+        help="sampling temperature (repeat for several; default 0 = greedy)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256, help="max_new_tokens of every request (default 256)")
     p.add_argument("--top-p", type=float, default=1.0, help="top_p sent with every request (default 1.0)")
-    p.add_argument("--top-k", type=int, default=-1,
-                   help="top_k sent with every request (default -1 = disabled; never a silent greedy 1)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=-1,
+        help="top_k sent with every request (default -1 = disabled; never a silent greedy 1)",
+    )
     p.add_argument("--seed", type=int, default=None, help="sampling seed sent with every request (default none)")
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight per server (default 1)")
-    p.add_argument("--chat-template", choices=("tokenizer", "raw"), default="tokenizer",
-                   help="'tokenizer': apply the target tokenizer's chat template; 'raw': send the prompt as is")
-    p.add_argument("--thinking", choices=("on", "off"), default="off",
-                   help="Qwen3 thinking mode in the chat template (changes tau drastically; default off)")
+    p.add_argument(
+        "--chat-template",
+        choices=("tokenizer", "raw"),
+        default="tokenizer",
+        help="'tokenizer': apply the target tokenizer's chat template; 'raw': send the prompt as is",
+    )
+    p.add_argument(
+        "--thinking",
+        choices=("on", "off"),
+        default="off",
+        help="Qwen3 thinking mode in the chat template (changes tau drastically; default off)",
+    )
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --target)")
     p.add_argument("--out", required=True, help="output directory (results append here; rerun to resume)")
-    p.add_argument("--backend", choices=("sglang", "hf"), default="sglang",
-                   help="'sglang': launch/attach SGLang servers; 'hf': the offline evaluator on this machine")
+    p.add_argument(
+        "--backend",
+        choices=("sglang", "hf"),
+        default="sglang",
+        help="'sglang': launch/attach SGLang servers; 'hf': the offline evaluator on this machine",
+    )
     p.add_argument("--server-args", default="", help="extra flags for every SGLang server, one quoted string")
-    p.add_argument("--launcher", default=None,
-                   help="command that starts a server (default: python -m sglang.launch_server; env "
-                        "SPECFORGE_DPACE_BENCH_LAUNCHER); 'python -m specforge_dpace.bench.loopback' is the CPU stand-in")
-    p.add_argument("--server-url", action="append", metavar="NAME=URL",
-                   help="use an already running server for drafter NAME (or 'baseline') instead of launching one")
+    p.add_argument(
+        "--launcher",
+        default=None,
+        help="command that starts a server (default: python -m sglang.launch_server; env "
+        "SPECFORGE_DPACE_BENCH_LAUNCHER); 'python -m specforge_dpace.bench.loopback' is the CPU stand-in",
+    )
+    p.add_argument(
+        "--server-url",
+        action="append",
+        metavar="NAME=URL",
+        help="use an already running server for drafter NAME (or 'baseline') instead of launching one",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the no-speculation baseline (no speed-up column)")
     p.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up requests per server (default 2)")
     p.add_argument("--health-timeout", type=float, default=900.0, help="seconds to wait for /health (default 900)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (default 600)")
-    p.add_argument("--time-budget", type=float, default=86400.0,
-                   help="stop submitting after this many seconds per group; rerun resumes (default 86400)")
-    p.add_argument("--hf-chunk", type=int, default=4,
-                   help="--backend hf: prompts per evaluator call (results are saved per chunk; default 4)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=86400.0,
+        help="stop submitting after this many seconds per group; rerun resumes (default 86400)",
+    )
+    p.add_argument(
+        "--hf-chunk",
+        type=int,
+        default=4,
+        help="--backend hf: prompts per evaluator call (results are saved per chunk; default 4)",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
 
 
@@ -105,18 +152,39 @@ def build_config(args: argparse.Namespace):
         if label in prompts:
             raise ValueError(f"--dataset {label!r} given twice")
         prompts[label] = loaded
-    for n, flag in ((args.num_prompts, "--num-prompts"), (args.concurrency, "--concurrency"),
-                    (args.max_new_tokens, "--max-new-tokens")):
+    for n, flag in (
+        (args.num_prompts, "--num-prompts"),
+        (args.concurrency, "--concurrency"),
+        (args.max_new_tokens, "--max-new-tokens"),
+    ):
         if n is not None and n < 1:
             raise ValueError(f"{flag} must be >= 1, got {n}")
-    template = TemplateChoice("raw", None) if args.chat_template == "raw" else TemplateChoice("tokenizer", args.thinking == "on")
+    template = (
+        TemplateChoice("raw", None)
+        if args.chat_template == "raw"
+        else TemplateChoice("tokenizer", args.thinking == "on")
+    )
     return BenchConfig(
-        target=args.target, drafters=drafters, prompts=prompts, out_dir=Path(args.out),
-        temperatures=args.temperature or [0.0], max_new_tokens=args.max_new_tokens,
-        concurrency=args.concurrency, server_args=shlex.split(args.server_args), launcher=args.launcher,
-        server_urls=urls, health_timeout_s=args.health_timeout, request_timeout_s=args.request_timeout,
-        time_budget_s=args.time_budget, warmup=args.warmup, template=template, top_p=args.top_p,
-        top_k=args.top_k, seed=args.seed, baseline=not args.no_baseline, backend=args.backend,
+        target=args.target,
+        drafters=drafters,
+        prompts=prompts,
+        out_dir=Path(args.out),
+        temperatures=args.temperature or [0.0],
+        max_new_tokens=args.max_new_tokens,
+        concurrency=args.concurrency,
+        server_args=shlex.split(args.server_args),
+        launcher=args.launcher,
+        server_urls=urls,
+        health_timeout_s=args.health_timeout,
+        request_timeout_s=args.request_timeout,
+        time_budget_s=args.time_budget,
+        warmup=args.warmup,
+        template=template,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        baseline=not args.no_baseline,
+        backend=args.backend,
     )
 
 
@@ -125,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
     from specforge_dpace import report
     from specforge_dpace.bench.datasets import make_renderer
-    from specforge_dpace.bench.results import ResultStore, TABLE_COLUMNS, versions
+    from specforge_dpace.bench.results import TABLE_COLUMNS, ResultStore, versions
     from specforge_dpace.bench.runner import BenchError, config_summary, run_sglang
     from specforge_dpace.bench.server import ServerError
     from specforge_dpace.bench.validate import checkpoint_hash, validate_draft_dir
@@ -137,15 +205,19 @@ def run(args: argparse.Namespace) -> int:
     render = make_renderer(cfg.template, args.tokenizer or cfg.target)
     store = ResultStore(cfg.out_dir)
     provenance = {
-        "argv": sys.argv, "config": config_summary(cfg), "template": cfg.template.describe(),
-        "versions": versions(), "drafter_sha256": {n: checkpoint_hash(p) for n, p in cfg.drafters.items()},
+        "argv": sys.argv,
+        "config": config_summary(cfg),
+        "template": cfg.template.describe(),
+        "versions": versions(),
+        "drafter_sha256": {n: checkpoint_hash(p) for n, p in cfg.drafters.items()},
         "servers": {},
     }
     report.write_json(cfg.out_dir / "provenance.json", provenance)
 
     def on_server(name: str, info: dict) -> None:
-        provenance["servers"][name] = {k: info.get(k) for k in ("version", "speculative_algorithm",
-                                                               "speculative_num_draft_tokens", "model_path")}
+        provenance["servers"][name] = {
+            k: info.get(k) for k in ("version", "speculative_algorithm", "speculative_num_draft_tokens", "model_path")
+        }
 
     def on_term(signum, frame):  # turn SIGTERM into the Ctrl-C path so `finally` stops servers
         raise KeyboardInterrupt(f"signal {signum}")
@@ -160,8 +232,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             run_sglang(cfg, store, render, on_server)
     except KeyboardInterrupt:
-        print("specforge-dpace bench: interrupted; servers stopped; rerun the same command to resume",
-              file=sys.stderr)
+        print("specforge-dpace bench: interrupted; servers stopped; rerun the same command to resume", file=sys.stderr)
         code = 130
     except (BenchError, ServerError, RuntimeError) as exc:
         print(f"specforge-dpace bench: error: {exc}", file=sys.stderr)
@@ -171,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
     if store.records():
         paths = store.write_reports(provenance, plot=not args.no_plot)
         rows = store.summary_rows()
-        print(report.format_table(rows, TABLE_COLUMNS, floatfmt=".3f",
-                                  title=f"bench results ({cfg.template.describe()})"))
+        print(
+            report.format_table(rows, TABLE_COLUMNS, floatfmt=".3f", title=f"bench results ({cfg.template.describe()})")
+        )
         print("written: " + ", ".join(str(p) for p in paths.values()))
     return code

@@ -54,8 +54,9 @@ class SGLangClient:
 
     def _request(self, method: str, path: str, payload: Any = None, timeout: Optional[float] = None) -> bytes:
         data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 return resp.read()
@@ -119,8 +120,9 @@ def run_bounded(
                 pending[pool.submit(work, item)] = item
             if not pending:
                 break
-            finished, _ = wait(list(pending), timeout=max(0.0, end - time.monotonic()) + 60,
-                               return_when=FIRST_COMPLETED)
+            finished, _ = wait(
+                list(pending), timeout=max(0.0, end - time.monotonic()) + 60, return_when=FIRST_COMPLETED
+            )
             if not finished:
                 raise TimeoutError(f"no request finished within the {deadline_s:.0f}s time budget")
             for fut in finished:

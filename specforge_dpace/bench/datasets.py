@@ -41,8 +41,7 @@ def _math500(r: dict, w: str) -> str:
 
 def _humaneval(r: dict, w: str) -> str:
     code = _field(r, ("prompt",), "humaneval", w)
-    return ("Write a solution to the following problem and make sure that it passes the tests:\n"
-            f"```python\n{code}\n```")
+    return f"Write a solution to the following problem and make sure that it passes the tests:\n```python\n{code}\n```"
 
 
 def _mbpp(r: dict, w: str) -> str:
@@ -67,8 +66,13 @@ def _plain(r: dict, w: str) -> str:
 
 
 FORMATS: dict[str, Callable[[dict, str], str]] = {
-    "gsm8k": _gsm8k, "math500": _math500, "humaneval": _humaneval, "mbpp": _mbpp,
-    "mt-bench": _mtbench, "alpaca": _alpaca, "prompts": _plain,
+    "gsm8k": _gsm8k,
+    "math500": _math500,
+    "humaneval": _humaneval,
+    "mbpp": _mbpp,
+    "mt-bench": _mtbench,
+    "alpaca": _alpaca,
+    "prompts": _plain,
 }
 ID_FIELDS = ("id", "task_id", "question_id", "idx", "unique_id")
 
@@ -83,7 +87,9 @@ def read_records(path: Path) -> list[dict]:
         try:
             import pyarrow.parquet as pq
         except ImportError as exc:
-            raise ValueError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or convert to JSONL") from exc
+            raise ValueError(
+                f"{path}: reading parquet needs pyarrow (pip install pyarrow), or convert to JSONL"
+            ) from exc
         return pq.read_table(path).to_pylist()
     text = path.read_text(encoding="utf-8")
     if suffix == ".json":
@@ -103,8 +109,9 @@ def read_records(path: Path) -> list[dict]:
     raise ValueError(f"{path}: unsupported dataset format {suffix!r}; accepted: .jsonl, .json, .parquet")
 
 
-def load_dataset(kind: str, path: Optional[str | Path] = None, limit: Optional[int] = None,
-                 label: Optional[str] = None) -> list[Prompt]:
+def load_dataset(
+    kind: str, path: Optional[str | Path] = None, limit: Optional[int] = None, label: Optional[str] = None
+) -> list[Prompt]:
     """Prompts of ``kind`` (one of :data:`FORMATS`, or ``smoke`` for the bundled set)."""
     if kind == "smoke":
         kind, path = "prompts", path or DATA_DIR / "smoke.jsonl"
@@ -156,14 +163,18 @@ def make_renderer(choice: TemplateChoice, tokenizer_path: Optional[str]) -> Call
     try:
         tok = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"--chat-template tokenizer: no tokenizer loads from {tokenizer_path!r} ({exc}); "
-                         "pass --tokenizer DIR, or --chat-template raw to send prompts as they are") from None
+        raise ValueError(
+            f"--chat-template tokenizer: no tokenizer loads from {tokenizer_path!r} ({exc}); "
+            "pass --tokenizer DIR, or --chat-template raw to send prompts as they are"
+        ) from None
     if not getattr(tok, "chat_template", None):
         raise ValueError(f"tokenizer at {tokenizer_path} has no chat template; use --chat-template raw")
 
     def render(message: str) -> str:
         return tok.apply_chat_template(
-            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True,
+            [{"role": "user", "content": message}],
+            tokenize=False,
+            add_generation_prompt=True,
             enable_thinking=bool(choice.thinking),
         )
 

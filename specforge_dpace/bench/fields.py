@@ -54,6 +54,7 @@ PROFILES: dict[str, dict[str, str]] = {
 
 def profile_for(version: str) -> dict[str, str]:
     """Field names SGLang ``version`` emits (the newest profile not newer than it)."""
+
     def key(v: str) -> tuple[int, ...]:
         return tuple(int(p) for p in v.split(".")[:3] if p.isdigit())
 

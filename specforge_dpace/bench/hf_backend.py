@@ -21,7 +21,7 @@ from specforge_dpace.bench.runner import BenchConfig, make_record, pending_items
 
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
-        yield items[i: i + size]
+        yield items[i : i + size]
 
 
 def _progress(total: int, desc: str):
@@ -33,8 +33,14 @@ def _progress(total: int, desc: str):
         return None
 
 
-def run_hf(cfg: BenchConfig, store: ResultStore, render: Callable[[str], str], *,
-           tokenizer_path: Optional[str] = None, chunk: int = 4) -> int:
+def run_hf(
+    cfg: BenchConfig,
+    store: ResultStore,
+    render: Callable[[str], str],
+    *,
+    tokenizer_path: Optional[str] = None,
+    chunk: int = 4,
+) -> int:
     """Evaluate every pending (drafter, dataset, temperature, prompt); returns records written."""
     from specforge_dpace.evaluate import EvalConfig, evaluate_paths
 
@@ -58,18 +64,31 @@ def run_hf(cfg: BenchConfig, store: ResultStore, render: Callable[[str], str], *
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"time budget of {cfg.time_budget_s:.0f}s reached; run again to resume")
                 result = evaluate_paths(
-                    cfg.target, draft, [{"prompt": it.text} for it in part],
-                    EvalConfig(temperature=temperature, max_new_tokens=cfg.max_new_tokens,
-                               seed=cfg.seed or 0, show_progress=False),
+                    cfg.target,
+                    draft,
+                    [{"prompt": it.text} for it in part],
+                    EvalConfig(
+                        temperature=temperature,
+                        max_new_tokens=cfg.max_new_tokens,
+                        seed=cfg.seed or 0,
+                        show_progress=False,
+                    ),
                     tokenizer_path=tokenizer_path,
                 )
                 for it, rec in zip(part, result.per_prompt):
                     store.add(_record(cfg, name, it, rec))
                     recorded += 1
-                store.add_server_stat({"backend": cfg.backend, "drafter": name, "dataset": dataset,
-                                       "temperature": temperature, "avg": result.overall.get("tau"),
-                                       "requests": len(part),
-                                       "verify_steps": result.overall.get("verify_steps")})
+                store.add_server_stat(
+                    {
+                        "backend": cfg.backend,
+                        "drafter": name,
+                        "dataset": dataset,
+                        "temperature": temperature,
+                        "avg": result.overall.get("tau"),
+                        "requests": len(part),
+                        "verify_steps": result.overall.get("verify_steps"),
+                    }
+                )
                 if bar is not None:
                     bar.update(len(part))
             if bar is not None:
@@ -82,14 +101,22 @@ def _record(cfg: BenchConfig, name: str, item, rec: dict[str, Any]) -> dict:
     if wall is None:
         wall = sum(float(rec.get(k) or 0.0) for k in ("prefill_s", "draft_s", "verify_s"))
     return make_record(
-        cfg, name, item, completion_tokens=int(rec["completion_tokens"]), verify_ct=int(rec["verify_steps"]),
-        accept_length=rec.get("tau"), num_correct_drafts=None, num_proposed_drafts=None,
-        histogram=rec.get("accept_hist"), latency_s=wall,
+        cfg,
+        name,
+        item,
+        completion_tokens=int(rec["completion_tokens"]),
+        verify_ct=int(rec["verify_steps"]),
+        accept_length=rec.get("tau"),
+        num_correct_drafts=None,
+        num_proposed_drafts=None,
+        histogram=rec.get("accept_hist"),
+        latency_s=wall,
     )
 
 
-def _run_baseline(cfg: BenchConfig, store: ResultStore, items: list, tokenizer_path: Optional[str],
-                  deadline: float) -> int:
+def _run_baseline(
+    cfg: BenchConfig, store: ResultStore, items: list, tokenizer_path: Optional[str], deadline: float
+) -> int:
     import torch
     from transformers import AutoTokenizer
 
@@ -106,9 +133,20 @@ def _run_baseline(cfg: BenchConfig, store: ResultStore, items: list, tokenizer_p
             ids = tok(it.text, add_special_tokens=False)["input_ids"]
             start = time.perf_counter()
             out = greedy_reference(target, ids, cfg.max_new_tokens)
-            store.add(make_record(cfg, BASELINE, it, completion_tokens=len(out), verify_ct=None,
-                                  accept_length=None, num_correct_drafts=None, num_proposed_drafts=None,
-                                  histogram=None, latency_s=time.perf_counter() - start))
+            store.add(
+                make_record(
+                    cfg,
+                    BASELINE,
+                    it,
+                    completion_tokens=len(out),
+                    verify_ct=None,
+                    accept_length=None,
+                    num_correct_drafts=None,
+                    num_proposed_drafts=None,
+                    histogram=None,
+                    latency_s=time.perf_counter() - start,
+                )
+            )
             n += 1
             if bar is not None:
                 bar.update(1)

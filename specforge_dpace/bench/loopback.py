@@ -41,7 +41,7 @@ def parse_pattern(text: str) -> list[int]:
     try:
         steps = [int(float(p)) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise ValueError(f"SGLANG_SIMULATE_ACC_LEN={text!r}: expected an integer or a comma list of integers")
+        raise ValueError(f"SGLANG_SIMULATE_ACC_LEN={text!r}: expected an integer or a comma list of integers") from None
     if not steps or any(s < 1 for s in steps):
         raise ValueError(f"SGLANG_SIMULATE_ACC_LEN={text!r}: every step length must be >= 1")
     return steps
@@ -221,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_block_size(args: argparse.Namespace) -> int:
     a, b = args.speculative_num_draft_tokens, args.speculative_dflash_block_size
     if a is not None and b is not None and a != b:
-        raise SystemExit(
-            f"--speculative-num-draft-tokens={a} and --speculative-dflash-block-size={b} disagree"
-        )
+        raise SystemExit(f"--speculative-num-draft-tokens={a} and --speculative-dflash-block-size={b} disagree")
     size = a if a is not None else b
     if size is None and args.speculative_draft_model_path:
         with open(os.path.join(args.speculative_draft_model_path, "config.json"), encoding="utf-8") as fh:
@@ -239,9 +237,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit(f"loopback supports --speculative-algorithm DFLASH only, got {args.speculative_algorithm}")
     args.block_size = _resolve_block_size(args) if args.speculative_algorithm else 1
     state = _State(args)
-    sys.stderr.write(f"loopback: pid={os.getpid()} serving {args.model_path} on 127.0.0.1:{args.port} "
-                     f"(speculative={state.speculative}, block={state.block_size}, pattern={state.pattern}, "
-                     f"fields={state.version}, ignored args={unknown})\n")
+    sys.stderr.write(
+        f"loopback: pid={os.getpid()} serving {args.model_path} on 127.0.0.1:{args.port} "
+        f"(speculative={state.speculative}, block={state.block_size}, pattern={state.pattern}, "
+        f"fields={state.version}, ignored args={unknown})\n"
+    )
     sys.stderr.flush()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), _handler(state))
     server.daemon_threads = True

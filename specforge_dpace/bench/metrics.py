@@ -69,16 +69,22 @@ def summarize_group(records: Sequence[dict], server_avgs: Sequence[dict] = ()) -
         out["per_position_acceptance"] = None
     # one segment per measured group or resumed part of it: weight each by its verify steps (the
     # server average is itself step-weighted), or by its requests for records without them
-    avgs = [(s["avg"], s.get("verify_steps") or s["requests"]) for s in server_avgs
-            if s.get("avg") is not None and s.get("requests")]
+    avgs = [
+        (s["avg"], s.get("verify_steps") or s["requests"])
+        for s in server_avgs
+        if s.get("avg") is not None and s.get("requests")
+    ]
     out["tau_server_avg"] = (sum(a * k for a, k in avgs) / sum(k for _, k in avgs)) if avgs else None
     return out
 
 
 def add_speedups(rows: list[dict], baseline_name: str) -> None:
     """``speedup`` = output tokens/s over the baseline's on the same dataset and temperature."""
-    base = {(r["backend"], r["dataset"], r["temperature"]): r.get("output_tokens_per_s")
-            for r in rows if r["drafter"] == baseline_name}
+    base = {
+        (r["backend"], r["dataset"], r["temperature"]): r.get("output_tokens_per_s")
+        for r in rows
+        if r["drafter"] == baseline_name
+    }
     for r in rows:
         b = base.get((r["backend"], r["dataset"], r["temperature"]))
         tps = r.get("output_tokens_per_s")

@@ -18,9 +18,20 @@ from specforge_dpace.bench.metrics import add_speedups, summarize_group
 
 BASELINE = "baseline"
 KEY_FIELDS = ("backend", "drafter", "dataset", "temperature", "max_new_tokens", "template", "prompt_id")
-TABLE_COLUMNS = ("backend", "dataset", "temperature", "drafter", "requests", "tau_mean_per_request",
-                 "tau_token_weighted", "tau_server_avg", "output_tokens_per_s", "speedup",
-                 "latency_mean_s", "latency_p90_s")
+TABLE_COLUMNS = (
+    "backend",
+    "dataset",
+    "temperature",
+    "drafter",
+    "requests",
+    "tau_mean_per_request",
+    "tau_token_weighted",
+    "tau_server_avg",
+    "output_tokens_per_s",
+    "speedup",
+    "latency_mean_s",
+    "latency_p90_s",
+)
 
 
 def record_key(record: dict) -> tuple:
@@ -68,25 +79,32 @@ class ResultStore:
     def write_reports(self, provenance: dict[str, Any], plot: bool = True) -> dict[str, Path]:
         rows = self.summary_rows()
         paths = {
-            "json": report.write_json(self.out_dir / "summary.json", {
-                "tau_definitions": {
-                    "tau_mean_per_request": "mean over requests of completion_tokens / verify steps",
-                    "tau_token_weighted": "sum completion_tokens / sum verify steps",
-                    "tau_server_avg": "server's avg_spec_accept_length after each measured group "
-                                      "(cache flushed before it), step-weighted over groups; hf backend: the "
-                                      "evaluator's own tau (prefill token excluded)",
+            "json": report.write_json(
+                self.out_dir / "summary.json",
+                {
+                    "tau_definitions": {
+                        "tau_mean_per_request": "mean over requests of completion_tokens / verify steps",
+                        "tau_token_weighted": "sum completion_tokens / sum verify steps",
+                        "tau_server_avg": "server's avg_spec_accept_length after each measured group "
+                        "(cache flushed before it), step-weighted over groups; hf backend: the "
+                        "evaluator's own tau (prefill token excluded)",
+                    },
+                    "speedup": "output tokens/s over the no-speculation baseline on the same dataset and temperature",
+                    "provenance": provenance,
+                    "results": rows,
                 },
-                "speedup": "output tokens/s over the no-speculation baseline on the same dataset and temperature",
-                "provenance": provenance,
-                "results": rows,
-            }),
+            ),
             "csv": report.write_csv(self.out_dir / "summary.csv", rows, [*TABLE_COLUMNS, "per_position_acceptance"]),
         }
-        md = ["# Benchmark results", "",
-              f"Chat template: {provenance.get('template', '?')}. tau_mean_per_request = mean of per-request "
-              "completion/verify; tau_token_weighted = sum completion / sum verify; tau_server_avg = server "
-              "average. Speed-up = output tokens/s over the baseline.", "",
-              report.markdown_table(rows, TABLE_COLUMNS, floatfmt=".3f")]
+        md = [
+            "# Benchmark results",
+            "",
+            f"Chat template: {provenance.get('template', '?')}. tau_mean_per_request = mean of per-request "
+            "completion/verify; tau_token_weighted = sum completion / sum verify; tau_server_avg = server "
+            "average. Speed-up = output tokens/s over the baseline.",
+            "",
+            report.markdown_table(rows, TABLE_COLUMNS, floatfmt=".3f"),
+        ]
         paths["md"] = report.write_text(self.out_dir / "summary.md", "\n".join(md))
         if plot and rows:
             paths["png"] = self.plot(rows)
@@ -99,10 +117,14 @@ class ResultStore:
         index = {(r["drafter"], r["dataset"], r["temperature"]): r for r in rows}
         tau = {d: [(index.get((d, *g)) or {}).get("tau_token_weighted") for g in groups] for d in drafters}
         speed = {d: [(index.get((d, *g)) or {}).get("speedup") for g in groups] for d in drafters}
-        return report.multi_panel_bar_plot(self.out_dir / "tau_speedup.png", labels, [
-            ("acceptance length tau (token-weighted)", "tau", tau, None, None),
-            ("speed-up over no-speculation baseline", "x", speed, None, 1.0),
-        ])
+        return report.multi_panel_bar_plot(
+            self.out_dir / "tau_speedup.png",
+            labels,
+            [
+                ("acceptance length tau (token-weighted)", "tau", tau, None, None),
+                ("speed-up over no-speculation baseline", "x", speed, None, 1.0),
+            ],
+        )
 
 
 def versions(extra: Optional[dict] = None) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from specforge_dpace.bench import client as client_mod
-from specforge_dpace.bench import fields, server as server_mod
+from specforge_dpace.bench import fields
+from specforge_dpace.bench import server as server_mod
 from specforge_dpace.bench.datasets import Prompt, TemplateChoice
 from specforge_dpace.bench.results import BASELINE, ResultStore, record_key
 
@@ -62,9 +63,15 @@ class WorkItem:
 
 def make_record(cfg: BenchConfig, drafter: str, item: WorkItem, **values: Any) -> dict:
     return {
-        "backend": cfg.backend, "drafter": drafter, "dataset": item.dataset, "temperature": item.temperature,
-        "max_new_tokens": cfg.max_new_tokens, "template": cfg.template.describe(),
-        "prompt_id": item.prompt.prompt_id, **values, "finished_at": time.time(),
+        "backend": cfg.backend,
+        "drafter": drafter,
+        "dataset": item.dataset,
+        "temperature": item.temperature,
+        "max_new_tokens": cfg.max_new_tokens,
+        "template": cfg.template.describe(),
+        "prompt_id": item.prompt.prompt_id,
+        **values,
+        "finished_at": time.time(),
     }
 
 
@@ -88,8 +95,14 @@ def _progress(total: int, desc: str):
         return None
 
 
-def run_server(cfg: BenchConfig, store: ResultStore, name: str, draft: Optional[str],
-               render: Callable[[str], str], on_server: Callable[[str, dict], None] = lambda n, i: None) -> int:
+def run_server(
+    cfg: BenchConfig,
+    store: ResultStore,
+    name: str,
+    draft: Optional[str],
+    render: Callable[[str], str],
+    on_server: Callable[[str, dict], None] = lambda n, i: None,
+) -> int:
     """Measure every pending item on one server; returns the number of requests recorded."""
     items = pending_items(cfg, store, name, render)
     if not items:
@@ -100,8 +113,13 @@ def run_server(cfg: BenchConfig, store: ResultStore, name: str, draft: Optional[
         srv = server_mod.attach(name, cfg.server_urls[name], cfg.health_timeout_s)
     else:
         srv = server_mod.launch(
-            name, cfg.target, store.logs_dir / f"{name}.log", draft_path=draft,
-            block_size=cfg.block_sizes.get(name), extra_args=cfg.server_args, launcher=cfg.launcher,
+            name,
+            cfg.target,
+            store.logs_dir / f"{name}.log",
+            draft_path=draft,
+            block_size=cfg.block_sizes.get(name),
+            extra_args=cfg.server_args,
+            launcher=cfg.launcher,
             health_timeout=cfg.health_timeout_s,
         )
     recorded = 0
@@ -123,8 +141,10 @@ def run_server(cfg: BenchConfig, store: ResultStore, name: str, draft: Optional[
             on_server(name, {})
         for item in items[: cfg.warmup]:  # warm-up: not recorded; flushed before measuring
             try:
-                api.generate(item.text, client_mod.Sampling(item.temperature, min(32, cfg.max_new_tokens),
-                                                            cfg.top_p, cfg.top_k, cfg.seed))
+                api.generate(
+                    item.text,
+                    client_mod.Sampling(item.temperature, min(32, cfg.max_new_tokens), cfg.top_p, cfg.top_k, cfg.seed),
+                )
             except client_mod.RequestError as exc:
                 raise fail("failed the warm-up request", exc) from exc
         groups: dict[tuple, list[WorkItem]] = {}
@@ -142,29 +162,37 @@ def run_server(cfg: BenchConfig, store: ResultStore, name: str, draft: Optional[
 
             def work(it: WorkItem) -> tuple[dict, float]:
                 start = time.perf_counter()
-                out = api.generate(it.text, sampling)
+                out = api.generate(it.text, sampling)  # noqa: B023 (runs within this iteration)
                 return out, time.perf_counter() - start
 
             def done(it: WorkItem, result: tuple[dict, float]) -> None:
                 nonlocal segment, segment_steps, recorded
                 out, latency = result
                 meta = fields.extract(out.get("meta_info"), speculative=speculative)
-                store.add(make_record(
-                    cfg, name, it, completion_tokens=meta.completion_tokens,
-                    verify_ct=meta.verify_ct if speculative else None,
-                    accept_length=meta.accept_length, num_correct_drafts=meta.num_correct_drafts,
-                    num_proposed_drafts=meta.num_proposed_drafts, histogram=meta.histogram,
-                    latency_s=latency,
-                ))
+                store.add(
+                    make_record(
+                        cfg,
+                        name,
+                        it,
+                        completion_tokens=meta.completion_tokens,
+                        verify_ct=meta.verify_ct if speculative else None,
+                        accept_length=meta.accept_length,
+                        num_correct_drafts=meta.num_correct_drafts,
+                        num_proposed_drafts=meta.num_proposed_drafts,
+                        histogram=meta.histogram,
+                        latency_s=latency,
+                    )
+                )
                 segment += 1
                 segment_steps += meta.verify_ct or 0
                 recorded += 1
-                if bar is not None:
-                    bar.update(1)
+                if bar is not None:  # noqa: B023 (runs within this iteration)
+                    bar.update(1)  # noqa: B023
 
             try:
-                finished = client_mod.run_bounded(group, work, done, concurrency=cfg.concurrency,
-                                                  deadline_s=cfg.time_budget_s)
+                finished = client_mod.run_bounded(
+                    group, work, done, concurrency=cfg.concurrency, deadline_s=cfg.time_budget_s
+                )
             except (client_mod.RequestError, fields.MetaFieldError, TimeoutError) as exc:
                 raise fail("gave a bad /generate answer", exc) from exc
             finally:
@@ -176,19 +204,33 @@ def run_server(cfg: BenchConfig, store: ResultStore, name: str, draft: Optional[
                     avg = fields.server_average_accept_length(api.server_info())
                 except client_mod.RequestError:
                     avg = None
-            store.add_server_stat({"backend": cfg.backend, "drafter": name, "dataset": dataset,
-                                   "temperature": temperature, "avg": avg, "requests": segment,
-                                   "verify_steps": segment_steps})
+            store.add_server_stat(
+                {
+                    "backend": cfg.backend,
+                    "drafter": name,
+                    "dataset": dataset,
+                    "temperature": temperature,
+                    "avg": avg,
+                    "requests": segment,
+                    "verify_steps": segment_steps,
+                }
+            )
             if finished < len(group):
-                raise BenchError(f"time budget of {cfg.time_budget_s:.0f}s reached on {name} {dataset}; "
-                                 "run the same command again to resume")
+                raise BenchError(
+                    f"time budget of {cfg.time_budget_s:.0f}s reached on {name} {dataset}; "
+                    "run the same command again to resume"
+                )
     finally:
         srv.stop()
     return recorded
 
 
-def run_sglang(cfg: BenchConfig, store: ResultStore, render: Callable[[str], str],
-               on_server: Callable[[str, dict], None] = lambda n, i: None) -> int:
+def run_sglang(
+    cfg: BenchConfig,
+    store: ResultStore,
+    render: Callable[[str], str],
+    on_server: Callable[[str, dict], None] = lambda n, i: None,
+) -> int:
     total = 0
     for name, draft in cfg.servers():
         total += run_server(cfg, store, name, draft, render, on_server)

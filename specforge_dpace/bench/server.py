@@ -120,8 +120,14 @@ def http_get_json(url: str, timeout: float = 5.0) -> dict:
 class ManagedServer:
     """A running server (launched or attached). Use as a context manager; ``stop`` is idempotent."""
 
-    def __init__(self, name: str, url: str, process: Optional[subprocess.Popen] = None,
-                 log_path: Optional[Path] = None, command: Optional[list[str]] = None):
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        process: Optional[subprocess.Popen] = None,
+        log_path: Optional[Path] = None,
+        command: Optional[list[str]] = None,
+    ):
         self.name = name
         self.url = url.rstrip("/")
         self.process = process
@@ -217,8 +223,12 @@ def launch(
     handle.write(f"$ {shlex.join(command)}\n".encode())
     handle.flush()
     process = subprocess.Popen(
-        command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=_pdeathsig, env={**os.environ, **(env or {})},
+        command,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_pdeathsig,
+        env={**os.environ, **(env or {})},
     )
     server = ManagedServer(name, f"http://127.0.0.1:{port}", process, log_path, command)
     server._log_handle = handle

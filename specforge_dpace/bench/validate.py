@@ -18,16 +18,28 @@ from typing import Any, Iterable
 ARCHITECTURE = "DFlashDraftModel"
 TOP_LEVEL_WEIGHTS = ("fc.weight", "hidden_norm.weight", "norm.weight")
 LAYER_WEIGHTS = (
-    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-    "self_attn.q_norm.weight", "self_attn.k_norm.weight",
-    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-    "input_layernorm.weight", "post_attention_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "self_attn.q_norm.weight",
+    "self_attn.k_norm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
 )
-OPTIONAL_LAYER_WEIGHTS = tuple(
-    f"self_attn.{p}_proj.bias" for p in ("q", "k", "v", "o")
-) + ("fc.bias",)
-CONFIG_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-               "intermediate_size", "block_size", "num_target_layers")
+OPTIONAL_LAYER_WEIGHTS = tuple(f"self_attn.{p}_proj.bias" for p in ("q", "k", "v", "o")) + ("fc.bias",)
+CONFIG_INTS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "block_size",
+    "num_target_layers",
+)
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
@@ -109,17 +121,22 @@ def check_weight_names(names: Iterable[str], num_layers: int) -> list[str]:
     missing = sorted(expected - names)
     unknown = sorted(names - allowed)
     if missing:
-        problems.append(f"missing weights ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
+        problems.append(
+            f"missing weights ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else "")
+        )
     if unknown:
         hint = ""
         if any(n.startswith("model.") for n in unknown):
             hint = " (a 'model.' prefix: SGLang expects bare 'layers.*', 'fc', 'hidden_norm', 'norm')"
-        extra_layers = sorted({int(m.group(1)) for n in unknown if (m := _LAYER.match(n)) and int(m.group(1)) >= num_layers})
+        extra_layers = sorted(
+            {int(m.group(1)) for n in unknown if (m := _LAYER.match(n)) and int(m.group(1)) >= num_layers}
+        )
         if extra_layers:
             hint += f" (layers {extra_layers} exceed num_hidden_layers={num_layers})"
         problems.append(
             f"unknown weights SGLang would silently skip ({len(unknown)}): {', '.join(unknown[:20])}"
-            + (" ..." if len(unknown) > 20 else "") + hint
+            + (" ..." if len(unknown) > 20 else "")
+            + hint
         )
     return problems
 
@@ -153,8 +170,16 @@ def validate_draft_dir(path: str | Path) -> DraftInfo:
     if problems:
         raise DraftValidationError(f"draft {path} is not servable by SGLang DFlash:\n  - " + "\n  - ".join(problems))
     dcfg = cfg["dflash_config"]
-    return DraftInfo(path, cfg["block_size"], cfg["num_target_layers"], cfg["num_hidden_layers"],
-                     list(dcfg["target_layer_ids"]), dcfg["mask_token_id"], files, sorted(names))
+    return DraftInfo(
+        path,
+        cfg["block_size"],
+        cfg["num_target_layers"],
+        cfg["num_hidden_layers"],
+        list(dcfg["target_layer_ids"]),
+        dcfg["mask_token_id"],
+        files,
+        sorted(names),
+    )
 
 
 def checkpoint_hash(path: str | Path) -> str:

@@ -20,8 +20,8 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 
 
 def default_threads() -> int:
-    """Threads for torch: ``SPECFORGE_DPACE_THREADS`` or 1 (one thread avoids oversubscription on shared or small machines); fixed per run so a
-    rerun on the same machine reproduces the same floating-point reductions."""
+    """Threads for torch: ``SPECFORGE_DPACE_THREADS`` or 1 (one thread avoids oversubscription on shared or
+    small machines); fixed per run so a rerun on the same machine reproduces the same floating-point reductions."""
     value = os.environ.get("SPECFORGE_DPACE_THREADS")
     if value:
         try:

@@ -9,7 +9,15 @@ from typing import Optional
 
 from ._util import seed_everything
 from .corpus import load_corpus
-from .target import TargetConfig, build_target, heldout_loss, save_target, target_config_dict, token_stream, train_target
+from .target import (
+    TargetConfig,
+    build_target,
+    heldout_loss,
+    save_target,
+    target_config_dict,
+    token_stream,
+    train_target,
+)
 from .tokenizer import encode_documents, save_tokenizer, special_ids, train_tokenizer
 
 

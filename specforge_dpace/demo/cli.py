@@ -24,47 +24,92 @@ examples:
 def configure(parser) -> None:
     from .pipeline import DEFAULT_OBJECTIVES
 
-    parser.add_argument("--output-dir", default="specforge-dpace-demo",
-                        help="directory for cached artefacts and the report (default: ./specforge-dpace-demo)")
-    parser.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES), metavar="SPEC",
-                        help="objective specs, one drafter each; the first plain 'dflash' spec is the baseline "
-                        "(default: %(default)s)")
+    parser.add_argument(
+        "--output-dir",
+        default="specforge-dpace-demo",
+        help="directory for cached artefacts and the report (default: ./specforge-dpace-demo)",
+    )
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        default=list(DEFAULT_OBJECTIVES),
+        metavar="SPEC",
+        help="objective specs, one drafter each; the first plain 'dflash' spec is the baseline (default: %(default)s)",
+    )
     parser.add_argument("--quick", action="store_true", help="CI budget: fewer sequences, steps and prompts (<= 2 min)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches (default 0)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads, fixed for reproducibility (default: $SPECFORGE_DPACE_THREADS or 1)")
-    parser.add_argument("--steps", type=int, default=None, help="drafter optimizer steps per objective "
-                        "(default 600; 100 with --quick)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads, fixed for reproducibility (default: $SPECFORGE_DPACE_THREADS or 1)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="drafter optimizer steps per objective (default 600; 100 with --quick)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per drafter step (default 8)")
     parser.add_argument("--lr", type=float, default=None, help="drafter peak learning rate (default 2e-3)")
     parser.add_argument("--block-size", type=int, default=None, help="DFlash block size K (default 8)")
     parser.add_argument("--num-anchors", type=int, default=None, help="blocks sampled per sequence (default 32)")
     parser.add_argument("--draft-layers", type=int, default=None, help="draft decoder layers (default 1)")
-    parser.add_argument("--num-train-seqs", type=int, default=None,
-                        help="sequences the target generates as training data (default 512; 96 with --quick)")
-    parser.add_argument("--gen-len", type=int, default=None, help="tokens generated per training sequence "
-                        "(default 96; 64 with --quick)")
-    parser.add_argument("--data-temperature", type=float, default=None,
-                        help="temperature of the data generation (default 0 = greedy)")
-    parser.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts evaluated (default 16; 6 "
-                        "with --quick)")
-    parser.add_argument("--eval-max-new-tokens", type=int, default=None,
-                        help="tokens decoded per evaluation prompt (default 64; 48 with --quick)")
-    parser.add_argument("--eval-temperature", type=float, default=None,
-                        help="evaluation temperature (default 0 = greedy verification)")
-    parser.add_argument("--retrain-target", action="store_true",
-                        help="train the tokenizer and target from scratch into OUTPUT_DIR/target instead of using "
-                        "the shipped assets (about 10-15 minutes)")
-    parser.add_argument("--target-dir", default=None,
-                        help="use this target + tokenizer directory (as written by scripts/build_demo_target.py) "
-                        "instead of the shipped assets")
+    parser.add_argument(
+        "--num-train-seqs",
+        type=int,
+        default=None,
+        help="sequences the target generates as training data (default 512; 96 with --quick)",
+    )
+    parser.add_argument(
+        "--gen-len", type=int, default=None, help="tokens generated per training sequence (default 96; 64 with --quick)"
+    )
+    parser.add_argument(
+        "--data-temperature", type=float, default=None, help="temperature of the data generation (default 0 = greedy)"
+    )
+    parser.add_argument(
+        "--eval-prompts", type=int, default=None, help="held-out prompts evaluated (default 16; 6 with --quick)"
+    )
+    parser.add_argument(
+        "--eval-max-new-tokens",
+        type=int,
+        default=None,
+        help="tokens decoded per evaluation prompt (default 64; 48 with --quick)",
+    )
+    parser.add_argument(
+        "--eval-temperature", type=float, default=None, help="evaluation temperature (default 0 = greedy verification)"
+    )
+    parser.add_argument(
+        "--retrain-target",
+        action="store_true",
+        help="train the tokenizer and target from scratch into OUTPUT_DIR/target instead of using "
+        "the shipped assets (about 10-15 minutes)",
+    )
+    parser.add_argument(
+        "--target-dir",
+        default=None,
+        help="use this target + tokenizer directory (as written by scripts/build_demo_target.py) "
+        "instead of the shipped assets",
+    )
     parser.add_argument("--target-steps", type=int, default=None, help="target training steps with --retrain-target")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-_OVERRIDES = ("seed", "threads", "steps", "batch_size", "lr", "block_size", "num_anchors", "draft_layers",
-              "num_train_seqs", "gen_len", "data_temperature", "eval_prompts", "eval_max_new_tokens",
-              "eval_temperature", "target_steps", "target_dir")
+_OVERRIDES = (
+    "seed",
+    "threads",
+    "steps",
+    "batch_size",
+    "lr",
+    "block_size",
+    "num_anchors",
+    "draft_layers",
+    "num_train_seqs",
+    "gen_len",
+    "data_temperature",
+    "eval_prompts",
+    "eval_max_new_tokens",
+    "eval_temperature",
+    "target_steps",
+    "target_dir",
+)
 
 
 def config_from_args(args):

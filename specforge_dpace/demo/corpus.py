@@ -16,8 +16,19 @@ from typing import Optional
 # Directories skipped: tests (huge, repetitive), vendored or generated code, installed packages
 # (plus build-configuration directories ``config-*``).
 EXCLUDED_DIRS = frozenset(
-    {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "encodings",
-     "pydoc_data", "ensurepip", "turtledemo"}
+    {
+        "test",
+        "tests",
+        "idlelib",
+        "lib2to3",
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "encodings",
+        "pydoc_data",
+        "ensurepip",
+        "turtledemo",
+    }
 )
 MAX_FILE_CHARS = 200_000  # a few generated files are huge; they would dominate the corpus
 

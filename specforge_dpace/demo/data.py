@@ -58,7 +58,9 @@ def generate(
             cache = DynamicCache()
             step_input, out_tokens = ids, []
             for _ in range(new_tokens):
-                logits = target(input_ids=step_input, **cache_kwargs(target, cache), use_cache=True).logits[:, -1].float()
+                logits = (
+                    target(input_ids=step_input, **cache_kwargs(target, cache), use_cache=True).logits[:, -1].float()
+                )
                 if temperature == 0:
                     nxt = logits.argmax(dim=-1)
                 else:

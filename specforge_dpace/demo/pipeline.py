@@ -71,11 +71,17 @@ class DemoConfig:
         if not self.objectives:
             raise ValueError("objectives is empty; accepted: one or more objective specs, e.g. 'dpace'")
         for name, value, low in (
-            ("num_train_seqs", self.num_train_seqs, 1), ("prompt_len", self.prompt_len, 1),
-            ("gen_len", self.gen_len, 2), ("block_size", self.block_size, 2), ("steps", self.steps, 1),
-            ("batch_size", self.batch_size, 1), ("num_anchors", self.num_anchors, 1),
-            ("eval_prompts", self.eval_prompts, 1), ("eval_max_new_tokens", self.eval_max_new_tokens, 1),
-            ("draft_layers", self.draft_layers, 1), ("threads", self.threads, 1),
+            ("num_train_seqs", self.num_train_seqs, 1),
+            ("prompt_len", self.prompt_len, 1),
+            ("gen_len", self.gen_len, 2),
+            ("block_size", self.block_size, 2),
+            ("steps", self.steps, 1),
+            ("batch_size", self.batch_size, 1),
+            ("num_anchors", self.num_anchors, 1),
+            ("eval_prompts", self.eval_prompts, 1),
+            ("eval_max_new_tokens", self.eval_max_new_tokens, 1),
+            ("draft_layers", self.draft_layers, 1),
+            ("threads", self.threads, 1),
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} is invalid; accepted: an int >= {low}")
@@ -105,8 +111,14 @@ def _file_sha(path: Path) -> str:
 class DemoPipeline:
     """Runs the phases of one demo configuration into ``output_dir``."""
 
-    def __init__(self, output_dir: Path | str, config: DemoConfig, *, show_progress: bool = True,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        output_dir: Path | str,
+        config: DemoConfig,
+        *,
+        show_progress: bool = True,
+        log: Callable[[str], None] = print,
+    ):
         config.validate()
         self.out = Path(output_dir)
         self.config = config
@@ -139,8 +151,9 @@ class DemoPipeline:
             if marker.is_file() and json.loads(marker.read_text()).get("cache_key") == key:
                 self._event("target", "cached")
             else:
-                meta = build_target_assets(directory, tcfg, threads=self.config.threads,
-                                           show_progress=self.show_progress)
+                meta = build_target_assets(
+                    directory, tcfg, threads=self.config.threads, show_progress=self.show_progress
+                )
                 meta["cache_key"] = key
                 atomic_save(lambda p: p.write_text(json.dumps(meta, indent=2, sort_keys=True)), marker)
                 self._event("target", "ran")
@@ -190,8 +203,14 @@ class DemoPipeline:
 
         def compute():
             prompts = sample_prompts(self._documents("train"), c.num_train_seqs, c.prompt_len, c.seed)
-            ids, mask = generate(self.target, prompts, c.gen_len, temperature=c.data_temperature, seed=c.seed,
-                                 show_progress=self.show_progress)
+            ids, mask = generate(
+                self.target,
+                prompts,
+                c.gen_len,
+                temperature=c.data_temperature,
+                seed=c.seed,
+                show_progress=self.show_progress,
+            )
             return {"input_ids": ids, "loss_mask": mask}
 
         return self._cached_tensors(self.out / "cache" / f"data-{self.data_key()}.pt", "data", compute)
@@ -204,8 +223,11 @@ class DemoPipeline:
         from .capture import capture_features
 
         def compute():
-            return {"features": capture_features(self.target, data["input_ids"], list(self.config.target_layer_ids),
-                                                 show_progress=self.show_progress)}
+            return {
+                "features": capture_features(
+                    self.target, data["input_ids"], list(self.config.target_layer_ids), show_progress=self.show_progress
+                )
+            }
 
         return self._cached_tensors(self.out / "cache" / f"features-{self.features_key()}.pt", "capture", compute)
 
@@ -214,8 +236,15 @@ class DemoPipeline:
         from .train_drafter import DrafterConfig
 
         c = self.config
-        return DrafterConfig(block_size=c.block_size, num_hidden_layers=c.draft_layers, steps=c.steps,
-                             batch_size=c.batch_size, lr=c.lr, num_anchors=c.num_anchors, seed=c.seed)
+        return DrafterConfig(
+            block_size=c.block_size,
+            num_hidden_layers=c.draft_layers,
+            steps=c.steps,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            num_anchors=c.num_anchors,
+            seed=c.seed,
+        )
 
     def drafter_dir(self, objective: str) -> Path:
         key = _key("drafter", self.features_key(), objective, asdict(self.drafter_config()))
@@ -234,8 +263,14 @@ class DemoPipeline:
             return draft, json.loads(log_path.read_text())
         seed_everything(self.config.seed, self.config.threads)
         draft, log = train_drafter(
-            self.target, data["input_ids"], data["loss_mask"], feats["features"], objective, self.drafter_config(),
-            target_layer_ids=list(self.config.target_layer_ids), mask_token_id=self.special["mask"],
+            self.target,
+            data["input_ids"],
+            data["loss_mask"],
+            feats["features"],
+            objective,
+            self.drafter_config(),
+            target_layer_ids=list(self.config.target_layer_ids),
+            mask_token_id=self.special["mask"],
             show_progress=self.show_progress,
         )
         save_draft_checkpoint(draft, directory)
@@ -254,17 +289,31 @@ class DemoPipeline:
         from specforge_dpace.evaluate import EvalConfig, evaluate_drafter
 
         c = self.config
-        key = _key("eval", self.drafter_dir(objective).name, c.eval_prompts, c.eval_prompt_len,
-                   c.eval_max_new_tokens, c.eval_temperature)
+        key = _key(
+            "eval",
+            self.drafter_dir(objective).name,
+            c.eval_prompts,
+            c.eval_prompt_len,
+            c.eval_max_new_tokens,
+            c.eval_temperature,
+        )
         path = self.out / "eval" / f"{slugify(objective)}-{key}.json"
         if path.is_file():
             self._event(f"evaluate {objective}", "cached")
             return json.loads(path.read_text())
         seed_everything(c.seed, c.threads)
         result = evaluate_drafter(
-            self.target, draft, self.eval_prompts(),
-            EvalConfig(temperature=c.eval_temperature, max_new_tokens=c.eval_max_new_tokens, block_size=None,
-                       stop_token_ids=(), seed=c.seed, show_progress=self.show_progress),
+            self.target,
+            draft,
+            self.eval_prompts(),
+            EvalConfig(
+                temperature=c.eval_temperature,
+                max_new_tokens=c.eval_max_new_tokens,
+                block_size=None,
+                stop_token_ids=(),
+                seed=c.seed,
+                show_progress=self.show_progress,
+            ),
         )
         record = result.to_dict()
         atomic_save(lambda p: p.write_text(json.dumps(record)), path)
@@ -286,7 +335,8 @@ class DemoPipeline:
             draft, train_log = self.train(objective, data, feats)
             evaluation = self.evaluate(objective, draft)
             runs.append({"objective": objective, "train": train_log, "eval": evaluation["overall"]})
-        report = build_report(runs, self.config, target_dir=str(self.target_dir()),
-                              wall_s=time.perf_counter() - t0, events=self.events)
+        report = build_report(
+            runs, self.config, target_dir=str(self.target_dir()), wall_s=time.perf_counter() - t0, events=self.events
+        )
         write_report(self.out, report)
         return report

@@ -33,20 +33,22 @@ def build_report(runs: list, config, *, target_dir: str, wall_s: float, events=(
     for r in runs:
         ev, tr = r["eval"], r["train"]
         change = relative_change(ev.get("tau"), base["eval"].get("tau"))
-        rows.append({
-            "objective": r["objective"],
-            "tau": ev.get("tau"),
-            "vs_baseline": None if change is None else f"{100 * change:+.1f}%",
-            "relative_change": change,
-            "mean_accepted": ev.get("mean_accepted"),
-            "accept_hist": " ".join(str(n) for n in ev.get("accept_hist", [])),
-            "accept_hist_counts": ev.get("accept_hist"),
-            "accept_pos": ev.get("accept_pos"),
-            "train_acc": tr.get("final_train_acc"),
-            "train_loss": tr.get("final_loss"),
-            "train_s": tr.get("train_s"),
-            "tokens_per_s": ev.get("tokens_per_s"),
-        })
+        rows.append(
+            {
+                "objective": r["objective"],
+                "tau": ev.get("tau"),
+                "vs_baseline": None if change is None else f"{100 * change:+.1f}%",
+                "relative_change": change,
+                "mean_accepted": ev.get("mean_accepted"),
+                "accept_hist": " ".join(str(n) for n in ev.get("accept_hist", [])),
+                "accept_hist_counts": ev.get("accept_hist"),
+                "accept_pos": ev.get("accept_pos"),
+                "train_acc": tr.get("final_train_acc"),
+                "train_loss": tr.get("final_loss"),
+                "train_s": tr.get("train_s"),
+                "tokens_per_s": ev.get("tokens_per_s"),
+            }
+        )
     return {
         "baseline": base["objective"],
         "rows": rows,
@@ -58,9 +60,11 @@ def build_report(runs: list, config, *, target_dir: str, wall_s: float, events=(
 
 
 def table_text(report: dict) -> str:
-    title = (f"DFlash drafters on the tiny stdlib target (block {report['config']['block_size']}, "
-             f"{report['config']['steps']} steps; baseline {report['baseline']}; accept_hist = verify steps "
-             f"accepting 0,1,..,K-1 drafted tokens)")
+    title = (
+        f"DFlash drafters on the tiny stdlib target (block {report['config']['block_size']}, "
+        f"{report['config']['steps']} steps; baseline {report['baseline']}; accept_hist = verify steps "
+        f"accepting 0,1,..,K-1 drafted tokens)"
+    )
     return rpt.format_table(report["rows"], COLUMNS, floatfmt=".3f", title=title)
 
 
@@ -74,9 +78,17 @@ def write_report(out_dir: Path | str, report: dict) -> dict:
     k = report["config"]["block_size"]
     panels = [
         ("tau (tokens per verify step)", "tau", {"tau": [r["tau"] for r in report["rows"]]}, None, None),
-        ("acceptance rate by block slot", "P(slot accepted)",
-         {f"slot {j}": [(r["accept_pos"] or [None] * (k - 1))[j - 1] for r in report["rows"]]
-          for j in (1, 2, 4, k - 1) if j < k}, None, None),
+        (
+            "acceptance rate by block slot",
+            "P(slot accepted)",
+            {
+                f"slot {j}": [(r["accept_pos"] or [None] * (k - 1))[j - 1] for r in report["rows"]]
+                for j in (1, 2, 4, k - 1)
+                if j < k
+            },
+            None,
+            None,
+        ),
     ]
     rpt.multi_panel_bar_plot(out / "report.png", short, panels)
     return report

@@ -106,7 +106,11 @@ def train_target(model, stream, config: TargetConfig, *, show_progress: bool = T
         if show_progress and step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
-    return {"final_loss": sum(losses[-50:]) / len(losses[-50:]), "train_s": time.perf_counter() - t0, "steps": config.steps}
+    return {
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "train_s": time.perf_counter() - t0,
+        "steps": config.steps,
+    }
 
 
 def heldout_loss(model, stream, seq_len: int = 128, max_windows: int = 64) -> float:

@@ -50,7 +50,9 @@ def load_tokenizer(directory: Path | str):
 
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
-        raise ValueError(f"no tokenizer.json in {str(directory)!r}; run scripts/build_demo_target.py or pass --retrain-target")
+        raise ValueError(
+            f"no tokenizer.json in {str(directory)!r}; run scripts/build_demo_target.py or pass --retrain-target"
+        )
     return Tokenizer.from_file(str(path))
 
 

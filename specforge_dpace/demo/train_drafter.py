@@ -73,15 +73,35 @@ def train_drafter(
     was_installed = specforge_dpace.is_installed()
     specforge_dpace.install()
     try:
-        return _train(target, input_ids, loss_mask, features, objective, config, target_layer_ids, mask_token_id,
-                      loss_options, show_progress)
+        return _train(
+            target,
+            input_ids,
+            loss_mask,
+            features,
+            objective,
+            config,
+            target_layer_ids,
+            mask_token_id,
+            loss_options,
+            show_progress,
+        )
     finally:  # leave the process as we found it (tests of the hooks share it)
         if not was_installed:
             specforge_dpace.uninstall()
 
 
-def _train(target, input_ids, loss_mask, features, objective, config, target_layer_ids, mask_token_id,
-           loss_options, show_progress):
+def _train(
+    target,
+    input_ids,
+    loss_mask,
+    features,
+    objective,
+    config,
+    target_layer_ids,
+    mask_token_id,
+    loss_options,
+    show_progress,
+):
     """The training loop proper (the plugin is installed by the caller)."""
     import torch
     from specforge.algorithms.common.dflash_family_model import OnlineDFlashModel

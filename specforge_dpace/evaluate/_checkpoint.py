@@ -159,9 +159,8 @@ def _read_safetensors(path: Path) -> dict:
 def load_draft(path, target_config=None, *, dtype=None, device=None, attn_implementation: str = "sdpa"):
     """Build a SpecForge ``DFlashDraftModel`` from a servable directory, validated against
     ``target_config`` when given.  Missing or unknown weight names are errors."""
-    from transformers import Qwen3Config
-
     from specforge.modeling.draft.dflash import DFlashDraftModel
+    from transformers import Qwen3Config
 
     path = Path(path)
     raw = read_draft_config(path)

@@ -121,7 +121,9 @@ class DFlashDecoder:
         draft_cache = DynamicCache()
 
         t0 = time.perf_counter()
-        out = self.target(input_ids=ids, **cache_kwargs(self.target, target_cache), use_cache=True, output_hidden_states=True)
+        out = self.target(
+            input_ids=ids, **cache_kwargs(self.target, target_cache), use_cache=True, output_hidden_states=True
+        )
         pending = context_features(out.hidden_states, self.layer_ids)  # features not yet in the draft cache
         token = self._first_token(out.logits[0, -1], generator)
         _sync(self.device)

@@ -62,9 +62,8 @@ def tiny_draft(
     defaults to the last vocabulary id.
     """
     import torch
-    from transformers import Qwen3Config
-
     from specforge.modeling.draft.dflash import DFlashDraftModel
+    from transformers import Qwen3Config
 
     tc = target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config
     n_target = tc.num_hidden_layers

@@ -178,9 +178,7 @@ def make_tiny_offline_setup(
         json.dump(draft_config(target.config, tokenizer.mask_token_id, sizes), handle, indent=2)
     pairs = synthetic_pairs(num_samples, num_words=sizes.num_words, length=sample_length, seed=seed)
     records = records_from_pairs(tokenizer, pairs)
-    files = capture_offline_features(
-        target, records, features_dir, sizes.target_layer_ids, progress=progress
-    )
+    files = capture_offline_features(target, records, features_dir, sizes.target_layer_ids, progress=progress)
     return {
         "root": out_dir,
         "target": target_dir,

@@ -187,8 +187,9 @@ def _layout_error(detail: str) -> RuntimeError:
     )
 
 
-def _plugin_loss(model: Any, plan: ObjectivePlan, input_ids: Any, loss_mask: Any, anchors: list, calls: list,
-                 own_loss: Any) -> Any:
+def _plugin_loss(
+    model: Any, plan: ObjectivePlan, input_ids: Any, loss_mask: Any, anchors: list, calls: list, own_loss: Any
+) -> Any:
     import torch
 
     from ._blocks import block_labels

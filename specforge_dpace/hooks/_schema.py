@@ -62,9 +62,7 @@ def apply(module: Any) -> PatchSet:
     if "loss_options" in fields:
         return patches  # already patched
     original = fields["loss_type"]
-    loss_type = FieldInfo.from_annotated_attribute(
-        Annotated[str, AfterValidator(_validate_spec)], original.default
-    )
+    loss_type = FieldInfo.from_annotated_attribute(Annotated[str, AfterValidator(_validate_spec)], original.default)
     loss_type.description = "objective name or composite spec (specforge-dpace)"
     loss_options = FieldInfo.from_annotated_attribute(
         Annotated[Optional[dict[str, Any]], AfterValidator(_validate_options)], Field(default_factory=dict)

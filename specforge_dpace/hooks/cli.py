@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 from .._versions import package_version, package_versions
 from ._autoload import ENV_VAR, enabled
 
@@ -78,7 +79,11 @@ def _site_dirs() -> list[Path]:
     import site
     import sysconfig
 
-    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *getattr(site, "getsitepackages", list)()]
+    dirs = [
+        sysconfig.get_paths()["purelib"],
+        sysconfig.get_paths()["platlib"],
+        *getattr(site, "getsitepackages", list)(),
+    ]
     if site.ENABLE_USER_SITE:
         dirs.append(site.getusersitepackages())
     return list(dict.fromkeys(Path(d) for d in dirs))
@@ -107,7 +112,13 @@ def autoload_switch() -> Check:
 def fresh_process(timeout: float) -> list[Check]:
     """What a process started by SpecForge gets: layout, patched targets, missing modules."""
     if package_version("specforge") is None:
-        return [Check("SpecForge", WARN, "not installed: the objectives work as a library; pip install --no-deps specforge==0.2.0")]
+        return [
+            Check(
+                "SpecForge",
+                WARN,
+                "not installed: the objectives work as a library; pip install --no-deps specforge==0.2.0",
+            )
+        ]
     try:
         result = subprocess.run(
             [sys.executable, "-c", _CHILD], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
@@ -133,7 +144,9 @@ def fresh_process(timeout: float) -> list[Check]:
             checks.append(Check(f"patched on import: {target.name}", status, f"{target.module} not importable"))
         else:
             why = "SPECFORGE_DPACE_AUTOLOAD is off" if not enabled() else "the autoload did not apply it"
-            checks.append(Check(f"patched on import: {target.name}", FAIL, f"{target.module} imported unpatched: {why}"))
+            checks.append(
+                Check(f"patched on import: {target.name}", FAIL, f"{target.module} imported unpatched: {why}")
+            )
     warnings_seen = [line for line in result.stderr.splitlines() if "specforge-dpace" in line and "Warning" in line]
     checks.extend(Check("fresh process warning", WARN, line.strip()) for line in warnings_seen)
     return checks
@@ -170,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_table([asdict(c) for c in checks], title="specforge-dpace doctor"))
     failed = [c for c in checks if c.status == FAIL]
     if not args.json:
-        print(f"\n{len(failed)} failed" if failed else "\nall checks passed" + (
-            " (with warnings)" if any(c.status == WARN for c in checks) else ""
-        ))
+        print(
+            f"\n{len(failed)} failed"
+            if failed
+            else "\nall checks passed" + (" (with warnings)" if any(c.status == WARN for c in checks) else "")
+        )
     return 1 if failed else 0

@@ -137,7 +137,6 @@ class BlockObjective:
             value = options.get(key, spec.default)
             setattr(self, key, spec.coerce(self.name, key, value) if key in options else value)
 
-
     # --- public contract -------------------------------------------------------------
     num_terms: ClassVar[int] = 1
 

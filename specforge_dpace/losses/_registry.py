@@ -103,8 +103,7 @@ class LossRegistry:
         existing = self._entries.get(name)
         if existing is not None and not replace:
             raise ValueError(
-                f"objective {name!r} is already registered (from {existing.source}); "
-                "pass replace=True to override it"
+                f"objective {name!r} is already registered (from {existing.source}); pass replace=True to override it"
             )
         info = LossInfo(
             name=name,

@@ -1,8 +1,8 @@
 """Parser for objective specs: one grammar for the CLI flag, YAML ``loss_type`` and Python.
 
-    spec   := term ('+' term)*
-    term   := [number '*'] name ['(' option (',' option)* ')']
-    option := key '=' value            (numbers, true/false, none)
+spec   := term ('+' term)*
+term   := [number '*'] name ['(' option (',' option)* ')']
+option := key '=' value            (numbers, true/false, none)
 """
 
 from __future__ import annotations

@@ -114,4 +114,3 @@ class DPaceContinuationValueLoss(_DPaceFamily):
     name = "dpace-continuation-value-only"
     description = "ablation: CE weighted by W_k / P_k"
     variant = "continuation"
-

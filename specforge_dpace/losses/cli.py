@@ -99,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
     from ..report import format_table
     from . import available_losses
 
-    for name, value in (("--batch-size", args.batch_size), ("--blocks", args.blocks), ("--block-size", args.block_size)):
+    for name, value in (
+        ("--batch-size", args.batch_size),
+        ("--blocks", args.blocks),
+        ("--block-size", args.block_size),
+    ):
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")
     asked = [*(args.try_specs or ()), *(args.spec or ())]

@@ -34,29 +34,53 @@ class Flag:
 _F = Flag
 MODEL = (
     _F("--target-model-path", None, "target model (HF id or local directory)", "model.target_model_path"),
-    _F("--target-model-backend", None,
-       "target run by 'hf' (local; the legacy default) or 'sglang'; the unified runtime has sglang only",
-       "model.target_backend", choices=("sglang", "hf")),
+    _F(
+        "--target-model-backend",
+        None,
+        "target run by 'hf' (local; the legacy default) or 'sglang'; the unified runtime has sglang only",
+        "model.target_backend",
+        choices=("sglang", "hf"),
+    ),
     _F("--draft-config-path", None, "draft model config.json (DFlash)", "model.draft_model_config"),
     _F("--block-size", 16, "DFlash block size K", "model.draft_block_size", int),
     _F("--num-draft-layers", 1, "draft transformer layers", "model.draft_num_hidden_layers", int),
-    _F("--mask-token-id", None, "MASK token id (default: auto-detected from the tokenizer)", "model.mask_token_id",
-       int),
-    _F("--attention-backend", "flex_attention", "draft attention backend (use sdpa on CPU)",
-       "training.attention_backend", choices=("eager", "sdpa", "flex_attention")),
-    _F("--trust-remote-code", False, "trust remote code of the target model", "model.trust_remote_code",
-       store_true=True),
+    _F(
+        "--mask-token-id", None, "MASK token id (default: auto-detected from the tokenizer)", "model.mask_token_id", int
+    ),
+    _F(
+        "--attention-backend",
+        "flex_attention",
+        "draft attention backend (use sdpa on CPU)",
+        "training.attention_backend",
+        choices=("eager", "sdpa", "flex_attention"),
+    ),
+    _F(
+        "--trust-remote-code",
+        False,
+        "trust remote code of the target model",
+        "model.trust_remote_code",
+        store_true=True,
+    ),
     _F("--num-anchors", 512, "anchor positions (blocks) sampled per sequence", "training.num_anchors", int),
-    _F("--loss-decay-gamma", None, "DFlash slot decay exp(-(k-1)/gamma); dflash objective only (7 for K=16)",
-       "training.loss_decay_gamma", float),
+    _F(
+        "--loss-decay-gamma",
+        None,
+        "DFlash slot decay exp(-(k-1)/gamma); dflash objective only (7 for K=16)",
+        "training.loss_decay_gamma",
+        float,
+    ),
     _F("--embedding-key", None, "embedding weight key in the target checkpoint", "model.embedding_key"),
     _F("--lm-head-key", None, "LM head weight key in the target checkpoint", "model.lm_head_key"),
 )
 DATA = (
     _F("--train-data-path", None, "training conversations (jsonl)", "data.train_data_path"),
     _F("--eval-data-path", None, "evaluation conversations (jsonl)", "data.eval_data_path"),
-    _F("--hidden-states-path", None, "unified runtime only: offline captured features (trains offline)",
-       "data.hidden_states_path"),
+    _F(
+        "--hidden-states-path",
+        None,
+        "unified runtime only: offline captured features (trains offline)",
+        "data.hidden_states_path",
+    ),
     _F("--chat-template", "qwen", "chat template name", "data.chat_template"),
     _F("--is-preformatted", False, "data is already chat-formatted text", "data.is_preformatted", store_true=True),
     _F("--dataloader-num-workers", 8, "data loader workers", "data.dataloader_num_workers", int),
@@ -72,8 +96,14 @@ TRAINING = (
     _F("--max-grad-norm", 1.0, "gradient clipping norm", "training.max_grad_norm", float),
     _F("--accumulation-steps", 1, "gradient accumulation steps", "training.accumulation_steps", int),
     _F("--seed", 42, "random seed", "training.seed", int),
-    _F("--resume", False, "legacy only: resume from the last checkpoint in --output-dir (unified: "
-       "use `specforge train` with training.resume_from)", None, store_true=True),
+    _F(
+        "--resume",
+        False,
+        "legacy only: resume from the last checkpoint in --output-dir (unified: "
+        "use `specforge train` with training.resume_from)",
+        None,
+        store_true=True,
+    ),
     _F("--tp-size", 1, "tensor parallel size of the target", "training.tp_size", int),
     _F("--dist-timeout", 30, "distributed timeout (minutes)", "training.dist_timeout", int),
     _F("--log-interval", 50, "log every N steps", "training.log_interval", int),
@@ -82,33 +112,71 @@ TRAINING = (
 )
 OUTPUT = (_F("--output-dir", None, "output directory (the unified YAML config is written here too)", "output_dir"),)
 TRACKING = (
-    _F("--report-to", None, "experiment tracker", "tracking.report_to",
-       choices=("none", "wandb", "tensorboard", "swanlab", "mlflow")),
-    *(_F(f"--{name}", None, f"tracker setting {name}", f"tracking.{name.replace('-', '_')}")
-      for name in ("wandb-project", "wandb-name", "wandb-key", "wandb-dir", "swanlab-project", "swanlab-name",
-                   "swanlab-key", "mlflow-tracking-uri", "mlflow-experiment-name", "mlflow-run-name")),
+    _F(
+        "--report-to",
+        None,
+        "experiment tracker",
+        "tracking.report_to",
+        choices=("none", "wandb", "tensorboard", "swanlab", "mlflow"),
+    ),
+    *(
+        _F(f"--{name}", None, f"tracker setting {name}", f"tracking.{name.replace('-', '_')}")
+        for name in (
+            "wandb-project",
+            "wandb-name",
+            "wandb-key",
+            "wandb-dir",
+            "swanlab-project",
+            "swanlab-name",
+            "swanlab-key",
+            "mlflow-tracking-uri",
+            "mlflow-experiment-name",
+            "mlflow-run-name",
+        )
+    ),
     _F("--wandb-offline", False, "run W&B offline", "tracking.wandb_offline", store_true=True),
 )
 SGLANG = (
     _F("--sglang-attention-backend", None, "SGLang target attention backend", "model.sglang_attention_backend"),
-    _F("--sglang-mem-fraction-static", None, "SGLang static memory fraction", "model.sglang_mem_fraction_static",
-       float),
+    _F(
+        "--sglang-mem-fraction-static", None, "SGLang static memory fraction", "model.sglang_mem_fraction_static", float
+    ),
     _F("--sglang-context-length", None, "SGLang context length", "model.sglang_context_length", int),
     _F("--sglang-ep-size", None, "SGLang expert parallel size", "model.sglang_ep_size", int),
-    *(_F(f"--sglang-{name}", False, f"SGLang {name}", f"model.sglang_{name.replace('-', '_')}", store_true=True)
-      for name in ("enable-nccl-nvls", "enable-symm-mem", "enable-torch-compile", "enable-dp-attention",
-                   "enable-dp-lm-head")),
-    _F("--sglang-enable-piecewise-cuda-graph", False, "legacy only: SGLang piecewise CUDA graph", None,
-       store_true=True),
-    _F("--sglang-piecewise-cuda-graph-max-tokens", None, "legacy only: SGLang piecewise CUDA graph max tokens",
-       None, int),
+    *(
+        _F(f"--sglang-{name}", False, f"SGLang {name}", f"model.sglang_{name.replace('-', '_')}", store_true=True)
+        for name in (
+            "enable-nccl-nvls",
+            "enable-symm-mem",
+            "enable-torch-compile",
+            "enable-dp-attention",
+            "enable-dp-lm-head",
+        )
+    ),
+    _F(
+        "--sglang-enable-piecewise-cuda-graph", False, "legacy only: SGLang piecewise CUDA graph", None, store_true=True
+    ),
+    _F(
+        "--sglang-piecewise-cuda-graph-max-tokens",
+        None,
+        "legacy only: SGLang piecewise CUDA graph max tokens",
+        None,
+        int,
+    ),
 )
 LEGACY_FLAGS: tuple[Flag, ...] = MODEL + DATA + TRAINING + OUTPUT + TRACKING + SGLANG
 
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Register every flag (legacy defaults are applied later, so 'given' stays visible)."""
-    groups = {"model": MODEL, "dataset": DATA, "training": TRAINING, "output": OUTPUT, "tracker": TRACKING,
-              "sglang backend": SGLANG}
+    groups = {
+        "model": MODEL,
+        "dataset": DATA,
+        "training": TRAINING,
+        "output": OUTPUT,
+        "tracker": TRACKING,
+        "sglang backend": SGLANG,
+    }
     for title, flags in groups.items():
         group = parser.add_argument_group(title)
         for flag in flags:
@@ -131,41 +199,88 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="registered objective or composite spec, e.g. dpace or "
         "'dflash(gamma=10) + 0.3*first-error-focal + 40*chain' (default: dflash)",
     )
-    objective.add_argument("--dpace-alpha", type=float, default=None, help="D-PACE smoothing alpha in [0, 1] "
-                           "(default 0.5)")
-    objective.add_argument("--loss-option", dest="loss_options", type=parse_loss_option, action=LossOptionAction,
-                           default=None, metavar="KEY=VALUE", help=LOSS_OPTION_HELP)
+    objective.add_argument(
+        "--dpace-alpha", type=float, default=None, help="D-PACE smoothing alpha in [0, 1] (default 0.5)"
+    )
+    objective.add_argument(
+        "--loss-option",
+        dest="loss_options",
+        type=parse_loss_option,
+        action=LossOptionAction,
+        default=None,
+        metavar="KEY=VALUE",
+        help=LOSS_OPTION_HELP,
+    )
 
     launch = parser.add_argument_group("launch (specforge-dpace)")
-    launch.add_argument("--runtime", choices=("auto", "legacy", "unified"), default="auto",
-                        help="legacy: run a legacy checkout's scripts/train_dflash.py in this process; unified: "
-                        "translate to a SpecForge YAML config and run `specforge train`; auto (default): legacy "
-                        "when --specforge-root or the importable specforge is a legacy checkout")
-    launch.add_argument("--specforge-root", default=None, metavar="PATH",
-                        help="legacy SpecForge checkout (directory with specforge/core/dflash.py and scripts/)")
-    launch.add_argument("--dry-run", action="store_true",
-                        help="print the unified YAML config (or the legacy command) and exit without training")
-    launch.add_argument("--plan", action="store_true",
-                        help="unified runtime: write the config, then print SpecForge's resolved launch plan "
-                        "(`specforge train --plan`) instead of training")
-    launch.add_argument("--nproc-per-node", type=int, default=None,
-                        help="unified runtime: trainer processes per node (deployment.trainer.nproc_per_node; "
-                        "legacy runs use torchrun's own flag)")
+    launch.add_argument(
+        "--runtime",
+        choices=("auto", "legacy", "unified"),
+        default="auto",
+        help="legacy: run a legacy checkout's scripts/train_dflash.py in this process; unified: "
+        "translate to a SpecForge YAML config and run `specforge train`; auto (default): legacy "
+        "when --specforge-root or the importable specforge is a legacy checkout",
+    )
+    launch.add_argument(
+        "--specforge-root",
+        default=None,
+        metavar="PATH",
+        help="legacy SpecForge checkout (directory with specforge/core/dflash.py and scripts/)",
+    )
+    launch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the unified YAML config (or the legacy command) and exit without training",
+    )
+    launch.add_argument(
+        "--plan",
+        action="store_true",
+        help="unified runtime: write the config, then print SpecForge's resolved launch plan "
+        "(`specforge train --plan`) instead of training",
+    )
+    launch.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=None,
+        help="unified runtime: trainer processes per node (deployment.trainer.nproc_per_node; "
+        "legacy runs use torchrun's own flag)",
+    )
     launch.add_argument("--run-id", default=None, help="unified runtime: run_id (default: output dir name)")
-    launch.add_argument("--config-out", default=None, metavar="PATH",
-                        help="unified runtime: where to write the YAML (default: OUTPUT_DIR/specforge_config.yaml)")
+    launch.add_argument(
+        "--config-out",
+        default=None,
+        metavar="PATH",
+        help="unified runtime: where to write the YAML (default: OUTPUT_DIR/specforge_config.yaml)",
+    )
     online = parser.add_argument_group("unified online capture (specforge-dpace)")
-    online.add_argument("--server-url", dest="server_urls", action="append", default=None, metavar="URL",
-                        help="unified online runtime: SGLang capture server URL (repeatable); online training "
-                        "runs disaggregated over Mooncake (deployment.disaggregated.server_urls)")
-    online.add_argument("--mooncake-metadata-server", default=None, metavar="URL",
-                        help="unified online runtime: Mooncake metadata server "
-                        "(default http://127.0.0.1:35880/metadata)")
-    online.add_argument("--mooncake-master-server-addr", default=None, metavar="HOST:PORT",
-                        help="unified online runtime: Mooncake master address (default 127.0.0.1:35551)")
-    parser.add_argument("passthrough", nargs="*", metavar="-- FLAGS",
-                        help="after a literal --: further flags passed verbatim to a legacy checkout's script "
-                        "(the unified runtime rejects them)")
+    online.add_argument(
+        "--server-url",
+        dest="server_urls",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="unified online runtime: SGLang capture server URL (repeatable); online training "
+        "runs disaggregated over Mooncake (deployment.disaggregated.server_urls)",
+    )
+    online.add_argument(
+        "--mooncake-metadata-server",
+        default=None,
+        metavar="URL",
+        help="unified online runtime: Mooncake metadata server (default http://127.0.0.1:35880/metadata)",
+    )
+    online.add_argument(
+        "--mooncake-master-server-addr",
+        default=None,
+        metavar="HOST:PORT",
+        help="unified online runtime: Mooncake master address (default 127.0.0.1:35551)",
+    )
+    parser.add_argument(
+        "passthrough",
+        nargs="*",
+        metavar="-- FLAGS",
+        help="after a literal --: further flags passed verbatim to a legacy checkout's script "
+        "(the unified runtime rejects them)",
+    )
 
 
 def given(args: argparse.Namespace, flag: Flag) -> bool:

@@ -40,8 +40,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .launch import launch
 
-    missing = [name for name in ("target_model_path", "train_data_path", "output_dir")
-               if getattr(args, name) is None and not (name == "train_data_path" and args.hidden_states_path)]
+    missing = [
+        name
+        for name in ("target_model_path", "train_data_path", "output_dir")
+        if getattr(args, name) is None and not (name == "train_data_path" and args.hidden_states_path)
+    ]
     if missing:
         flags = ", ".join("--" + name.replace("_", "-") for name in missing)
         print(f"error: the following arguments are required: {flags}", file=sys.stderr)

@@ -127,20 +127,27 @@ def run_legacy(args: argparse.Namespace, root: Path) -> int:
     loaded = sys.modules.get("specforge")
     loaded_from = Path(getattr(loaded, "__file__", None) or "").resolve() if loaded else None
     if loaded_from is not None and root not in loaded_from.parents:
-        print(f"error: another specforge is already imported in this process ({loaded_from}); run the legacy "
-              f"checkout {root} in a fresh process", file=sys.stderr)
+        print(
+            f"error: another specforge is already imported in this process ({loaded_from}); run the legacy "
+            f"checkout {root} in a fresh process",
+            file=sys.stderr,
+        )
         return 2
     script = root / LEGACY_SCRIPT
     generation = script_generation(script)
     loss_type, dpace_alpha, loss_options = objective_of(args)
     argv = legacy_argv(args, generation)
     if args.dry_run:
-        print(f"legacy checkout {root} ({generation} script), objective {loss_type!r}"
-              + (f", loss_options {loss_options}" if loss_options else ""))
+        print(
+            f"legacy checkout {root} ({generation} script), objective {loss_type!r}"
+            + (f", loss_options {loss_options}" if loss_options else "")
+        )
         print(shlex.join([sys.executable, str(script), *argv]))
         return 0
-    with _script_context(root, script, argv), widened_loss_type_choices(), objective_defaults(
-        loss_type=loss_type, dpace_alpha=dpace_alpha, loss_options=loss_options or None
+    with (
+        _script_context(root, script, argv),
+        widened_loss_type_choices(),
+        objective_defaults(loss_type=loss_type, dpace_alpha=dpace_alpha, loss_options=loss_options or None),
     ):
         _apply_legacy_hook()
         try:

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from specforge_dpace.cli import main
 from specforge_dpace.bench.validate import checkpoint_hash
+from specforge_dpace.cli import main
 from tests.bench._helpers import LOOPBACK
 from tests.bench.test_lifecycle import _expected_taus, _gone, _pid_from_log
 
@@ -24,12 +24,41 @@ def _prompts_file(tmp_path, n=6, length=64):
 def test_cli_end_to_end(tmp_path, monkeypatch, capsys, draft_dirs):
     monkeypatch.setenv("SGLANG_SIMULATE_ACC_LEN", "3")
     out = tmp_path / "out"
-    code = main(["bench", "--target", str(tmp_path), "--drafter", f"k4={draft_dirs['k4']}",
-                 "--drafter", f"k8={draft_dirs['k8']}", "--dataset", "smoke",
-                 "--dataset", f"prompts={_prompts_file(tmp_path, n=3, length=30)}",
-                 "--temperature", "0", "--temperature", "0.7", "--max-new-tokens", "48", "--num-prompts", "3",
-                 "--chat-template", "raw", "--concurrency", "2", "--launcher", LOOPBACK, "--out", str(out),
-                 "--health-timeout", "30", "--warmup", "1"])
+    code = main(
+        [
+            "bench",
+            "--target",
+            str(tmp_path),
+            "--drafter",
+            f"k4={draft_dirs['k4']}",
+            "--drafter",
+            f"k8={draft_dirs['k8']}",
+            "--dataset",
+            "smoke",
+            "--dataset",
+            f"prompts={_prompts_file(tmp_path, n=3, length=30)}",
+            "--temperature",
+            "0",
+            "--temperature",
+            "0.7",
+            "--max-new-tokens",
+            "48",
+            "--num-prompts",
+            "3",
+            "--chat-template",
+            "raw",
+            "--concurrency",
+            "2",
+            "--launcher",
+            LOOPBACK,
+            "--out",
+            str(out),
+            "--health-timeout",
+            "30",
+            "--warmup",
+            "1",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["results"]
@@ -40,7 +69,9 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys, draft_dirs):
             continue
         lengths = [48] * 3 if row["dataset"] == "smoke" else [30] * 3
         mean, weighted = _expected_taus(lengths, [3], 4 if row["drafter"] == "k4" else 8)
-        assert row["tau_mean_per_request"] == pytest.approx(mean) and row["tau_token_weighted"] == pytest.approx(weighted)
+        assert row["tau_mean_per_request"] == pytest.approx(mean) and row["tau_token_weighted"] == pytest.approx(
+            weighted
+        )
         assert row["tau_server_avg"] == pytest.approx(weighted) and row["speedup"] > 1.0
     prov = summary["provenance"]
     assert prov["drafter_sha256"]["k4"] == checkpoint_hash(draft_dirs["k4"])
@@ -60,17 +91,54 @@ def test_cli_refuses_an_unservable_draft(tmp_path, capsys, draft_dirs):
     del cfg["dflash_config"]["mask_token_id"]
     (bad / "config.json").write_text(json.dumps(cfg))
     (bad / "model.safetensors").write_bytes((draft_dirs["k4"] / "model.safetensors").read_bytes())
-    code = main(["bench", "--target", "t", "--drafter", f"bad={bad}", "--chat-template", "raw",
-                 "--launcher", LOOPBACK, "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "bench",
+            "--target",
+            "t",
+            "--drafter",
+            f"bad={bad}",
+            "--chat-template",
+            "raw",
+            "--launcher",
+            LOOPBACK,
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2 and "mask_token_id" in capsys.readouterr().err
     assert not (tmp_path / "out" / "logs").exists()  # nothing was launched
 
 
 def _bench_cmd(tmp_path, draft, prompts):
-    return [sys.executable, "-m", "specforge_dpace.cli", "bench", "--target", "t", "--drafter", f"k4={draft}",
-            "--dataset", f"prompts={prompts}", "--chat-template", "raw", "--max-new-tokens", "64", "--no-baseline",
-            "--launcher", LOOPBACK, "--out", str(tmp_path / "out"), "--warmup", "0", "--no-plot",
-            "--health-timeout", "30", "--time-budget", "120"]
+    return [
+        sys.executable,
+        "-m",
+        "specforge_dpace.cli",
+        "bench",
+        "--target",
+        "t",
+        "--drafter",
+        f"k4={draft}",
+        "--dataset",
+        f"prompts={prompts}",
+        "--chat-template",
+        "raw",
+        "--max-new-tokens",
+        "64",
+        "--no-baseline",
+        "--launcher",
+        LOOPBACK,
+        "--out",
+        str(tmp_path / "out"),
+        "--warmup",
+        "0",
+        "--no-plot",
+        "--health-timeout",
+        "30",
+        "--time-budget",
+        "120",
+    ]
 
 
 def _wait_lines(path, n, timeout=60):
@@ -85,11 +153,20 @@ def _wait_lines(path, n, timeout=60):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_resume_after_killing_the_runner(tmp_path, draft_dirs, sig):
     prompts = _prompts_file(tmp_path, n=6)
-    env = {**os.environ, "SGLANG_SIMULATE_ACC_LEN": "1", "SPECFORGE_DPACE_LOOPBACK_STEP_S": "0.01",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "SGLANG_SIMULATE_ACC_LEN": "1",
+        "SPECFORGE_DPACE_LOOPBACK_STEP_S": "0.01",
+        "OMP_NUM_THREADS": "1",
+    }
     requests = tmp_path / "out" / "requests.jsonl"
-    runner = subprocess.Popen(_bench_cmd(tmp_path, draft_dirs["k4"], prompts), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runner = subprocess.Popen(
+        _bench_cmd(tmp_path, draft_dirs["k4"], prompts),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_lines(requests, 2)
         runner.send_signal(sig)
@@ -105,8 +182,13 @@ def test_resume_after_killing_the_runner(tmp_path, draft_dirs, sig):
         assert runner.returncode == -signal.SIGKILL
     before = requests.read_text().splitlines()
     assert 2 <= len(before) < 6
-    done = subprocess.run(_bench_cmd(tmp_path, draft_dirs["k4"], prompts), env={**env, "SPECFORGE_DPACE_LOOPBACK_STEP_S": "0"},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        _bench_cmd(tmp_path, draft_dirs["k4"], prompts),
+        env={**env, "SPECFORGE_DPACE_LOOPBACK_STEP_S": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     after = requests.read_text().splitlines()
     assert after[: len(before)] == before  # kept, not redone

@@ -5,18 +5,32 @@ import json
 import pytest
 
 from specforge_dpace.bench.datasets import (
-    MATH_SUFFIX, TemplateChoice, load_dataset, make_renderer, parse_dataset_arg,
+    MATH_SUFFIX,
+    TemplateChoice,
+    load_dataset,
+    make_renderer,
+    parse_dataset_arg,
 )
 
 RECORDS = {
     "gsm8k": ({"question": "What is 2+3?", "answer": "5"}, ["What is 2+3?", MATH_SUFFIX]),
     "math500": ({"problem": "Solve x^2=4.", "unique_id": "m/1"}, ["Solve x^2=4.", "\\boxed{}"]),
-    "humaneval": ({"task_id": "HumanEval/0", "prompt": "def add(a, b):\n"}, ["```python\ndef add(a, b):", "passes the tests"]),
-    "mbpp": ({"task_id": 11, "text": "Remove a char.", "test_list": ["assert f('a')==''"]},
-             ["Remove a char.", "Your code should pass these tests:\nassert f('a')==''"]),
-    "mt-bench": ({"question_id": 81, "category": "writing", "turns": ["Write a blog post.", "Rewrite it."]},
-                 ["Write a blog post."]),
-    "alpaca": ({"instruction": "Summarize.", "input": "Long text here.", "output": "x"}, ["Summarize.\n\nLong text here."]),
+    "humaneval": (
+        {"task_id": "HumanEval/0", "prompt": "def add(a, b):\n"},
+        ["```python\ndef add(a, b):", "passes the tests"],
+    ),
+    "mbpp": (
+        {"task_id": 11, "text": "Remove a char.", "test_list": ["assert f('a')==''"]},
+        ["Remove a char.", "Your code should pass these tests:\nassert f('a')==''"],
+    ),
+    "mt-bench": (
+        {"question_id": 81, "category": "writing", "turns": ["Write a blog post.", "Rewrite it."]},
+        ["Write a blog post."],
+    ),
+    "alpaca": (
+        {"instruction": "Summarize.", "input": "Long text here.", "output": "x"},
+        ["Summarize.\n\nLong text here."],
+    ),
     "prompts": ({"id": "p", "prompt": "Hello there"}, ["Hello there"]),
 }
 
@@ -45,7 +59,9 @@ def test_json_list_limit_and_ids(tmp_path):
 
 
 def test_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow", reason="pyarrow not installed here: parquet loading is untested on this machine")
+    pa = pytest.importorskip(
+        "pyarrow", reason="pyarrow not installed here: parquet loading is untested on this machine"
+    )
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist([{"question": "q1"}, {"question": "q2"}]), tmp_path / "d.parquet")
@@ -55,6 +71,7 @@ def test_parquet(tmp_path):
 def test_parquet_without_pyarrow_is_a_clear_error(tmp_path):
     try:
         import pyarrow  # noqa: F401
+
         pytest.skip("pyarrow is installed; the missing-dependency message cannot be shown")
     except ImportError:
         pass

@@ -12,8 +12,15 @@ def _meta(version: str, **values):
 
 @pytest.mark.parametrize("version", sorted(fields.PROFILES))
 def test_every_dialect_maps_to_the_same_canonical_values(version):
-    meta = _meta(version, completion_tokens=40, verify_ct=10, accept_length=4.0, num_correct_drafts=30,
-                 num_proposed_drafts=150, histogram=[0, 0, 0, 10])
+    meta = _meta(
+        version,
+        completion_tokens=40,
+        verify_ct=10,
+        accept_length=4.0,
+        num_correct_drafts=30,
+        num_proposed_drafts=150,
+        histogram=[0, 0, 0, 10],
+    )
     got = fields.extract(meta, speculative=True)
     assert (got.completion_tokens, got.verify_ct, got.num_correct_drafts, got.num_proposed_drafts) == (40, 10, 30, 150)
     assert got.histogram == [0, 0, 0, 10]
@@ -25,8 +32,17 @@ def test_dialects_really_differ():
     assert len(set(keys.values())) == len(keys)
 
 
-@pytest.mark.parametrize("version,profile", [("0.5.11", "0.5.11"), ("0.5.13", "0.5.11"), ("0.5.14", "0.5.14"),
-                                             ("0.5.19.post1", "0.5.14"), ("0.5.23", "0.5.23"), ("0.6.0", "0.5.23")])
+@pytest.mark.parametrize(
+    "version,profile",
+    [
+        ("0.5.11", "0.5.11"),
+        ("0.5.13", "0.5.11"),
+        ("0.5.14", "0.5.14"),
+        ("0.5.19.post1", "0.5.14"),
+        ("0.5.23", "0.5.23"),
+        ("0.6.0", "0.5.23"),
+    ],
+)
 def test_profile_for_picks_newest_not_newer(version, profile):
     assert fields.profile_for(version) == fields.PROFILES[profile]
 

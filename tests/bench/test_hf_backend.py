@@ -32,23 +32,48 @@ def pair(tmp_path_factory):
     config.pop("_attn_implementation_autoset", None)
     write_draft_dir(root / "draft", {k: v.detach().contiguous() for k, v in draft.state_dict().items()}, config)
     prompts = root / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": w}) + "\n"
-                               for i, w in enumerate(["hello world", "abcabc", "speculative"])))
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "prompt": w}) + "\n"
+            for i, w in enumerate(["hello world", "abcabc", "speculative"])
+        )
+    )
     return root / "target", root / "draft", prompts
 
 
 def test_hf_backend_matches_the_evaluator(tmp_path, pair):
     target, draft, prompts = pair
     out = tmp_path / "out"
-    code = main(["bench", "--backend", "hf", "--target", str(target), "--drafter", f"d={draft}",
-                 "--dataset", f"prompts={prompts}", "--chat-template", "raw", "--max-new-tokens", "8",
-                 "--hf-chunk", "2", "--out", str(out), "--no-plot"])
+    code = main(
+        [
+            "bench",
+            "--backend",
+            "hf",
+            "--target",
+            str(target),
+            "--drafter",
+            f"d={draft}",
+            "--dataset",
+            f"prompts={prompts}",
+            "--chat-template",
+            "raw",
+            "--max-new-tokens",
+            "8",
+            "--hf-chunk",
+            "2",
+            "--out",
+            str(out),
+            "--no-plot",
+        ]
+    )
     assert code == 0
     records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
     spec = [r for r in records if r["drafter"] == "d"]
     assert len(spec) == 3 and len([r for r in records if r["drafter"] == "baseline"]) == 3
     direct = evaluate.evaluate_paths(
-        target, draft, [{"prompt": t} for t in ("hello world", "abcabc", "speculative")],
+        target,
+        draft,
+        [{"prompt": t} for t in ("hello world", "abcabc", "speculative")],
         evaluate.EvalConfig(temperature=0.0, max_new_tokens=8, seed=0, show_progress=False),
     )
     for rec, ref in zip(spec, direct.per_prompt):
@@ -58,11 +83,32 @@ def test_hf_backend_matches_the_evaluator(tmp_path, pair):
     # SGLang's convention (completion / verify steps, prefill token included) in the first two columns,
     # the evaluator's own tau (prefill token excluded) in the third
     assert rows["d"]["tau_token_weighted"] == pytest.approx(
-        sum(r["completion_tokens"] for r in direct.per_prompt) / sum(r["verify_steps"] for r in direct.per_prompt))
+        sum(r["completion_tokens"] for r in direct.per_prompt) / sum(r["verify_steps"] for r in direct.per_prompt)
+    )
     assert rows["d"]["tau_server_avg"] == pytest.approx(direct.overall["tau"])
     assert rows["d"]["speedup"] is not None and rows["d"]["speedup"] > 0
     # rerun: everything is already there, nothing is recomputed
-    assert main(["bench", "--backend", "hf", "--target", str(target), "--drafter", f"d={draft}",
-                 "--dataset", f"prompts={prompts}", "--chat-template", "raw", "--max-new-tokens", "8",
-                 "--out", str(out), "--no-plot"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--backend",
+                "hf",
+                "--target",
+                str(target),
+                "--drafter",
+                f"d={draft}",
+                "--dataset",
+                f"prompts={prompts}",
+                "--chat-template",
+                "raw",
+                "--max-new-tokens",
+                "8",
+                "--out",
+                str(out),
+                "--no-plot",
+            ]
+        )
+        == 0
+    )
     assert len((out / "requests.jsonl").read_text().splitlines()) == 6

@@ -20,9 +20,18 @@ PROMPTS = [Prompt("toy", f"p{n}", "x" * n) for n in (10, 40, 64)]
 
 
 def _config(tmp_path, drafters, **kw):
-    base = dict(target="target-not-loaded", drafters=drafters, prompts={"toy": PROMPTS}, out_dir=tmp_path,
-                max_new_tokens=64, launcher=LOOPBACK, health_timeout_s=30, warmup=1, request_timeout_s=30,
-                time_budget_s=60)
+    base = dict(
+        target="target-not-loaded",
+        drafters=drafters,
+        prompts={"toy": PROMPTS},
+        out_dir=tmp_path,
+        max_new_tokens=64,
+        launcher=LOOPBACK,
+        health_timeout_s=30,
+        warmup=1,
+        request_timeout_s=30,
+        time_budget_s=60,
+    )
     base.update(kw)
     return BenchConfig(**base)
 
@@ -83,8 +92,12 @@ def _gone(pid, timeout=5.0):
 def test_report_reproduces_configured_tau_exactly(tmp_path, monkeypatch, draft_dirs, version):
     monkeypatch.setenv("SGLANG_SIMULATE_ACC_LEN", "3,5")
     monkeypatch.setenv("SPECFORGE_DPACE_LOOPBACK_VERSION", version)
-    cfg = _config(tmp_path, {"k4": str(draft_dirs["k4"]), "k8": str(draft_dirs["k8"])},
-                  block_sizes={"k4": 4, "k8": 8}, concurrency=2)
+    cfg = _config(
+        tmp_path,
+        {"k4": str(draft_dirs["k4"]), "k8": str(draft_dirs["k8"])},
+        block_sizes={"k4": 4, "k8": 8},
+        concurrency=2,
+    )
     store = ResultStore(tmp_path)
     assert run_sglang(cfg, store, render=lambda m: m) == 9
     rows = {r["drafter"]: r for r in store.summary_rows()}
@@ -118,8 +131,13 @@ def test_block_size_reaches_the_server(tmp_path, monkeypatch, draft_dirs):
 
 
 def test_conflicting_block_size_in_server_args_is_refused(tmp_path, draft_dirs):
-    cfg = _config(tmp_path, {"k4": str(draft_dirs["k4"])}, block_sizes={"k4": 4}, baseline=False,
-                  server_args=["--speculative-dflash-block-size", "8"])
+    cfg = _config(
+        tmp_path,
+        {"k4": str(draft_dirs["k4"])},
+        block_sizes={"k4": 4},
+        baseline=False,
+        server_args=["--speculative-dflash-block-size", "8"],
+    )
     with pytest.raises(ValueError, match="block_size 4"):
         run_sglang(cfg, ResultStore(tmp_path), lambda m: m)
 
@@ -169,10 +187,16 @@ def test_malformed_response_aborts_with_a_clear_error(tmp_path, monkeypatch, dra
 
 def test_attach_to_a_running_server(tmp_path, monkeypatch, draft_dirs):
     monkeypatch.setenv("SGLANG_SIMULATE_ACC_LEN", "2")
-    with launch("ext", "target", tmp_path / "ext.log", draft_path=str(draft_dirs["k4"]), block_size=4,
-                launcher=LOOPBACK, health_timeout=30) as external:
-        cfg = _config(tmp_path / "out", {"k4": str(draft_dirs["k4"])}, baseline=False,
-                      server_urls={"k4": external.url})
+    with launch(
+        "ext",
+        "target",
+        tmp_path / "ext.log",
+        draft_path=str(draft_dirs["k4"]),
+        block_size=4,
+        launcher=LOOPBACK,
+        health_timeout=30,
+    ) as external:
+        cfg = _config(tmp_path / "out", {"k4": str(draft_dirs["k4"])}, baseline=False, server_urls={"k4": external.url})
         store = ResultStore(tmp_path / "out")
         run_sglang(cfg, store, lambda m: m)
         assert external.alive()  # attached servers are not ours to stop

@@ -9,12 +9,15 @@ from specforge_dpace.bench.metrics import add_speedups, per_position_acceptance,
 
 
 def test_three_tau_definitions_differ_as_defined():
-    records = [{"completion_tokens": 10, "verify_ct": 5, "latency_s": 1.0},
-               {"completion_tokens": 30, "verify_ct": 6, "latency_s": 1.0}]
+    records = [
+        {"completion_tokens": 10, "verify_ct": 5, "latency_s": 1.0},
+        {"completion_tokens": 30, "verify_ct": 6, "latency_s": 1.0},
+    ]
     out = summarize_group(records, [{"avg": 3.0, "requests": 1}, {"avg": 6.0, "requests": 3}])
     assert out["tau_server_avg"] == pytest.approx((3 * 1 + 6 * 3) / 4)  # no step counts: by requests
-    out = summarize_group(records, [{"avg": 3.0, "requests": 1, "verify_steps": 5},
-                                    {"avg": 6.0, "requests": 3, "verify_steps": 1}])
+    out = summarize_group(
+        records, [{"avg": 3.0, "requests": 1, "verify_steps": 5}, {"avg": 6.0, "requests": 3, "verify_steps": 1}]
+    )
     assert out["tau_server_avg"] == pytest.approx((3 * 5 + 6 * 1) / 6)
     assert out["tau_mean_per_request"] == pytest.approx((2 + 5) / 2)
     assert out["tau_token_weighted"] == pytest.approx(40 / 11)
@@ -29,9 +32,11 @@ def test_per_position_acceptance_from_histograms():
 
 
 def test_speedup_is_relative_to_the_baseline_of_the_same_group():
-    rows = [{"backend": "s", "dataset": "d", "temperature": 0.0, "drafter": "baseline", "output_tokens_per_s": 10.0},
-            {"backend": "s", "dataset": "d", "temperature": 0.0, "drafter": "x", "output_tokens_per_s": 25.0},
-            {"backend": "s", "dataset": "d", "temperature": 1.0, "drafter": "x", "output_tokens_per_s": 25.0}]
+    rows = [
+        {"backend": "s", "dataset": "d", "temperature": 0.0, "drafter": "baseline", "output_tokens_per_s": 10.0},
+        {"backend": "s", "dataset": "d", "temperature": 0.0, "drafter": "x", "output_tokens_per_s": 25.0},
+        {"backend": "s", "dataset": "d", "temperature": 1.0, "drafter": "x", "output_tokens_per_s": 25.0},
+    ]
     add_speedups(rows, "baseline")
     assert [r["speedup"] for r in rows] == [1.0, 2.5, None]
 

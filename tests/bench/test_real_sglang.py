@@ -17,16 +17,36 @@ from specforge_dpace.cli import main
 pytestmark = pytest.mark.sglang
 
 
-@pytest.mark.skipif(not (os.environ.get("SGLANG_BENCH_TARGET") and os.environ.get("SGLANG_BENCH_DRAFT")),
-                    reason="set SGLANG_BENCH_TARGET and SGLANG_BENCH_DRAFT on a GPU machine with SGLang")
+@pytest.mark.skipif(
+    not (os.environ.get("SGLANG_BENCH_TARGET") and os.environ.get("SGLANG_BENCH_DRAFT")),
+    reason="set SGLANG_BENCH_TARGET and SGLANG_BENCH_DRAFT on a GPU machine with SGLang",
+)
 def test_real_sglang_smoke(tmp_path):
     pytest.importorskip("sglang", reason="SGLang is not installed")
     out = tmp_path / "out"
-    code = main(["bench", "--target", os.environ["SGLANG_BENCH_TARGET"],
-                 "--drafter", f"draft={os.environ['SGLANG_BENCH_DRAFT']}", "--dataset", "smoke",
-                 "--num-prompts", "4", "--max-new-tokens", "128", "--temperature", "0",
-                 "--thinking", os.environ.get("SGLANG_BENCH_THINKING", "off"),
-                 "--server-args", os.environ.get("SGLANG_BENCH_ARGS", ""), "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "--target",
+            os.environ["SGLANG_BENCH_TARGET"],
+            "--drafter",
+            f"draft={os.environ['SGLANG_BENCH_DRAFT']}",
+            "--dataset",
+            "smoke",
+            "--num-prompts",
+            "4",
+            "--max-new-tokens",
+            "128",
+            "--temperature",
+            "0",
+            "--thinking",
+            os.environ.get("SGLANG_BENCH_THINKING", "off"),
+            "--server-args",
+            os.environ.get("SGLANG_BENCH_ARGS", ""),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     rows = {r["drafter"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
     draft = rows["draft"]

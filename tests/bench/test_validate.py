@@ -6,7 +6,10 @@ import struct
 import pytest
 
 from specforge_dpace.bench.validate import (
-    DraftValidationError, checkpoint_hash, read_safetensors_header, validate_draft_dir,
+    DraftValidationError,
+    checkpoint_hash,
+    read_safetensors_header,
+    validate_draft_dir,
 )
 from tests.bench._helpers import draft_state_and_config, write_draft_dir
 
@@ -50,15 +53,18 @@ def test_extra_layer_beyond_config_is_unknown(tmp_path, real_draft):
         validate_draft_dir(write_draft_dir(tmp_path / "d", state, config))
 
 
-@pytest.mark.parametrize("edit,needle", [
-    (lambda c: c.update(architectures=["Qwen3ForCausalLM"]), "architectures must contain 'DFlashDraftModel'"),
-    (lambda c: c.pop("block_size"), "missing 'block_size'"),
-    (lambda c: c.update(block_size=1), "block_size must be >= 2"),
-    (lambda c: c.pop("num_target_layers"), "missing 'num_target_layers'"),
-    (lambda c: c.pop("dflash_config"), "missing the 'dflash_config'"),
-    (lambda c: c["dflash_config"].pop("mask_token_id"), "mask_token_id"),
-    (lambda c: c["dflash_config"].update(target_layer_ids=[0, 5]), "target_layer_ids [5] outside 0..1"),
-])
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda c: c.update(architectures=["Qwen3ForCausalLM"]), "architectures must contain 'DFlashDraftModel'"),
+        (lambda c: c.pop("block_size"), "missing 'block_size'"),
+        (lambda c: c.update(block_size=1), "block_size must be >= 2"),
+        (lambda c: c.pop("num_target_layers"), "missing 'num_target_layers'"),
+        (lambda c: c.pop("dflash_config"), "missing the 'dflash_config'"),
+        (lambda c: c["dflash_config"].pop("mask_token_id"), "mask_token_id"),
+        (lambda c: c["dflash_config"].update(target_layer_ids=[0, 5]), "target_layer_ids [5] outside 0..1"),
+    ],
+)
 def test_config_problems_are_named(tmp_path, real_draft, edit, needle):
     state, config = real_draft
     config = json.loads(json.dumps(config))
@@ -80,8 +86,10 @@ def test_no_weights_and_not_a_directory(tmp_path, real_draft):
 
 
 def test_header_is_read_without_the_tensor_bytes(tmp_path):
-    header = {"fc.weight": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]},
-              "__metadata__": {"format": "pt"}}
+    header = {
+        "fc.weight": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]},
+        "__metadata__": {"format": "pt"},
+    }
     raw = json.dumps(header).encode()
     path = tmp_path / "truncated.safetensors"
     path.write_bytes(struct.pack("<Q", len(raw)) + raw)  # 4 MB of tensor data absent

@@ -6,7 +6,13 @@ import pytest
 
 from specforge_dpace.demo import corpus
 from specforge_dpace.demo.tokenizer import (
-    EOS_TOKEN, MASK_TOKEN, encode_documents, load_tokenizer, save_tokenizer, special_ids, train_tokenizer,
+    EOS_TOKEN,
+    MASK_TOKEN,
+    encode_documents,
+    load_tokenizer,
+    save_tokenizer,
+    special_ids,
+    train_tokenizer,
 )
 
 
@@ -44,7 +50,10 @@ def test_tokenizer_training_is_deterministic(tmp_path):
     assert encode_documents(a, [sample]) == encode_documents(b, [sample])
     ids = special_ids(a)
     assert a.id_to_token(ids["mask"]) == MASK_TOKEN and a.id_to_token(ids["eos"]) == EOS_TOKEN
-    assert ids["mask"] not in encode_documents(a, [f.text for f in corpus.load_corpus(split="heldout", max_chars=20_000)])[0]
+    assert (
+        ids["mask"]
+        not in encode_documents(a, [f.text for f in corpus.load_corpus(split="heldout", max_chars=20_000)])[0]
+    )
     save_tokenizer(a, tmp_path)
     assert load_tokenizer(tmp_path).decode(encode_documents(a, [sample])[0]) == sample
 

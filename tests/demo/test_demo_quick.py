@@ -17,7 +17,10 @@ def test_quick_demo_end_to_end(tmp_path):
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "specforge_dpace", "demo", "--quick", "--no-progress", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]

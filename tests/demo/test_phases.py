@@ -17,8 +17,16 @@ LAYERS = [0, 1]
 @pytest.fixture(scope="module")
 def tiny():
     seed_everything(0, 1)
-    cfg = TargetConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=1, head_dim=16, intermediate_size=64, seed=3)
+    cfg = TargetConfig(
+        vocab_size=96,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        seed=3,
+    )
     target = build_target(cfg).eval()
     docs = [torch.randint(0, 94, (60,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(4)]
     prompts = sample_prompts(docs, 6, 8, seed=0)
@@ -56,8 +64,9 @@ def test_capture_shape_and_layer_check(tiny):
 def _train(tiny, objective, seed=0):
     target, _, ids, mask, feats = tiny
     cfg = DrafterConfig(block_size=4, steps=3, batch_size=4, num_anchors=4, seed=seed)
-    return train_drafter(target, ids, mask, feats, objective, cfg, target_layer_ids=LAYERS, mask_token_id=95,
-                         show_progress=False)
+    return train_drafter(
+        target, ids, mask, feats, objective, cfg, target_layer_ids=LAYERS, mask_token_id=95, show_progress=False
+    )
 
 
 def test_drafter_training_is_deterministic_and_objective_dependent(tiny):

@@ -10,8 +10,18 @@ import pytest
 from specforge_dpace.demo import assets_dir
 from specforge_dpace.demo.pipeline import DemoConfig, DemoPipeline
 
-TINY = dict(objectives=("dflash(gamma=7)", "dpace"), num_train_seqs=8, gen_len=24, steps=3, batch_size=4,
-            num_anchors=4, block_size=4, eval_prompts=2, eval_max_new_tokens=8, threads=1)
+TINY = dict(
+    objectives=("dflash(gamma=7)", "dpace"),
+    num_train_seqs=8,
+    gen_len=24,
+    steps=3,
+    batch_size=4,
+    num_anchors=4,
+    block_size=4,
+    eval_prompts=2,
+    eval_max_new_tokens=8,
+    threads=1,
+)
 
 
 def _run(out, **overrides):

@@ -24,7 +24,11 @@ from specforge_dpace.features import (  # noqa: E402
 from specforge_dpace.features.tiny import TinySizes, build_target, build_tokenizer, draft_config  # noqa: E402
 
 SIZES = TinySizes(
-    target_layers=3, target_layer_ids=(0, 2), hidden_size=32, intermediate_size=64, num_attention_heads=2,
+    target_layers=3,
+    target_layer_ids=(0, 2),
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=2,
     num_key_value_heads=1,
 )
 

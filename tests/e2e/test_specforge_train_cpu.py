@@ -55,7 +55,12 @@ def _train(
     command = [sys.executable, "-m", "specforge.cli", "train", "--config", str(EXAMPLE / config), *overrides]
     for _ in range(attempts):
         result = subprocess.run(
-            command, cwd=workdir, env=_env(autoload), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            command,
+            cwd=workdir,
+            env=_env(autoload),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             timeout=170,
         )
         trained = STEP_LINE.search(result.stdout) is not None
@@ -93,7 +98,11 @@ def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cpu_offline")
     subprocess.run(
         [sys.executable, str(EXAMPLE / "make_tiny_setup.py"), str(root / "cpu_offline_run"), "--quiet"],
-        check=True, env=_env(autoload=False), timeout=170, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        check=True,
+        env=_env(autoload=False),
+        timeout=170,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     assert len(list((root / "cpu_offline_run" / "features").glob("*.ckpt"))) == 16
     return root
@@ -157,14 +166,26 @@ def test_composite_is_rejected_without_the_plugin(workdir):
 def test_resume_refuses_another_objective_and_accepts_the_same(workdir, composite_run):
     checkpoint = "training.resume_from=cpu_offline_run/out-composite/cpu-offline-composite-step6"
     other = _train(
-        workdir, "dpace.yaml", checkpoint, "training.max_steps=8", "run_id=cpu-offline-composite",
+        workdir,
+        "dpace.yaml",
+        checkpoint,
+        "training.max_steps=8",
+        "run_id=cpu-offline-composite",
         "output_dir=cpu_offline_run/out-resume-other",
     )
     assert other.returncode != 0
     assert "dflash_loss_type" in other.stdout and "resume with the original configuration" in other.stdout
-    same = _steps(_ok(_train(
-        workdir, "composite.yaml", checkpoint, "training.max_steps=8", "output_dir=cpu_offline_run/out-resume-same"
-    )))
+    same = _steps(
+        _ok(
+            _train(
+                workdir,
+                "composite.yaml",
+                checkpoint,
+                "training.max_steps=8",
+                "output_dir=cpu_offline_run/out-resume-same",
+            )
+        )
+    )
     assert sorted(same) == [7, 8]
     assert all("sim_tau" in row for row in same.values())
 
@@ -172,10 +193,15 @@ def test_resume_refuses_another_objective_and_accepts_the_same(workdir, composit
 def test_two_ranks_patch_every_worker(workdir):
     # nproc_per_node=2: specforge re-launches itself under torch.distributed.run; each worker gets the
     # plugin only through the .pth autoload, and the resume state records the world size and the spec.
-    output = _ok(_train(
-        workdir, "composite.yaml", "deployment.trainer.nproc_per_node=2", "training.batch_size=1",
-        "output_dir=cpu_offline_run/out-two-ranks",
-    ))
+    output = _ok(
+        _train(
+            workdir,
+            "composite.yaml",
+            "deployment.trainer.nproc_per_node=2",
+            "training.batch_size=1",
+            "output_dir=cpu_offline_run/out-two-ranks",
+        )
+    )
     # Two processes share one pipe, so their log lines may interleave: count, do not parse.
     assert output.count("'sim_tau': ") >= 6 and "step 6: {" in output
     state = _state(workdir, "cpu_offline_run/out-two-ranks", "cpu-offline-composite", 6)

@@ -42,9 +42,26 @@ def test_cli_end_to_end(checkpoint_dirs, tmp_path, capsys):
     root = checkpoint_dirs
     out = tmp_path / "out"
     argv = [
-        "evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"),
-        "--prompts", str(root / "prompts.jsonl"), "--temperature", "0.7", "--max-new-tokens", "9",
-        "--num-prompts", "3", "--seed", "5", "--output-dir", str(out), "--no-progress", "--threads", "1",
+        "evaluate",
+        "--target",
+        str(root / "target"),
+        "--draft",
+        str(root / "draft"),
+        "--prompts",
+        str(root / "prompts.jsonl"),
+        "--temperature",
+        "0.7",
+        "--max-new-tokens",
+        "9",
+        "--num-prompts",
+        "3",
+        "--seed",
+        "5",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        "--threads",
+        "1",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -68,8 +85,18 @@ def test_cli_end_to_end(checkpoint_dirs, tmp_path, capsys):
 def test_cli_block_size_and_stop_tokens(checkpoint_dirs, tmp_path):
     root = checkpoint_dirs
     out = tmp_path / "out"
-    base = ["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"),
-            "--prompts", str(root / "prompts.jsonl"), "--no-progress", "--output-dir", str(out)]
+    base = [
+        "evaluate",
+        "--target",
+        str(root / "target"),
+        "--draft",
+        str(root / "draft"),
+        "--prompts",
+        str(root / "prompts.jsonl"),
+        "--no-progress",
+        "--output-dir",
+        str(out),
+    ]
     assert main(base + ["--block-size", "6", "--max-new-tokens", "6", "--num-prompts", "1", "--baseline"]) == 0
     data = json.loads((out / "eval.json").read_text())
     assert data["overall"]["block_size"] == 6 and len(data["overall"]["accept_hist"]) == 6
@@ -87,8 +114,19 @@ def test_cli_reports_bad_input_without_traceback(checkpoint_dirs, tmp_path, caps
     code = main(["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompts", str(bad)])
     assert code == 2
     assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
-    code = main(["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"),
-                 "--prompts", str(root / "prompts.jsonl"), "--block-size", "1"])
+    code = main(
+        [
+            "evaluate",
+            "--target",
+            str(root / "target"),
+            "--draft",
+            str(root / "draft"),
+            "--prompts",
+            str(root / "prompts.jsonl"),
+            "--block-size",
+            "1",
+        ]
+    )
     assert code == 2 and "block_size=1 is invalid" in capsys.readouterr().err
 
 
@@ -96,9 +134,23 @@ def test_cli_help_explains_every_flag():
     out = subprocess.run(
         [sys.executable, "-m", "specforge_dpace", "evaluate", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for flag in ("--target", "--draft", "--prompts", "--temperature", "--max-new-tokens", "--block-size",
-                 "--stop-token-id", "--num-prompts", "--seed", "--output-dir", "--tokenizer", "--device", "--threads",
-                 "--baseline", "--no-progress"):
+    for flag in (
+        "--target",
+        "--draft",
+        "--prompts",
+        "--temperature",
+        "--max-new-tokens",
+        "--block-size",
+        "--stop-token-id",
+        "--num-prompts",
+        "--seed",
+        "--output-dir",
+        "--tokenizer",
+        "--device",
+        "--threads",
+        "--baseline",
+        "--no-progress",
+    ):
         assert flag in out
 
 

@@ -49,10 +49,14 @@ def test_greedy_matches_hf_generate(pair64):
     result = evaluate_drafter(target, draft, prompts, EvalConfig(max_new_tokens=16, show_progress=False))
     for prompt, record in zip(prompts, result.per_prompt):
         out = target.generate(
-            prompt.unsqueeze(0), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0,
+            prompt.unsqueeze(0),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=16,
+            min_new_tokens=16,
+            do_sample=False,
+            pad_token_id=0,
         )
-        assert record["output_ids"] == out[0, len(prompt):].tolist()
+        assert record["output_ids"] == out[0, len(prompt) :].tolist()
 
 
 def test_oracle_drafter_with_known_errors_is_lossless_and_counts_exactly(pair64):
@@ -218,8 +222,18 @@ def test_result_dict_and_table(pair64):
     target, draft = pair64
     result = evaluate_drafter(target, draft, [[1, 2, 3]], EvalConfig(max_new_tokens=8, show_progress=False))
     data = result.to_dict()
-    for key in ("tau", "tau_mean_per_prompt", "accept_hist", "accept_pos", "completion_tokens", "verify_steps",
-                "tokens_per_s", "draft_s", "verify_s", "num_prompts"):
+    for key in (
+        "tau",
+        "tau_mean_per_prompt",
+        "accept_hist",
+        "accept_pos",
+        "completion_tokens",
+        "verify_steps",
+        "tokens_per_s",
+        "draft_s",
+        "verify_s",
+        "num_prompts",
+    ):
         assert key in data["overall"], key
     assert len(data["overall"]["accept_hist"]) == 5 and len(data["overall"]["accept_pos"]) == 4
     # identity: mean accepted length = sum of the per-slot acceptance rates

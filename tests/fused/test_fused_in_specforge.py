@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _tiny_specforge import tiny_online_model
 
 

@@ -116,7 +116,18 @@ def test_install_reports_what_was_found_for_an_unknown_layout(tmp_path):
 @pytest.mark.slow
 def test_built_wheel_ships_the_pth_at_the_site_packages_root(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

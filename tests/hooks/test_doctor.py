@@ -16,7 +16,10 @@ def _doctor(extra_env: dict | None = None, *args: str) -> tuple[int, list[dict]]
     env = {**os.environ, **(extra_env or {})}
     result = subprocess.run(
         [sys.executable, "-m", "specforge_dpace", "doctor", "--json", *args],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     return result.returncode, json.loads(result.stdout)
 

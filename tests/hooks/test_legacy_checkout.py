@@ -46,8 +46,15 @@ def _build(module, parts, **kwargs):
     params = inspect.signature(module.OnlineDFlashModel.__init__).parameters
     extra = {key: value for key, value in (("attention_backend", "sdpa"), ("num_anchors", 6)) if key in params}
     draft, head, embed = parts
-    return module.OnlineDFlashModel(draft_model=draft, target_lm_head=head, target_embed_tokens=embed,
-                                    mask_token_id=63, block_size=4, **extra, **kwargs)
+    return module.OnlineDFlashModel(
+        draft_model=draft,
+        target_lm_head=head,
+        target_embed_tokens=embed,
+        mask_token_id=63,
+        block_size=4,
+        **extra,
+        **kwargs,
+    )
 
 
 def _own_cases(module):

@@ -213,8 +213,9 @@ def test_automatic_activation_patches_a_checkout_on_import(tmp_path, autoload, p
         "print(bool(getattr(init, '__specforge_dpace_patched__', False)), m.__file__)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tree), "SPECFORGE_DPACE_AUTOLOAD": autoload}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     flag, path = proc.stdout.split()
     assert flag == str(patched) and path.startswith(str(tree))

@@ -31,11 +31,31 @@ def _git_apply(tree: Path, patch: Path, *flags: str) -> subprocess.CompletedProc
 
 
 def _run_script(tree: Path, out: Path, *flags: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)]), "SPECFORGE_DPACE_AUTOLOAD": "0",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(tree / "scripts" / "train_dflash.py"), "--target-model-path", "tiny",
-           "--train-data-path", "none", "--output-dir", str(out), "--block-size", "4", "--num-anchors", "4",
-           "--attention-backend", "sdpa", "--num-epochs", "2", *flags]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)]),
+        "SPECFORGE_DPACE_AUTOLOAD": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        str(tree / "scripts" / "train_dflash.py"),
+        "--target-model-path",
+        "tiny",
+        "--train-data-path",
+        "none",
+        "--output-dir",
+        str(out),
+        "--block-size",
+        "4",
+        "--num-anchors",
+        "4",
+        "--attention-backend",
+        "sdpa",
+        "--num-epochs",
+        "2",
+        *flags,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "standin_result.json").read_text())
@@ -68,15 +88,27 @@ def test_patched_script_trains_registered_objectives(tmp_path, generation):
         assert with_option["model_loss_type"] == "dpace" and with_option["plugin_spec"] == "dpace"
 
 
-
 def test_patched_script_rejects_unknown_objectives_listing_registered_ones(tmp_path):
     tree = write_tree(tmp_path / "checkout", "dpace")
     assert _git_apply(tree, PATCHES["dpace"]).returncode == 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)]), "SPECFORGE_DPACE_AUTOLOAD": "0"}
     proc = subprocess.run(
-        [sys.executable, str(tree / "scripts" / "train_dflash.py"), "--target-model-path", "t", "--train-data-path",
-         "d", "--output-dir", str(tmp_path / "o"), "--loss-type", "dpase"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            str(tree / "scripts" / "train_dflash.py"),
+            "--target-model-path",
+            "t",
+            "--train-data-path",
+            "d",
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--loss-type",
+            "dpase",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "dpase" in proc.stderr and "first-error-focal" in proc.stderr

@@ -54,7 +54,6 @@ def test_yaml_with_plugin_objective_and_options_validates(specforge_installed, t
 )
 def test_bad_objectives_fail_validation_with_the_list(specforge_installed, tmp_path, training, error):
     from pydantic import ValidationError
-
     from specforge.config import load_config
 
     with pytest.raises(ValidationError, match=error):
@@ -63,9 +62,9 @@ def test_bad_objectives_fail_validation_with_the_list(specforge_installed, tmp_p
 
 def test_without_the_hook_specforge_rejects_plugin_names(tmp_path):
     from pydantic import ValidationError
+    from specforge.config import load_config
 
     import specforge_dpace
-    from specforge.config import load_config
 
     specforge_dpace.uninstall()
     try:
@@ -77,20 +76,29 @@ def test_without_the_hook_specforge_rejects_plugin_names(tmp_path):
 
 def test_build_dflash_model_forwards_loss_options(specforge_installed, tmp_path):
     """The real SpecForge builder, reading a real saved tiny target, gets loss_options to the model."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     from specforge.algorithms.model_providers import build_dflash_model
     from specforge.config import load_config
     from specforge.modeling.draft.dflash import DFlashDraftModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     target_config = Qwen3Config(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
     )
     Qwen3ForCausalLM(target_config).save_pretrained(tmp_path / "target")
     draft_config = Qwen3Config(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
     )
     draft_config.block_size = 4
     draft_config.num_target_layers = 2
@@ -113,5 +121,7 @@ def test_build_dflash_model_forwards_loss_options(specforge_installed, tmp_path)
     _, _, metrics = model(**batch)
     assert "sim_tau" in metrics["ratio_metrics"]
 
-    plain = build_dflash_model(load_config(write_yaml(tmp_path, f"  loss_type: '{COMPOSITE}'\n")), draft, None, None, None)
+    plain = build_dflash_model(
+        load_config(write_yaml(tmp_path, f"  loss_type: '{COMPOSITE}'\n")), draft, None, None, None
+    )
     assert plain.model.loss_type == COMPOSITE

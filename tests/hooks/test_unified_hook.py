@@ -7,16 +7,15 @@ import torch
 
 pytest.importorskip("specforge")
 
-from _tiny_specforge import tiny_online_model  # noqa: E402
-
-import specforge_dpace  # noqa: E402
-from specforge_dpace import hooks  # noqa: E402
-
 # Import every patched SpecForge module up front: with the start-up autoload armed, a first
 # import inside a test would apply the patch right after an uninstall().
 import specforge.algorithms.common.dflash_family_model  # noqa: E402,F401
 import specforge.algorithms.model_providers  # noqa: E402,F401
 import specforge.config.schema  # noqa: E402,F401
+from _tiny_specforge import tiny_online_model  # noqa: E402
+
+import specforge_dpace  # noqa: E402
+from specforge_dpace import hooks  # noqa: E402
 
 BUILTIN_UPSTREAM = ["dflash", "dpace", "dpace-cumulative-confidence-only", "dpace-continuation-value-only"]
 PLUGIN = ["first-error-focal", "chain", "auf", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"]
@@ -124,7 +123,16 @@ def test_metrics_in_specforge_trainer_form(specforge_installed):
     model, batch = tiny_online_model(loss_type="dpace + 0.5*chain", block_size=4)
     loss, accuracy, metrics = model(**batch)
     ratio = metrics["ratio_metrics"]
-    expected = {"acc", "sim_tau", "surrogate", "accept_pos_1", "accept_pos_2", "accept_pos_3", "loss[dpace]", "loss[chain]"}
+    expected = {
+        "acc",
+        "sim_tau",
+        "surrogate",
+        "accept_pos_1",
+        "accept_pos_2",
+        "accept_pos_3",
+        "loss[dpace]",
+        "loss[chain]",
+    }
     assert expected == set(ratio)
     for numerator, denominator in ratio.values():
         assert numerator.numel() == 1 and denominator.numel() == 1 and not numerator.requires_grad

@@ -66,7 +66,9 @@ def test_composite_equals_weighted_sum_of_its_parts():
     torch.testing.assert_close(g1, g2)
     # what SpecForge sees: numerator / denominator == loss, denominator = first term's denominator
     torch.testing.assert_close(value.numerator / value.denominator, value.loss)
-    assert value.denominator.item() == pytest.approx(float((mask * torch.exp(-(torch.arange(16) - 1).clamp(min=0) / 10.0)).sum()))
+    assert value.denominator.item() == pytest.approx(
+        float((mask * torch.exp(-(torch.arange(16) - 1).clamp(min=0) / 10.0)).sum())
+    )
     assert set(value.parts) == {"dflash(gamma=10)", "first-error-focal", "chain"}
 
 
@@ -136,7 +138,9 @@ def test_no_underflow_with_tiny_probabilities():
     mask[..., 0] = 0
     assert torch.prod(torch.full((K,), 1e-4)) == 0  # the hazard is real in fp32
     for spec in ("dpace", "dpace-cumulative-confidence-only", "dpace-continuation-value-only"):
-        weights = dpace_weights(nlq, mask, 0.5, {"dpace": "full"}.get(spec, "prefix" if "cumulative" in spec else "continuation"))
+        weights = dpace_weights(
+            nlq, mask, 0.5, {"dpace": "full"}.get(spec, "prefix" if "cumulative" in spec else "continuation")
+        )
         assert (weights[..., 1:] > 0).all(), spec
         loss = block_loss(spec, nlq, mask, batch_size=1)
         (grad,) = torch.autograd.grad(loss, nlq)

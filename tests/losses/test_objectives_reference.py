@@ -130,7 +130,7 @@ SHAPES = [(2, 3, 16), (3, 4, 2), (2, 3, 1), (1, 5, 5)]
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_value_matches_loop_reference(spec, shape):
     B, N, K = shape
-    nlq, mask, correct = random_case(B, N, K, seed=zlib.crc32(f'{spec}{shape}'.encode()) % 1000)
+    nlq, mask, correct = random_case(B, N, K, seed=zlib.crc32(f"{spec}{shape}".encode()) % 1000)
     value = block_loss(spec, nlq, mask, batch_size=B, correct=correct)
     expected = REFERENCES[spec](nlq.tolist(), mask.tolist(), correct.tolist(), B)
     assert value.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
@@ -201,7 +201,7 @@ def ref_grad(spec, l, m, c, B):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_gradient_matches_loop_reference(spec, shape):
     B, N, K = shape
-    nlq, mask, correct = random_case(B, N, K, seed=7 + zlib.crc32(f'{spec}{shape}'.encode()) % 1000)
+    nlq, mask, correct = random_case(B, N, K, seed=7 + zlib.crc32(f"{spec}{shape}".encode()) % 1000)
     block_loss(spec, nlq, mask, batch_size=B, correct=correct).backward()
     expected = torch.tensor(ref_grad(spec, nlq.tolist(), mask.tolist(), correct.tolist(), B), dtype=torch.float64)
     grad = nlq.grad if nlq.grad is not None else torch.zeros_like(nlq)

@@ -14,14 +14,27 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "hooks"))
 from legacy_standin import write_tree  # noqa: E402
 
-TINY = ["--target-model-path", "tiny", "--train-data-path", "none", "--block-size", "4", "--num-anchors", "4",
-        "--attention-backend", "sdpa", "--num-epochs", "2"]
+TINY = [
+    "--target-model-path",
+    "tiny",
+    "--train-data-path",
+    "none",
+    "--block-size",
+    "4",
+    "--num-anchors",
+    "4",
+    "--attention-backend",
+    "sdpa",
+    "--num-epochs",
+    "2",
+]
 
 
 def _run(*argv: str, entry=("-m", "specforge_dpace.cli", "train-dflash"), timeout=300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *entry, *argv], capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=REPO)
+    return subprocess.run(
+        [sys.executable, *entry, *argv], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
+    )
 
 
 @pytest.mark.slow
@@ -30,8 +43,11 @@ def _run(*argv: str, entry=("-m", "specforge_dpace.cli", "train-dflash"), timeou
     [
         ("pre-dpace", ["--loss-type", "dpace", "--dpace-alpha", "0.3"], "dpace(alpha=0.3)"),
         ("pre-dpace", ["--loss-type", "auf", "--loss-decay-gamma", "7"], "auf"),
-        ("dpace", ["--loss-type", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"],
-         "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"),
+        (
+            "dpace",
+            ["--loss-type", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"],
+            "dflash(gamma=10) + 0.3*first-error-focal + 40*chain",
+        ),
         ("dpace-metrics", ["--loss-type", "dpace", "--loss-option", "alpha=0.2"], "dpace"),
     ],
 )
@@ -52,8 +68,19 @@ def test_legacy_checkout_script_runs_in_process_with_the_objective(tmp_path, gen
 
 def test_scripts_wrapper_forwards_unknown_flags_to_the_checkout(tmp_path):
     tree = write_tree(tmp_path / "checkout", "dpace")
-    proc = _run("--specforge-root", str(tree), "--output-dir", str(tmp_path / "o"), *TINY, "--loss-type", "chain",
-                "--not-a-legacy-flag", "1", "--dry-run", entry=(str(REPO / "scripts" / "train_dflash.py"),))
+    proc = _run(
+        "--specforge-root",
+        str(tree),
+        "--output-dir",
+        str(tmp_path / "o"),
+        *TINY,
+        "--loss-type",
+        "chain",
+        "--not-a-legacy-flag",
+        "1",
+        "--dry-run",
+        entry=(str(REPO / "scripts" / "train_dflash.py"),),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "--loss-type chain" in proc.stdout and "--not-a-legacy-flag 1" in proc.stdout
     assert "dpace script" in proc.stdout
@@ -74,23 +101,59 @@ def test_unified_writes_the_config_and_specforge_plans_it(tmp_path):
     pytest.importorskip("specforge.config.schema")
     out = tmp_path / "run"
     spec = "dpace(alpha=0.3) + 0.3*first-error-focal"
-    proc = _run("--runtime", "unified", "--target-model-path", "Qwen/Qwen3-8B", "--hidden-states-path",
-                str(tmp_path / "features"), "--output-dir", str(out), "--attention-backend", "sdpa", "--loss-type",
-                spec, "--plan")
+    proc = _run(
+        "--runtime",
+        "unified",
+        "--target-model-path",
+        "Qwen/Qwen3-8B",
+        "--hidden-states-path",
+        str(tmp_path / "features"),
+        "--output-dir",
+        str(out),
+        "--attention-backend",
+        "sdpa",
+        "--loss-type",
+        spec,
+        "--plan",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = (out / "specforge_config.yaml").read_text()
     assert f"loss_type: {spec}" in written
-    plan = json.loads(proc.stdout[proc.stdout.index("{"):])  # SpecForge's own `train --plan` output
+    plan = json.loads(proc.stdout[proc.stdout.index("{") :])  # SpecForge's own `train --plan` output
     assert plan["role"] == "all"
 
 
 def test_unified_dry_run_prints_yaml_and_errors_are_clear(tmp_path):
     yaml = pytest.importorskip("yaml")
-    proc = _run("--runtime", "unified", "--target-model-path", "m", "--train-data-path", "d.jsonl", "--output-dir",
-                str(tmp_path / "r"), "--server-url", "http://127.0.0.1:30000", "--loss-type", "chain", "--dry-run")
+    proc = _run(
+        "--runtime",
+        "unified",
+        "--target-model-path",
+        "m",
+        "--train-data-path",
+        "d.jsonl",
+        "--output-dir",
+        str(tmp_path / "r"),
+        "--server-url",
+        "http://127.0.0.1:30000",
+        "--loss-type",
+        "chain",
+        "--dry-run",
+    )
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load(proc.stdout)["training"]["loss_type"] == "chain"
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
-    bad = _run("--runtime", "unified", "--target-model-path", "m", "--train-data-path", "d.jsonl", "--output-dir",
-               str(tmp_path / "r"), "--server-url", "http://x:1", "--resume")
+    bad = _run(
+        "--runtime",
+        "unified",
+        "--target-model-path",
+        "m",
+        "--train-data-path",
+        "d.jsonl",
+        "--output-dir",
+        str(tmp_path / "r"),
+        "--server-url",
+        "http://x:1",
+        "--resume",
+    )
     assert bad.returncode == 2 and "--resume: no unified equivalent" in bad.stderr

@@ -23,9 +23,23 @@ BASE = ["--target-model-path", "t", "--train-data-path", "d.jsonl", "--output-di
 def test_every_flag_has_help_and_the_familiar_legacy_flags_exist():
     parser = _parser()
     flags = {opt: action for action in parser._actions for opt in action.option_strings}
-    for name in ("--target-model-path", "--draft-config-path", "--train-data-path", "--output-dir", "--block-size",
-                 "--num-anchors", "--loss-decay-gamma", "--attention-backend", "--num-epochs", "--batch-size",
-                 "--learning-rate", "--loss-type", "--loss-option", "--dpace-alpha", "--specforge-root"):
+    for name in (
+        "--target-model-path",
+        "--draft-config-path",
+        "--train-data-path",
+        "--output-dir",
+        "--block-size",
+        "--num-anchors",
+        "--loss-decay-gamma",
+        "--attention-backend",
+        "--num-epochs",
+        "--batch-size",
+        "--learning-rate",
+        "--loss-type",
+        "--loss-option",
+        "--dpace-alpha",
+        "--specforge-root",
+    ):
         assert name in flags, name
     for opt, action in flags.items():
         assert action.help and action.help.strip(), f"{opt} has no help text"
@@ -33,18 +47,30 @@ def test_every_flag_has_help_and_the_familiar_legacy_flags_exist():
 
 
 def test_loss_type_accepts_composites_and_options_collect_into_a_dict():
-    args = _parser().parse_args(BASE + ["--loss-type", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain",
-                                        "--loss-option", "alpha=0.3", "--loss-option", "flag=true"])
+    args = _parser().parse_args(
+        BASE
+        + [
+            "--loss-type",
+            "dflash(gamma=10) + 0.3*first-error-focal + 40*chain",
+            "--loss-option",
+            "alpha=0.3",
+            "--loss-option",
+            "flag=true",
+        ]
+    )
     assert args.loss_type == "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"
     assert args.loss_options == {"alpha": 0.3, "flag": True}
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--loss-type", "dpase"], "registered objectives"),
-    (["--loss-type", "dpace +"], "Grammar"),
-    (["--loss-option", "alpha"], "KEY=VALUE"),
-    (["--loss-option", "alpha=1", "--loss-option", "alpha=2"], "given twice"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--loss-type", "dpase"], "registered objectives"),
+        (["--loss-type", "dpace +"], "Grammar"),
+        (["--loss-option", "alpha"], "KEY=VALUE"),
+        (["--loss-option", "alpha=1", "--loss-option", "alpha=2"], "given twice"),
+    ],
+)
 def test_bad_objective_flags_are_usage_errors(capsys, argv, fragment):
     with pytest.raises(SystemExit) as exc:
         _parser().parse_args(BASE + argv)
@@ -61,12 +87,14 @@ def test_gamma_with_a_dpace_objective_warns_and_with_dflash_does_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         spec, alpha, options = train_args.objective_of(
-            parser.parse_args(BASE + ["--loss-type", "dflash + 0.3*chain", "--loss-decay-gamma", "7"]))
+            parser.parse_args(BASE + ["--loss-type", "dflash + 0.3*chain", "--loss-decay-gamma", "7"])
+        )
     assert (spec, alpha, options) == ("dflash + 0.3*chain", None, {})
 
 
-@pytest.mark.parametrize("text, value", [("0.3", 0.3), ("7", 7), ("1e-3", 1e-3), ("True", True), ("none", None),
-                                         ("fast", "fast")])
+@pytest.mark.parametrize(
+    "text, value", [("0.3", 0.3), ("7", 7), ("1e-3", 1e-3), ("True", True), ("none", None), ("fast", "fast")]
+)
 def test_option_values(text, value):
     assert option_value(text) == value
 

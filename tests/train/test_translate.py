@@ -22,11 +22,32 @@ ONLINE = ("--train-data-path", "data.jsonl", "--server-url", "http://127.0.0.1:3
 
 
 def test_legacy_defaults_and_given_flags_land_in_their_sections():
-    config = unified_config(_args(*ONLINE, "--block-size", "16", "--num-anchors", "256", "--batch-size", "4",
-                                  "--loss-type", "dpace", "--dpace-alpha", "0.3", "--report-to", "wandb",
-                                  "--wandb-project", "p", "--nproc-per-node", "8"))
-    assert config["model"] == {"target_model_path": "Qwen/Qwen3-8B", "draft_block_size": 16,
-                               "draft_num_hidden_layers": 1}
+    config = unified_config(
+        _args(
+            *ONLINE,
+            "--block-size",
+            "16",
+            "--num-anchors",
+            "256",
+            "--batch-size",
+            "4",
+            "--loss-type",
+            "dpace",
+            "--dpace-alpha",
+            "0.3",
+            "--report-to",
+            "wandb",
+            "--wandb-project",
+            "p",
+            "--nproc-per-node",
+            "8",
+        )
+    )
+    assert config["model"] == {
+        "target_model_path": "Qwen/Qwen3-8B",
+        "draft_block_size": 16,
+        "draft_num_hidden_layers": 1,
+    }
     training = config["training"]
     assert training["strategy"] == "dflash" and training["num_anchors"] == 256 and training["batch_size"] == 4
     assert (training["learning_rate"], training["warmup_ratio"], training["max_grad_norm"]) == (6e-4, 0.04, 1.0)
@@ -53,11 +74,14 @@ def test_composite_and_options_are_emitted_as_plugin_keys():
     assert unified_config(_args(*ONLINE, "--loss-type", spec))["training"]["loss_type"] == spec
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (("--resume",), "--resume: no unified equivalent"),
-    (("--target-model-backend", "hf"), "SGLang only"),
-    (("--sglang-enable-piecewise-cuda-graph",), "no unified equivalent"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (("--resume",), "--resume: no unified equivalent"),
+        (("--target-model-backend", "hf"), "SGLang only"),
+        (("--sglang-enable-piecewise-cuda-graph",), "no unified equivalent"),
+    ],
+)
 def test_flags_without_unified_equivalent_are_errors(argv, fragment):
     with pytest.raises(TranslationError, match=fragment):
         unified_config(_args(*ONLINE, *argv))

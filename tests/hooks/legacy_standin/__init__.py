@@ -97,16 +97,16 @@ def parse_args():
     model_group.add_argument("--loss-decay-gamma", type=float, default=None)
 '''
 
-_SCRIPT_LOSS_FLAGS = '''    model_group.add_argument(
+_SCRIPT_LOSS_FLAGS = """    model_group.add_argument(
         "--loss-type",
         type=str,
         default="dflash",
         choices=sorted(["dflash", "dpace", "dpace-cumulative-confidence-only", "dpace-continuation-value-only"]),
     )
     model_group.add_argument("--dpace-alpha", type=float, default=0.5)
-'''
+"""
 
-_SCRIPT_BODY = '''    dataset_group = parser.add_argument_group("dataset")
+_SCRIPT_BODY = """    dataset_group = parser.add_argument_group("dataset")
     dataset_group.add_argument("--train-data-path", type=str, required=True)
     dataset_group.add_argument("--max-length", type=int, default=3072)
     training_group = parser.add_argument_group("training")
@@ -165,7 +165,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 _CTOR_TAIL = {
     "pre-dpace": "        loss_decay_gamma=args.loss_decay_gamma,\n",
@@ -186,8 +186,9 @@ def dflash_source(generation: str) -> str:
     if generation not in GENERATIONS:
         raise ValueError(f"unknown stand-in generation {generation!r}; expected one of {GENERATIONS}")
     text = (HERE / "dflash_src.py").read_text(encoding="utf-8")
-    return re.sub(r'^GENERATION = .*$', f'GENERATION = "{generation}"  # written by write_tree', text,
-                  count=1, flags=re.M)
+    return re.sub(
+        r"^GENERATION = .*$", f'GENERATION = "{generation}"  # written by write_tree', text, count=1, flags=re.M
+    )
 
 
 def write_tree(root: Path, generation: str) -> Path:
@@ -225,14 +226,19 @@ def load_dflash(path: Path, name: str):
 def tiny_parts(vocab: int = 64, hidden: int = 32, block_size: int = 4, seed: int = 0, attn: str = "sdpa"):
     """``(draft_model, lm_head, embed_tokens)``: a real tiny SpecForge ``DFlashDraftModel`` (CPU)."""
     import torch
-    from transformers import Qwen3Config
-
     from specforge.modeling.draft.dflash import DFlashDraftModel
+    from transformers import Qwen3Config
 
     torch.manual_seed(seed)
     config = Qwen3Config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
     )
     config.block_size = block_size
     config.num_target_layers = 2

@@ -70,8 +70,16 @@ class OnlineDFlashModel(nn.Module):
                 raise ValueError(f"loss_type={loss_type!r}; must be one of {sorted(_VALID_LOSS_TYPES)}")
             if not 0.0 <= dpace_alpha <= 1.0:
                 raise ValueError(f"dpace_alpha must be in [0, 1], got {dpace_alpha}")
-            self._setup(draft_model, target_lm_head, target_embed_tokens, mask_token_id, block_size,
-                        attention_backend, num_anchors, loss_decay_gamma)
+            self._setup(
+                draft_model,
+                target_lm_head,
+                target_embed_tokens,
+                mask_token_id,
+                block_size,
+                attention_backend,
+                num_anchors,
+                loss_decay_gamma,
+            )
             self.loss_type = loss_type
             self.dpace_alpha = dpace_alpha
 
@@ -89,8 +97,16 @@ class OnlineDFlashModel(nn.Module):
             loss_decay_gamma: Optional[float] = None,
         ):
             super().__init__()
-            self._setup(draft_model, target_lm_head, target_embed_tokens, mask_token_id, block_size,
-                        attention_backend, num_anchors, loss_decay_gamma)
+            self._setup(
+                draft_model,
+                target_lm_head,
+                target_embed_tokens,
+                mask_token_id,
+                block_size,
+                attention_backend,
+                num_anchors,
+                loss_decay_gamma,
+            )
 
     def _setup(self, draft, head, embed, mask_token_id, block_size, backend, num_anchors, gamma):
         self.draft_model = draft
@@ -110,8 +126,9 @@ class OnlineDFlashModel(nn.Module):
         num = min(self.num_anchors, int(counts.max().item()) - 1)
         if num <= 0:
             raise ValueError("sequences too short for one block")
-        scores = torch.where(candidates, torch.rand(candidates.shape, device=device), torch.full_like(
-            candidates, 2.0, dtype=torch.float))
+        scores = torch.where(
+            candidates, torch.rand(candidates.shape, device=device), torch.full_like(candidates, 2.0, dtype=torch.float)
+        )
         order = scores.argsort(dim=1)[:, :num]
         anchors = order.sort(dim=1).values
         keep = torch.arange(num, device=device).unsqueeze(0) < counts.clamp(max=num).unsqueeze(1)
