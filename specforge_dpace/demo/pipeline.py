@@ -43,7 +43,7 @@ class DemoConfig:
     # drafter
     block_size: int = 8
     draft_layers: int = 1
-    target_layer_ids: Sequence[int] = (1, 3)
+    target_layer_ids: Sequence[int] = (1, 2)  # servable: SGLang captures ids 0..n-2 of the 4-layer target
     steps: int = 600
     batch_size: int = 8
     lr: float = 2e-3
