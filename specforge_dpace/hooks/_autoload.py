@@ -25,8 +25,51 @@ WATCHED = {
 ENV_VAR = "SPECFORGE_DPACE_AUTOLOAD"
 
 
+#: ``SPECFORGE_DPACE_AUTOLOAD`` values (case-insensitive, surrounding blanks ignored); unset or empty is on.
+ON_VALUES = ("1", "true", "yes", "on")
+OFF_VALUES = ("0", "false", "no", "off")
+ACCEPTED = f"{'/'.join(ON_VALUES)} or unset/empty to switch it on, {'/'.join(OFF_VALUES)} to switch it off"
+
+_warned = False
+
+
+def switch() -> tuple[bool, Optional[str]]:
+    """``(enabled, problem)`` for the current ``SPECFORGE_DPACE_AUTOLOAD``; never warns.
+
+    ``problem`` describes a value that is neither on nor off.  Such a value keeps the default
+    (on), which is also what the ``.pth`` bootstrap does: it only skips arming for the off values.
+    """
+    raw = os.environ.get(ENV_VAR)
+    value = "" if raw is None else raw.strip().lower()
+    if value in OFF_VALUES:
+        return False, None
+    if value == "" or value in ON_VALUES:
+        return True, None
+    return True, f"{ENV_VAR}={raw!r} is neither on nor off; accepted: {ACCEPTED}; keeping the default: on"
+
+
 def enabled() -> bool:
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+    """Whether the autoload is switched on; an unrecognised value warns once per process and counts as on."""
+    global _warned
+    on, problem = switch()
+    if problem and not _warned:
+        _warned = True
+        _warn_once(f"specforge-dpace: {problem}")
+    return on
+
+
+def _warn_once(message: str) -> None:
+    """A ``RuntimeWarning`` on stderr; runs inside the ``.pth`` of every process, so it can never raise
+    (``-W error`` turns warnings into exceptions: then the message is written to stderr directly)."""
+    try:
+        import warnings
+
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    except Exception:
+        try:
+            sys.stderr.write(f"RuntimeWarning: {message}\n")
+        except Exception:
+            pass
 
 
 class _PatchingLoader(importlib.abc.Loader):

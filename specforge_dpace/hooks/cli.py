@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .._versions import package_version, package_versions
-from ._autoload import ENV_VAR, enabled
+from ._autoload import ENV_VAR, enabled, switch
 
 HELP = "check that the plugin is installed and active in the processes SpecForge starts"
-DESCRIPTION = """Check the installation: versions, the autoload .pth file, SPECFORGE_DPACE_AUTOLOAD,
-the SpecForge layout, and, in a fresh Python process of this environment (like the ones
-`specforge train` starts), which SpecForge modules the plugin patched on import. Also lists
-third-party objectives and any entry point that failed to load.
+DESCRIPTION = """Check the installation: versions, the autoload .pth file, SPECFORGE_DPACE_AUTOLOAD
+(1/true/yes/on or unset: on; 0/false/no/off: off; any other value warns and keeps it on), the
+SpecForge layout, and, in a fresh Python process of this environment (like the ones `specforge
+train` starts), which SpecForge modules the plugin patched on import. Also lists third-party
+objectives and any entry point that failed to load.
 
 Exit status: 0 when nothing failed (warnings allowed), 1 otherwise.
 
@@ -104,7 +105,10 @@ def pth_file() -> Check:
 
 def autoload_switch() -> Check:
     value = os.environ.get(ENV_VAR)
-    if enabled():
+    on, problem = switch()
+    if problem:
+        return Check(ENV_VAR, WARN, f"{problem} (every Python process of this environment warns about it)")
+    if on:
         return Check(ENV_VAR, OK, "unset (on)" if value is None else f"{value!r} (on)")
     return Check(ENV_VAR, WARN, f"{value!r}: the autoload is off; unset it to let SpecForge processes load the plugin")
 
@@ -147,7 +151,11 @@ def fresh_process(timeout: float) -> list[Check]:
             checks.append(
                 Check(f"patched on import: {target.name}", FAIL, f"{target.module} imported unpatched: {why}")
             )
-    warnings_seen = [line for line in result.stderr.splitlines() if "specforge-dpace" in line and "Warning" in line]
+    warnings_seen = [
+        line
+        for line in result.stderr.splitlines()
+        if "specforge-dpace" in line and "Warning" in line and f"{ENV_VAR}=" not in line  # the switch row says it
+    ]
     checks.extend(Check("fresh process warning", WARN, line.strip()) for line in warnings_seen)
     return checks
 

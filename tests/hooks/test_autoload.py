@@ -137,3 +137,43 @@ def test_built_wheel_ships_the_pth_at_the_site_packages_root(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert PTH in names and "specforge_dpace_bootstrap.py" in names
     assert zipfile.ZipFile(wheel).read(PTH).decode().strip() == "import specforge_dpace_bootstrap"
+
+
+CHILD_ASKS_THE_SWITCH = textwrap.dedent(
+    """
+    from specforge_dpace.hooks import _autoload
+    _autoload.enabled(), _autoload.enabled()  # asked again: still one warning per process
+    print("armed" if _autoload.armed() else "not armed")
+    """
+)
+
+
+@pytest.mark.parametrize("value", ["maybe", "disable", "2", "of"])
+def test_a_switch_value_neither_on_nor_off_warns_once_and_keeps_the_default(value):
+    result = _run(CHILD_ASKS_THE_SWITCH, {"SPECFORGE_DPACE_AUTOLOAD": value})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "armed"  # the default (on) is kept, as the .pth bootstrap does
+    warned = [line for line in result.stderr.splitlines() if "RuntimeWarning" in line]
+    assert len(warned) == 1, result.stderr
+    assert f"SPECFORGE_DPACE_AUTOLOAD={value!r}" in warned[0]
+    assert "1/true/yes/on" in warned[0] and "0/false/no/off" in warned[0] and "keeping the default: on" in warned[0]
+
+
+def test_the_switch_warning_never_breaks_a_process_even_with_warnings_as_errors():
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", "import json; print('fine')"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SPECFORGE_DPACE_AUTOLOAD": "maybe"},
+        cwd="/",
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "fine", result.stderr
+    assert result.stderr.count("SPECFORGE_DPACE_AUTOLOAD='maybe'") == 1
+
+
+@pytest.mark.parametrize("value, state", [("1", "armed"), (" TRUE ", "armed"), ("", "armed"), ("Off", "not armed")])
+def test_accepted_switch_values_do_not_warn(value, state):
+    result = _run(CHILD_ASKS_THE_SWITCH, {"SPECFORGE_DPACE_AUTOLOAD": value})
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.strip() == state

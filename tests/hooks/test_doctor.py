@@ -81,3 +81,11 @@ def test_bad_timeout_is_a_clean_error():
         [sys.executable, "-m", "specforge_dpace", "doctor", "--timeout", "0"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "--timeout 0.0 is invalid" in result.stderr
+
+
+def test_a_switch_value_neither_on_nor_off_is_reported():
+    code, rows = _doctor({"SPECFORGE_DPACE_AUTOLOAD": "maybe"})
+    row = _by_check(rows)["SPECFORGE_DPACE_AUTOLOAD"]
+    assert row["status"] == "warn"
+    assert "'maybe' is neither on nor off" in row["detail"] and "keeping the default: on" in row["detail"]
+    assert not [r for r in rows if r["check"] == "fresh process warning" and "maybe" in r["detail"]]  # said once
