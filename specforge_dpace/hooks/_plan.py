@@ -11,6 +11,7 @@ terms take ``alpha = dpace_alpha`` and ``dflash`` terms take ``gamma = loss_deca
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -65,7 +66,46 @@ def plan_objective(
     loss_options: Optional[Mapping[str, Any]] = None,
     upstream_names: tuple[str, ...] = UPSTREAM_NAMES,
 ) -> ObjectivePlan:
-    """Validate and resolve SpecForge's objective arguments (errors list names and grammar)."""
+    """Validate and resolve SpecForge's objective arguments (errors list names and grammar).
+
+    Every error names the SpecForge argument it is about (``loss_type``, ``dpace_alpha``,
+    ``loss_decay_gamma``, ``loss_options``), as SpecForge's own checks do.
+    """
+    _check_dpace_alpha(dpace_alpha)
+    _check_decay_gamma(loss_decay_gamma)
+    try:
+        return _plan(loss_type, dpace_alpha, loss_decay_gamma, loss_options, upstream_names)
+    except (ValueError, TypeError) as exc:
+        if str(exc).startswith(("loss_type", "loss_options")):
+            raise
+        raise LossTypeError(f"loss_type={loss_type!r} is not accepted: {exc}") from exc
+
+
+class LossTypeError(ValueError):
+    """``loss_type`` / ``loss_options`` name an objective the registry cannot build."""
+
+
+def _check_dpace_alpha(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"dpace_alpha must be a finite number in [0, 1], got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"dpace_alpha must be in [0, 1], got {value!r}")
+
+
+def _check_decay_gamma(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"loss_decay_gamma must be None or a finite number (<= 0 means no decay), got {value!r}")
+
+
+def _plan(
+    loss_type: Any,
+    dpace_alpha: float,
+    loss_decay_gamma: Optional[float],
+    loss_options: Optional[Mapping[str, Any]],
+    upstream_names: tuple[str, ...],
+) -> ObjectivePlan:
     options = dict(loss_options or {})
     path = {}
     for key, spec in PATH_OPTIONS.items():

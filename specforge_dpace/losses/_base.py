@@ -16,6 +16,7 @@ numerator, which the fused objective path uses instead of autograd.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional
 
@@ -47,25 +48,52 @@ class Option:
         return f"{kinds}{rng}, default {self.default!r}"
 
     def coerce(self, objective: str, key: str, value: Any) -> Any:
-        """Validate ``value``; ints are accepted where floats are, bools never are numbers."""
+        """Validate ``value``; ints are accepted where floats are, bools never are numbers.
+
+        NaN and infinite numbers are refused by name (``alpha=nan``, ``gamma=inf`` would
+        otherwise train on NaN or silently turn a decay off).
+        """
         if value is None:
             if self.nullable:
                 return None
-            raise ValueError(f"{objective}: option {key}=None is not allowed; expected {self.describe()}")
+            raise OptionError(f"{objective}: option {key}=None is not allowed; expected {self.describe()}")
         if isinstance(value, bool) and bool not in self.types:
-            raise TypeError(f"{objective}: option {key}={value!r} has type bool; expected {self.describe()}")
+            raise OptionTypeError(f"{objective}: option {key}={value!r} has type bool; expected {self.describe()}")
         if float in self.types and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.types):
-            raise TypeError(
+            raise OptionTypeError(
                 f"{objective}: option {key}={value!r} has type {type(value).__name__}; expected {self.describe()}"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"{objective}: option {key}={value!r} is not a finite number; expected {self.describe()}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if (self.minimum is not None and value < self.minimum) or (
                 self.maximum is not None and value > self.maximum
             ):
-                raise ValueError(f"{objective}: option {key}={value!r} is out of range; expected {self.describe()}")
+                raise OptionError(f"{objective}: option {key}={value!r} is out of range; expected {self.describe()}")
         return value
+
+
+class OptionError(ValueError):
+    """An objective option or weight has a value its objective does not accept."""
+
+
+class OptionTypeError(OptionError, TypeError):
+    """An option of the wrong type. A ValueError too, so pydantic (SpecForge's config schema)
+    reports it as a validation error on the field instead of letting a TypeError escape."""
+
+
+def check_weight(weight: Any, where: str) -> float:
+    """A composite term's weight: a finite number >= 0 (0 switches a term off)."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise OptionTypeError(f"{where}: weight {weight!r} must be a number >= 0, got {type(weight).__name__}")
+    weight = float(weight)
+    if not math.isfinite(weight):
+        raise OptionError(f"{where}: weight {weight!r} is not a finite number; weights must be finite numbers >= 0")
+    if weight < 0:
+        raise OptionError(f"{where}: weight {weight!r} is negative; weights must be >= 0")
+    return weight
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._base import BlockObjective, LossValue, Tensor
+from ._base import BlockObjective, LossValue, Tensor, check_weight
 
 
 class CompositeObjective:
@@ -27,7 +27,7 @@ class CompositeObjective:
     def __init__(self, terms: Sequence[tuple[float, BlockObjective]]) -> None:
         if not terms:
             raise ValueError("a composite objective needs at least one term")
-        self.terms = [(float(w), obj) for w, obj in terms]
+        self.terms = [(check_weight(w, f"composite term {obj!r}"), obj) for w, obj in terms]
         self.needs_correct = any(obj.needs_correct for _, obj in self.terms)
         self.num_terms = sum(obj.num_terms for _, obj in self.terms)
         if any(getattr(obj, "normalization", None) not in ("sum", "clamp1", "batch") for _, obj in self.terms):

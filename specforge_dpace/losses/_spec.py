@@ -7,6 +7,7 @@ option := key '=' value            (numbers, true/false, none)
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,11 +51,16 @@ def _error(spec: str, pos: int, what: str) -> SpecError:
     return SpecError(f"malformed objective spec {spec!r} at position {pos}: {what}. Grammar: {GRAMMAR}")
 
 
+_NON_FINITE = ("nan", "inf", "infinity")
+
+
 def _value(kind: str, text: str) -> Any:
     if kind == "number":
         number = float(text)
         return int(number) if re.fullmatch(r"[+-]?\d+", text) else number
     lowered = text.lower()
+    if lowered.lstrip("-") in _NON_FINITE:  # a float, so the option check refuses it by name
+        return float(lowered)
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered in ("none", "null"):
@@ -77,10 +83,21 @@ def parse_spec(spec: str) -> list[Term]:
     while True:
         weight = 1.0
         kind, text, pos = peek()
+        if text == "-" and peek(1)[0] == "number":
+            raise _error(spec, pos, f"weight -{peek(1)[1]} is negative; weights must be >= 0")
+        if kind == "name" and peek(1)[1] == "*" and text.lower() in _NON_FINITE:
+            raise _error(spec, pos, f"weight {text!r} is not a finite number; weights must be finite numbers >= 0")
         if kind == "number":
             if peek(1)[1] != "*":
                 raise _error(spec, peek(1)[2], "a weight must be followed by '*'")
             weight = float(text)
+            if not math.isfinite(weight):
+                raise _error(
+                    spec,
+                    pos,
+                    f"weight {text} is not a finite number (overflows to {weight}); weights must "
+                    "be finite numbers >= 0",
+                )
             i += 2
             kind, text, pos = peek()
         if kind != "name":
@@ -98,7 +115,7 @@ def parse_spec(spec: str) -> list[Term]:
                     raise _error(spec, peek(1)[2], f"expected '=' after option {key!r}")
                 vkind, vtext, vpos = peek(2)
                 sign = ""
-                if vtext == "-" and peek(3)[0] == "number":
+                if vtext == "-" and (peek(3)[0] == "number" or peek(3)[1].lower() in _NON_FINITE):
                     sign, (vkind, vtext, vpos) = "-", peek(3)
                     i += 1
                 if vkind not in ("number", "name"):
