@@ -9,8 +9,10 @@ automatically through ``scripts/train_dflash.py``); the unified translation reje
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from .legacy_args import LOSS_OPTION_HELP, LossOptionAction, loss_spec_type, parse_loss_option
@@ -42,8 +44,20 @@ MODEL = (
         choices=("sglang", "hf"),
     ),
     _F("--draft-config-path", None, "draft model config.json (DFlash)", "model.draft_model_config"),
-    _F("--block-size", 16, "DFlash block size K", "model.draft_block_size", int),
-    _F("--num-draft-layers", 1, "draft transformer layers", "model.draft_num_hidden_layers", int),
+    _F(
+        "--block-size",
+        16,
+        "DFlash block size K; with --draft-config-path the draft config's block_size unless given",
+        "model.draft_block_size",
+        int,
+    ),
+    _F(
+        "--num-draft-layers",
+        1,
+        "draft transformer layers; with --draft-config-path the draft config's num_hidden_layers unless given",
+        "model.draft_num_hidden_layers",
+        int,
+    ),
     _F(
         "--mask-token-id", None, "MASK token id (default: auto-detected from the tokenizer)", "model.mask_token_id", int
     ),
@@ -180,7 +194,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for title, flags in groups.items():
         group = parser.add_argument_group(title)
         for flag in flags:
-            shown = f" (legacy default: {flag.default})" if flag.default not in (None, False) else ""
+            shown = f" (legacy default: {flag.default})" if is_set(flag.default) else ""
             kwargs: dict[str, Any] = {"dest": flag.dest, "default": None, "help": flag.help + shown}
             if flag.store_true:
                 kwargs["action"] = "store_true"
@@ -230,7 +244,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     launch.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the unified YAML config (or the legacy command) and exit without training",
+        help="print the unified YAML config (or the legacy command) and exit without training; a config "
+        "SpecForge's schema refuses (or a value the legacy script cannot run) exits 2 naming the flag",
     )
     launch.add_argument(
         "--plan",
@@ -283,8 +298,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def is_set(item: Any) -> bool:
+    """Whether a parsed value was given: ``None`` (and ``False`` of a switch) means "not on the command line".
+
+    Identity checks, never truthiness or ``==``: ``0``, ``0.0`` and ``""`` are values (``0 == False``).
+    """
+    return item is not None and item is not False
+
+
 def given(args: argparse.Namespace, flag: Flag) -> bool:
-    return getattr(args, flag.dest, None) not in (None, False)
+    return is_set(getattr(args, flag.dest, None))
 
 
 def value(args: argparse.Namespace, flag: Flag) -> Any:
@@ -294,7 +317,7 @@ def value(args: argparse.Namespace, flag: Flag) -> Any:
 
 def objective_of(args: argparse.Namespace) -> tuple[str, Optional[float], dict]:
     """``(loss_type, dpace_alpha or None, loss_options)`` with warnings for ignored combinations."""
-    loss_type = args.loss_type or "dflash"
+    loss_type = "dflash" if args.loss_type is None else args.loss_type
     options = dict(args.loss_options or {})
     if args.loss_decay_gamma is not None:
         from ..losses import parse_spec
@@ -309,6 +332,72 @@ def objective_of(args: argparse.Namespace) -> tuple[str, Optional[float], dict]:
                 stacklevel=2,
             )
     return loss_type, args.dpace_alpha, options
+
+
+#: Flags whose legacy default only fills a draft config generated from the target (flag -> config key).
+#: With ``--draft-config-path`` the draft config's own value wins: the legacy script always takes it
+#: (it ignores these flags); the unified translation writes a flag only when it is given.
+DRAFT_CONFIG_FIELDS = {"--block-size": "block_size", "--num-draft-layers": "num_hidden_layers"}
+
+#: Legacy flags the legacy script needs > 0 (flag -> why): it divides by them, or 0 ruins the run.
+LEGACY_POSITIVE = {
+    "--batch-size": "the data loader's batch size",
+    "--accumulation-steps": "the script divides the loss and the step count by it",
+    "--log-interval": "the script logs when step % log_interval == 0",
+    "--save-interval": "the script checkpoints when step % save_interval == 0",
+    "--eval-interval": "the script evaluates when step % eval_interval == 0",
+    "--max-grad-norm": "the script clips gradients to this norm, so 0 would zero every gradient",
+}
+
+
+def read_draft_config(path: Optional[str]) -> Optional[dict]:
+    """A local draft ``config.json`` (the file, or a directory holding it) as a dict; ``None`` when ``path``
+    is not a readable local JSON file (e.g. a Hugging Face repository id: SpecForge resolves it itself)."""
+    if path is None:
+        return None
+    candidate = Path(path)
+    if candidate.is_dir():
+        candidate = candidate / "config.json"
+    if not candidate.is_file():
+        return None
+    try:
+        loaded = json.loads(candidate.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def legacy_value_errors(args: argparse.Namespace) -> list[str]:
+    """Given values a legacy checkout's script cannot honour, one message each (empty: all fine).
+
+    Everything else given is forwarded verbatim (``0`` included); flags not given keep the script's
+    own argparse defaults.
+    """
+    by_name = {flag.name: flag for flag in LEGACY_FLAGS}
+    errors = []
+    for name, why in LEGACY_POSITIVE.items():
+        item = getattr(args, by_name[name].dest, None)
+        if item is not None and item <= 0:
+            errors.append(f"{name} {item}: accepted: a value > 0 ({why})")
+    if args.draft_config_path is not None:
+        draft = read_draft_config(args.draft_config_path)
+        for name, key in DRAFT_CONFIG_FIELDS.items():
+            item = getattr(args, by_name[name].dest, None)
+            if item is None:
+                continue
+            if draft is None or key not in draft:
+                warnings.warn(
+                    f"{name} {item}: the legacy script takes {key} from --draft-config-path "
+                    f"{args.draft_config_path} and ignores the flag (it could not be compared here)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            elif draft[key] != item:
+                errors.append(
+                    f"{name} {item}: the legacy script takes {key}={draft[key]!r} from --draft-config-path "
+                    f"{args.draft_config_path} and ignores the flag; drop the flag or edit the draft config"
+                )
+    return errors
 
 
 #: Wrapper flags that only mean something for the unified runtime (dest -> flag; an error on a legacy run).

@@ -27,6 +27,15 @@ Runtimes (--runtime auto picks):
            written to OUTPUT_DIR/specforge_config.yaml (printed by --dry-run), then
            `specforge train -c CONFIG` runs.  Flags with no unified equivalent are errors.
 
+Every value given is honoured or refused, 0 included: unified, it is written to the config as
+given and SpecForge's own schema checks it (a refusal, --dry-run included, exits 2 naming the
+flag, the value and the field, e.g. --max-grad-norm 0 -> training.max_grad_norm); legacy, it is
+forwarded to the checkout's script, except values that script cannot run (0 for --batch-size,
+--accumulation-steps, --log/save/eval-interval, --max-grad-norm), which are refused.  Flags not
+given keep the legacy script's defaults.  With --draft-config-path the draft config's block_size
+and num_hidden_layers win unless --block-size / --num-draft-layers are given (unified; the legacy
+script always uses the draft config's, so a conflicting flag is refused there).
+
 Flags this command does not define can follow a literal `--` (legacy runtime only);
 scripts/train_dflash.py forwards unknown flags to a legacy checkout automatically."""
 
@@ -43,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [
         name
         for name in ("target_model_path", "train_data_path", "output_dir")
-        if getattr(args, name) is None and not (name == "train_data_path" and args.hidden_states_path)
+        if getattr(args, name) is None and not (name == "train_data_path" and args.hidden_states_path is not None)
     ]
     if missing:
         flags = ", ".join("--" + name.replace("_", "-") for name in missing)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .args import LEGACY_FLAGS, UNIFIED_ONLY, given, objective_of
+from .args import LEGACY_FLAGS, UNIFIED_ONLY, given, is_set, legacy_value_errors, objective_of
 
 LEGACY_MODULE = os.path.join("specforge", "core", "dflash.py")
 UNIFIED_MODULE = os.path.join("specforge", "algorithms", "common", "dflash_family_model.py")
@@ -79,13 +79,14 @@ def script_generation(script: Path) -> str:
 
 
 def legacy_argv(args: argparse.Namespace, generation: str) -> list[str]:
-    """The checkout script's command line: the given legacy flags, objective flags it knows, passthrough."""
+    """The checkout script's command line: the given legacy flags (``0`` included), objective flags it knows,
+    passthrough.  Flags not given are left out, so the script's own argparse defaults apply."""
     argv: list[str] = []
     for flag in LEGACY_FLAGS:
         if given(args, flag):
             argv += [flag.name] if flag.store_true else [flag.name, str(getattr(args, flag.dest))]
     if generation == "dpace":
-        if args.loss_type:
+        if args.loss_type is not None:
             argv += ["--loss-type", args.loss_type]
         if args.dpace_alpha is not None:
             argv += ["--dpace-alpha", str(args.dpace_alpha)]
@@ -119,10 +120,15 @@ def run_legacy(args: argparse.Namespace, root: Path) -> int:
     from ..hooks._legacy import objective_defaults
     from .legacy_args import widened_loss_type_choices
 
-    unified_only = [name for name in UNIFIED_ONLY if getattr(args, name, None) not in (None, False)]
+    unified_only = [name for name in UNIFIED_ONLY if is_set(getattr(args, name, None))]
     if unified_only:
         flags = ", ".join(UNIFIED_ONLY[name] for name in unified_only)
         print(f"error: {flags}: unified runtime only, but {root} is a legacy checkout", file=sys.stderr)
+        return 2
+    refused = legacy_value_errors(args)
+    if refused:
+        lines = ["the legacy checkout's script cannot run these values:", *refused]
+        print("error: " + "\n  ".join(lines), file=sys.stderr)
         return 2
     loaded = sys.modules.get("specforge")
     loaded_from = Path(getattr(loaded, "__file__", None) or "").resolve() if loaded else None
@@ -166,22 +172,24 @@ def run_unified(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = dump_yaml(config)
-    schema_error = None
+    unchecked = None
     try:
-        validate(config)
+        validate(config)  # SpecForge's own schema, plugin installed; refusals name the flag and the field
     except ImportError as exc:
-        schema_error = f"not checked against SpecForge's schema ({exc})"
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        schema_error = f"SpecForge's schema rejects the config:\n{exc}"
+        unchecked = f"not checked against SpecForge's schema ({exc})"
+    except ValueError as exc:  # SchemaError: refused, a dry run included
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(text, end="")
-        if schema_error:
-            print(f"warning: {schema_error}", file=sys.stderr)
+        if unchecked:
+            print(f"warning: {unchecked}", file=sys.stderr)
         return 0
-    if schema_error:
-        print(f"error: {schema_error}", file=sys.stderr)
+    if unchecked:
+        print(f"error: {unchecked}", file=sys.stderr)
         return 2
-    path = Path(args.config_out or os.path.join(config["output_dir"], "specforge_config.yaml"))
+    config_out = args.config_out
+    path = Path(os.path.join(config["output_dir"], "specforge_config.yaml") if config_out is None else config_out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     command = [sys.executable, "-m", "specforge.cli", "train", "-c", str(path), *(["--plan"] if args.plan else [])]
