@@ -200,7 +200,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     for name, path in cfg.drafters.items():
-        info = validate_draft_dir(path)  # DraftValidationError (a ValueError) names every bad key
+        # SGLang's loader rules (specforge_dpace.servable), against the target when --target is a local
+        # directory; DraftValidationError (a ValueError) names every problem.
+        info = validate_draft_dir(path, target=cfg.target)
+        for note in info.notes:
+            print(f"specforge-dpace bench: note: drafter {name}: {note}", file=sys.stderr)
         cfg.block_sizes[name] = info.block_size
     render = make_renderer(cfg.template, args.tokenizer or cfg.target)
     store = ResultStore(cfg.out_dir)

@@ -2,45 +2,26 @@
 
 SGLang silently skips weight names it does not know, so a misnamed checkpoint would serve with
 random weights and report a tau near 1 (DESIGN.md section 5). This reads ``config.json`` and the
-safetensors *headers* (never the tensors) and names every missing or unknown key.
+safetensors *headers* (names and shapes, never the tensors) and checks them with the rules of
+:mod:`specforge_dpace.servable` (what SGLang 0.5.14's DFlash loader and target capture accept), the
+same rules the offline evaluator's loader uses. Given the target (its directory or config), the layer
+ids, hidden size, vocabulary and mask token are checked against it too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Optional
 
-ARCHITECTURE = "DFlashDraftModel"
-TOP_LEVEL_WEIGHTS = ("fc.weight", "hidden_norm.weight", "norm.weight")
-LAYER_WEIGHTS = (
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "self_attn.q_norm.weight",
-    "self_attn.k_norm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-    "input_layernorm.weight",
-    "post_attention_layernorm.weight",
-)
-OPTIONAL_LAYER_WEIGHTS = tuple(f"self_attn.{p}_proj.bias" for p in ("q", "k", "v", "o")) + ("fc.bias",)
-CONFIG_INTS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "intermediate_size",
-    "block_size",
-    "num_target_layers",
-)
-_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+from specforge_dpace import servable
+
+ARCHITECTURE = servable.ARCHITECTURE
 
 
 class DraftValidationError(ValueError):
@@ -57,6 +38,8 @@ class DraftInfo:
     mask_token_id: int
     weight_files: list[Path] = field(default_factory=list)
     weight_names: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    target_checked: bool = False
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -84,65 +67,54 @@ def _weight_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.safetensors"))
 
 
-def _check_config(cfg: dict, problems: list[str]) -> None:
-    archs = cfg.get("architectures")
-    if not isinstance(archs, list) or ARCHITECTURE not in archs:
-        problems.append(f"config.json architectures must contain {ARCHITECTURE!r}, got {archs!r}")
-    for key in CONFIG_INTS:
-        value = cfg.get(key)
-        if key not in cfg:
-            problems.append(f"config.json is missing {key!r}")
-        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"config.json {key!r} must be a positive integer, got {value!r}")
-    if isinstance(cfg.get("block_size"), int) and cfg["block_size"] < 2:
-        problems.append(f"config.json block_size must be >= 2, got {cfg['block_size']}")
-    dcfg = cfg.get("dflash_config")
-    if not isinstance(dcfg, dict):
-        problems.append(f"config.json is missing the 'dflash_config' object (got {dcfg!r})")
-        return
-    ids = dcfg.get("target_layer_ids")
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
-        problems.append(f"dflash_config.target_layer_ids must be a non-empty list of ints, got {ids!r}")
-    elif isinstance(cfg.get("num_target_layers"), int):
-        bad = [i for i in ids if not 0 <= i < cfg["num_target_layers"]]
-        if bad:
-            problems.append(f"dflash_config.target_layer_ids {bad} outside 0..{cfg['num_target_layers'] - 1}")
-    mask = dcfg.get("mask_token_id")
-    if not isinstance(mask, int) or isinstance(mask, bool) or mask < 0:
-        problems.append(f"dflash_config.mask_token_id must be a non-negative int, got {mask!r}")
+def read_weight_shapes(path: Path) -> tuple[list[Path], dict[str, list[int]], list[str]]:
+    """``(files, name -> shape, problems)`` from the safetensors headers of a draft directory."""
+    files = _weight_files(path)
+    shapes: dict[str, list[int]] = {}
+    problems: list[str] = []
+    if not files:
+        problems.append(f"no *.safetensors weights in {path} (SGLang loads safetensors)")
+    for f in files:
+        if not f.exists():
+            problems.append(f"weight file {f.name} named in the index is missing")
+            continue
+        for name, meta in read_safetensors_header(f).items():
+            if name in shapes:
+                problems.append(f"weight {name!r} is stored twice (again in {f.name})")
+            shape = meta.get("shape") if isinstance(meta, dict) else None
+            if not isinstance(shape, list):
+                raise DraftValidationError(f"{f}: header entry {name!r} has no shape")
+            shapes[name] = shape
+    return files, shapes, problems
 
 
-def check_weight_names(names: Iterable[str], num_layers: int) -> list[str]:
-    """Problems with the weight names SGLang's DFlash loader will look up."""
-    names = set(names)
-    problems = []
-    expected = set(TOP_LEVEL_WEIGHTS) | {f"layers.{i}.{s}" for i in range(num_layers) for s in LAYER_WEIGHTS}
-    allowed = expected | {f"layers.{i}.{s}" for i in range(num_layers) for s in OPTIONAL_LAYER_WEIGHTS} | {"fc.bias"}
-    missing = sorted(expected - names)
-    unknown = sorted(names - allowed)
-    if missing:
-        problems.append(
-            f"missing weights ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else "")
-        )
-    if unknown:
-        hint = ""
-        if any(n.startswith("model.") for n in unknown):
-            hint = " (a 'model.' prefix: SGLang expects bare 'layers.*', 'fc', 'hidden_norm', 'norm')"
-        extra_layers = sorted(
-            {int(m.group(1)) for n in unknown if (m := _LAYER.match(n)) and int(m.group(1)) >= num_layers}
-        )
-        if extra_layers:
-            hint += f" (layers {extra_layers} exceed num_hidden_layers={num_layers})"
-        problems.append(
-            f"unknown weights SGLang would silently skip ({len(unknown)}): {', '.join(unknown[:20])}"
-            + (" ..." if len(unknown) > 20 else "")
-            + hint
-        )
-    return problems
+def _target_config(target: Any, notes: list[str]) -> Optional[Any]:
+    """The target's config from a directory (its ``config.json``) or a config object / mapping."""
+    if target is None:
+        return None
+    if isinstance(target, (str, os.PathLike)):
+        cfg_path = Path(target) / "config.json"
+        if not cfg_path.is_file():
+            notes.append(
+                f"target checks skipped: {os.fspath(target)!r} is not a local model directory with config.json; "
+                "layer ids are checked against the draft's num_target_layers only"
+            )
+            return None
+        try:
+            return json.loads(cfg_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DraftValidationError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    return target
 
 
-def validate_draft_dir(path: str | Path) -> DraftInfo:
-    """Check a draft directory; raise :class:`DraftValidationError` listing every problem."""
+def validate_draft_dir(path: str | Path, target: Any = None, *, block_size: Optional[int] = None) -> DraftInfo:
+    """Check a draft directory; raise :class:`DraftValidationError` listing every problem.
+
+    ``target``: the target model directory (or its config) when known: then the layer ids are checked
+    against the target's real layer count, and its hidden size, vocabulary and mask token range apply.
+    A path without ``config.json`` (a hub id, say) skips those checks with a note.  ``block_size``
+    stands for ``--speculative-num-draft-tokens`` when one is given.  Harmless findings (a ``model.``
+    prefix, unused ``lm_head`` / ``embed_tokens`` / rotary tensors) come back in ``DraftInfo.notes``."""
     path = Path(path)
     if not path.is_dir():
         raise DraftValidationError(f"draft path {path} is not a directory")
@@ -153,32 +125,27 @@ def validate_draft_dir(path: str | Path) -> DraftInfo:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DraftValidationError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    problems: list[str] = []
-    _check_config(cfg, problems)
-    files = _weight_files(path)
-    names: list[str] = []
-    if not files:
-        problems.append(f"no *.safetensors weights in {path} (SGLang loads safetensors)")
-    for f in files:
-        if not f.exists():
-            problems.append(f"weight file {f.name} named in the index is missing")
-            continue
-        names.extend(read_safetensors_header(f))
-    num_layers = cfg.get("num_hidden_layers") if isinstance(cfg.get("num_hidden_layers"), int) else 0
-    if files:
-        problems.extend(check_weight_names(names, num_layers))
+    if not isinstance(cfg, Mapping):
+        raise DraftValidationError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+    notes: list[str] = []
+    target_cfg = _target_config(target, notes)
+    files, shapes, problems = read_weight_shapes(path)
+    verdict = servable.check_draft(cfg, shapes if files else None, target=target_cfg, block_size=block_size)
+    problems = verdict.errors + problems
     if problems:
         raise DraftValidationError(f"draft {path} is not servable by SGLang DFlash:\n  - " + "\n  - ".join(problems))
-    dcfg = cfg["dflash_config"]
+    spec = verdict.spec
     return DraftInfo(
         path,
-        cfg["block_size"],
-        cfg["num_target_layers"],
-        cfg["num_hidden_layers"],
-        list(dcfg["target_layer_ids"]),
-        dcfg["mask_token_id"],
+        spec.block_size,
+        spec.num_target_layers,
+        spec.num_hidden_layers,
+        list(spec.target_layer_ids),
+        spec.mask_token_id,
         files,
-        sorted(names),
+        sorted(shapes),
+        notes + verdict.notes,
+        target_cfg is not None,
     )
 
 

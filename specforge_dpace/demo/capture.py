@@ -1,6 +1,7 @@
-"""Target feature capture: the hidden states after ``target_layer_ids``, concatenated to
-``[N, S, len(layer_ids) * H]`` -- the ``hidden_states`` SpecForge's ``OnlineDFlashModel`` takes
-(same layer offset as SpecForge's ``extract_context_feature``: HF entry ``i + 1``)."""
+"""Target feature capture for the demo: a thin call into :func:`specforge_dpace.features.capture_features`,
+the package's one capture implementation (HF entry ``i + 1`` for layer id ``i``, the offset SpecForge's
+``extract_context_feature`` uses; only ids SGLang can capture, ``0 .. n - 2``), concatenated to
+``[N, S, len(layer_ids) * H]`` -- the ``hidden_states`` SpecForge's ``OnlineDFlashModel`` takes."""
 
 from __future__ import annotations
 
@@ -10,19 +11,13 @@ from ._util import progress
 
 
 def capture_features(target, input_ids, layer_ids: Sequence[int], *, batch_size: int = 32, show_progress: bool = True):
-    """Run the target over ``input_ids [N, S]`` and return the features as fp32 ``[N, S, L*H]``."""
-    import torch
+    """Run the target over ``input_ids [N, S]`` and return the features as fp32 ``[N, S, L*H]``.
 
-    n_layers = target.config.num_hidden_layers
-    bad = [i for i in layer_ids if not 0 <= int(i) < n_layers]
-    if bad or not layer_ids:
-        raise ValueError(f"target_layer_ids={list(layer_ids)} invalid; accepted: non-empty ids in 0..{n_layers - 1}")
-    chunks = []
+    Raises ``ValueError`` for a layer id SGLang cannot capture, naming the accepted ids."""
+    from specforge_dpace.features.capture import capture_features as capture
+
     bar = progress(total=input_ids.shape[0], desc="capture features", enabled=show_progress, unit="seq")
-    with torch.inference_mode():
-        for i in range(0, input_ids.shape[0], batch_size):
-            out = target(input_ids=input_ids[i : i + batch_size], output_hidden_states=True, use_cache=False)
-            chunks.append(torch.cat([out.hidden_states[int(j) + 1] for j in layer_ids], dim=-1).float())
-            bar.update(chunks[-1].shape[0])
-    bar.close()
-    return torch.cat(chunks, dim=0)
+    try:
+        return capture(target, input_ids, layer_ids, batch_size=batch_size, on_batch=bar.update).float()
+    finally:
+        bar.close()

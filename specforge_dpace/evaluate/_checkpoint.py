@@ -3,127 +3,84 @@
 A servable draft directory holds ``config.json`` (a Qwen3-style text config with
 ``"architectures": ["DFlashDraftModel"]``, ``block_size``, ``num_target_layers`` and
 ``dflash_config.{target_layer_ids, mask_token_id}``) and safetensors weights named
-``layers.*``, ``fc``, ``hidden_norm``, ``norm``.  SGLang silently skips weight names it does
-not know, so names are checked here, before anything is evaluated.
+``layers.*``, ``fc``, ``hidden_norm``, ``norm``.  Every check here uses the rules of
+:mod:`specforge_dpace.servable` (what SGLang 0.5.14's DFlash loader and target capture accept), the
+same rules ``specforge-dpace bench`` validates with before launching a server: servable target layer
+ids, field precedence (``dflash_config`` first), names *and* shapes of every tensor, biases.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
-DRAFT_ARCHITECTURE = "DFlashDraftModel"
-SERVABLE_WEIGHT_PREFIXES = ("layers.", "fc.", "hidden_norm.", "norm.")
+from specforge_dpace import servable
+
+DRAFT_ARCHITECTURE = servable.ARCHITECTURE
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
-    if isinstance(config, Mapping):
+    if isinstance(config, dict):
         return config.get(key, default)
     return getattr(config, key, default)
-
-
-def _text_config(config: Any) -> Any:
-    getter = getattr(config, "get_text_config", None)
-    return getter() if callable(getter) else config
 
 
 def validate_pair(target_config: Any, draft_config: Any, block_size: Optional[int] = None) -> dict:
     """Check that a draft config fits a target config; return the resolved draft settings.
 
-    Raises ``ValueError`` naming the bad value and what is accepted.  Returns
+    ``draft_config`` is a ``config.json`` dict or the draft's HF config; fields are read with SGLang's
+    precedence (``dflash_config`` first, then the top level).  Raises ``ValueError`` naming every bad
+    value and what is accepted (hidden size, vocabulary, target layer ids SGLang can capture on this
+    target, mask token inside the target vocabulary, block size).  Returns
     ``{"block_size", "target_layer_ids", "mask_token_id"}``.
     """
-    target_config = _text_config(target_config)
-    t_hidden = _get(target_config, "hidden_size")
-    d_hidden = _get(draft_config, "hidden_size")
-    if t_hidden != d_hidden:
-        raise ValueError(
-            f"draft hidden_size={d_hidden} does not match the target's hidden_size={t_hidden}: the draft reads "
-            "the target's embeddings and feeds the target's lm_head, so both must be equal"
-        )
-    t_vocab = _get(target_config, "vocab_size")
-    d_vocab = _get(draft_config, "vocab_size")
-    if t_vocab != d_vocab:
-        raise ValueError(
-            f"draft vocab_size={d_vocab} does not match the target's vocab_size={t_vocab}: a DFlash draft "
-            "shares the target's vocabulary"
-        )
-    n_layers = _get(target_config, "num_hidden_layers")
-    dflash = _get(draft_config, "dflash_config") or {}
-    if not isinstance(dflash, Mapping):
-        raise ValueError(f"draft dflash_config must be a mapping, got {type(dflash).__name__}: {dflash!r}")
-    layer_ids = dflash.get("target_layer_ids")
-    if layer_ids is None:
-        raise ValueError(
-            "draft config has no dflash_config.target_layer_ids (the target layers whose hidden states the "
-            "draft reads); accepted: a non-empty list of layer indices in [0, num_hidden_layers)"
-        )
-    if not isinstance(layer_ids, (list, tuple)) or not layer_ids or not all(isinstance(i, int) for i in layer_ids):
-        raise ValueError(f"dflash_config.target_layer_ids must be a non-empty list of ints, got {layer_ids!r}")
-    bad = [i for i in layer_ids if not 0 <= i < n_layers]
-    if bad:
-        raise ValueError(
-            f"dflash_config.target_layer_ids={list(layer_ids)} has {bad} out of range for a target with "
-            f"num_hidden_layers={n_layers}; accepted: indices in [0, {n_layers - 1}]"
-        )
-    mask = dflash.get("mask_token_id")
-    if mask is None:
-        raise ValueError(
-            "draft config has no dflash_config.mask_token_id; the draft fills its block with that token: "
-            f"set it to a token id in [0, {t_vocab - 1}]"
-        )
-    if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < t_vocab:
-        raise ValueError(
-            f"dflash_config.mask_token_id={mask!r} is invalid; accepted: an int in [0, {t_vocab - 1}] "
-            f"(target vocab_size={t_vocab})"
-        )
-    size = block_size if block_size is not None else _get(draft_config, "block_size")
-    if size is None:
-        raise ValueError("no block size: the draft config has no block_size and none was given (accepted: int >= 2)")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-        raise ValueError(f"block size {size!r} is invalid; accepted: an int >= 2 (1 anchor slot + drafted slots)")
-    return {"block_size": int(size), "target_layer_ids": [int(i) for i in layer_ids], "mask_token_id": int(mask)}
+    verdict = servable.check_config(draft_config, target=target_config, block_size=block_size, check_architecture=False)
+    verdict.raise_for_errors("the draft does not fit the target as SGLang would serve it:")
+    spec = verdict.spec
+    return {
+        "block_size": spec.block_size,
+        "target_layer_ids": list(spec.target_layer_ids),
+        "mask_token_id": spec.mask_token_id,
+    }
 
 
-def check_weight_names(names) -> None:
-    """Refuse weight names SGLang's DFlash loader would silently drop."""
-    unknown = sorted(n for n in names if not n.startswith(SERVABLE_WEIGHT_PREFIXES))
-    if unknown:
-        raise ValueError(
-            f"draft weights {unknown[:8]}{' ...' if len(unknown) > 8 else ''} are not servable names; "
-            f"accepted prefixes: {', '.join(SERVABLE_WEIGHT_PREFIXES)}"
-        )
+def _shapes(state: dict) -> dict:
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
 
 
 def save_draft_checkpoint(draft_model, path) -> Path:
     """Write ``draft_model`` (a ``DFlashDraftModel``) as a directory SGLang can serve:
-    ``config.json`` + ``model.safetensors``.  Returns the directory."""
+    ``config.json`` + ``model.safetensors``.  Returns the directory.
+
+    A draft SGLang could not serve (a target layer id it never captures, a weight it would drop or
+    mis-size) is refused before anything is written."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     config = draft_model.config.to_dict()
     config["architectures"] = [DRAFT_ARCHITECTURE]
     config["block_size"] = int(draft_model.block_size)
-    config["num_target_layers"] = int(_get(draft_model.config, "num_target_layers", 0) or 0) or None
+    n_target = _get(draft_model.config, "num_target_layers")
+    config["num_target_layers"] = int(n_target) if n_target is not None else None
     dflash = dict(config.get("dflash_config") or {})
     dflash["target_layer_ids"] = [int(i) for i in draft_model.target_layer_ids]
     dflash["mask_token_id"] = draft_model.mask_token_id
+    for key in ("block_size", "num_target_layers"):  # SGLang reads dflash_config first: keep both places equal
+        if key in dflash:
+            dflash[key] = config[key]
+    if "target_layer_ids" in config:
+        config["target_layer_ids"] = dflash["target_layer_ids"]
     config["dflash_config"] = dflash
-    n_target = config["num_target_layers"] or (max(dflash["target_layer_ids"], default=-1) + 1)
-    implied_target = {
-        "hidden_size": config["hidden_size"],
-        "vocab_size": config["vocab_size"],
-        "num_hidden_layers": n_target,
-    }
-    validate_pair(implied_target, config)  # a draft that cannot be served is refused at save time
     config.pop("_attn_implementation_autoset", None)
     rope = config.get("rope_parameters") or {}
     if "rope_theta" in rope and "rope_theta" not in config:  # transformers 4.x (SGLang's pin) reads rope_theta
         config["rope_theta"] = rope["rope_theta"]
     state = {k: v.detach().contiguous().cpu().clone() for k, v in draft_model.state_dict().items()}
-    check_weight_names(state)
+    servable.check_draft(config, _shapes(state)).raise_for_errors(
+        f"refusing to save a draft SGLang could not serve to {str(path)!r}:"
+    )
+    path.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
@@ -152,36 +109,76 @@ def _read_safetensors(path: Path) -> dict:
         raise ValueError(f"draft path {str(path)!r} has no *.safetensors weights")
     state: dict = {}
     for file in files:
-        state.update(load_file(str(file)))
+        part = load_file(str(file))
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise ValueError(f"draft weights {twice[:8]} are stored twice in {str(path)!r} (again in {file.name})")
+        state.update(part)
     return state
 
 
-def load_draft(path, target_config=None, *, dtype=None, device=None, attn_implementation: str = "sdpa"):
+def load_draft(
+    path,
+    target_config=None,
+    *,
+    dtype=None,
+    device=None,
+    attn_implementation: str = "sdpa",
+    block_size: Optional[int] = None,
+):
     """Build a SpecForge ``DFlashDraftModel`` from a servable directory, validated against
-    ``target_config`` when given.  Missing or unknown weight names are errors."""
+    ``target_config`` when given.
+
+    Exactly what SGLang would serve loads: ``block_size``, ``num_target_layers`` and
+    ``target_layer_ids`` are read from ``dflash_config`` first, then the top level; a ``model.``
+    prefix on weight names is stripped; SGLang's fused ``qkv_proj`` / ``gate_up_proj`` tensors are
+    split; ``lm_head`` / ``embed_tokens`` / rotary tensors, which SGLang ignores, are skipped.  Anything
+    SGLang would refuse or serve untrained (a missing, unknown, dropped or mis-shaped tensor, a layer id
+    it cannot capture) is a ``ValueError`` naming it.
+    ``block_size`` stands for an explicit block size (SGLang's ``--speculative-num-draft-tokens``)."""
     from specforge.modeling.draft.dflash import DFlashDraftModel
     from transformers import Qwen3Config
 
     path = Path(path)
     raw = read_draft_config(path)
-    if target_config is not None:
-        validate_pair(target_config, raw)
+    state = _read_safetensors(path)
+    verdict = servable.check_draft(raw, _shapes(state), target=target_config, block_size=block_size)
+    verdict.raise_for_errors(f"draft {str(path)!r} is not servable by SGLang DFlash:")
+    spec = verdict.spec
     config_dict = {k: v for k, v in raw.items() if k not in ("architectures", "model_type")}
+    # SpecForge's DFlashDraftModel reads block_size / num_target_layers at the top level and the ids
+    # from dflash_config: give it the values SGLang resolves.
+    config_dict["block_size"] = spec.block_size
+    config_dict["num_target_layers"] = spec.num_target_layers
+    config_dict["dflash_config"] = {
+        **dict(raw.get("dflash_config") or {}),
+        "target_layer_ids": list(spec.target_layer_ids),
+        "mask_token_id": spec.mask_token_id,
+    }
     config = Qwen3Config(**config_dict)
     config.architectures = [DRAFT_ARCHITECTURE]
     config._attn_implementation = attn_implementation
     draft = DFlashDraftModel(config)
-    state = _read_safetensors(path)
-    check_weight_names(state)
+    served = {
+        servable.strip_model_prefix(name): tensor
+        for name, tensor in state.items()
+        if not servable.is_unused_weight(name)
+    }
+    for fused, parts in servable.fused_weights(spec).items():  # SGLang's fused names -> SpecForge's separate ones
+        if fused in served:
+            tensor, offset = served.pop(fused), 0
+            for name, rows in parts:
+                served[name] = tensor[offset : offset + rows].clone()
+                offset += rows
     expected = set(draft.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
+    missing = sorted(expected - set(served))
+    unexpected = sorted(set(served) - expected)
+    if missing or unexpected:  # SpecForge's module and SGLang's rules disagree: never load half a draft
         raise ValueError(
-            f"draft weights in {str(path)!r} do not match the config: missing {missing[:8]}, "
+            f"draft weights in {str(path)!r} do not match SpecForge's DFlashDraftModel: missing {missing[:8]}, "
             f"unexpected {unexpected[:8]}"
         )
-    draft.load_state_dict(state, strict=True)
+    draft.load_state_dict(served, strict=True)
     if dtype is not None:
         draft = draft.to(dtype=dtype)
     if device is not None:

@@ -54,12 +54,14 @@ def tiny_draft(
     target_layer_ids: Optional[Sequence[int]] = None,
     mask_token_id: Optional[int] = None,
     seed: int = 1,
+    **config_overrides,
 ):
     """A randomly initialised SpecForge ``DFlashDraftModel`` that fits ``target``.
 
     Shapes (hidden size, heads, head_dim, vocabulary) copy the target; ``target_layer_ids``
-    default to every target layer (capped at 2 layers: first and last); ``mask_token_id``
-    defaults to the last vocabulary id.
+    default to the first and the last layer SGLang can capture (ids ``0`` and ``n - 2`` of an
+    ``n``-layer target; just ``[0]`` for 2 layers); ``mask_token_id`` defaults to the last
+    vocabulary id.  ``config_overrides`` go to the draft's ``Qwen3Config`` (``attention_bias=True``, say).
     """
     import torch
     from specforge.modeling.draft.dflash import DFlashDraftModel
@@ -68,7 +70,7 @@ def tiny_draft(
     tc = target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config
     n_target = tc.num_hidden_layers
     if target_layer_ids is None:
-        target_layer_ids = [0] if n_target == 1 else [0, n_target - 1]
+        target_layer_ids = [0] if n_target <= 2 else [0, n_target - 2]  # SGLang never captures layer n - 1
     config = Qwen3Config(
         vocab_size=tc.vocab_size,
         hidden_size=tc.hidden_size,
@@ -80,6 +82,7 @@ def tiny_draft(
         max_position_embeddings=tc.max_position_embeddings,
         rms_norm_eps=tc.rms_norm_eps,
         tie_word_embeddings=False,
+        **config_overrides,
     )
     config.architectures = ["DFlashDraftModel"]
     config.block_size = int(block_size)

@@ -3,13 +3,17 @@
 ``capture_offline_features`` writes SpecForge's ``specforge_hidden_states_v1`` files (what
 ``data.hidden_states_path`` reads); ``make_tiny_offline_setup`` builds a complete tiny,
 download-free setup (tokenizer, Qwen3 target, DFlash draft config, features) for CPU runs.
+``capture_features`` is the in-memory form the demo uses; both accept only target layer ids SGLang
+can capture (``0 .. n - 2`` of an ``n``-layer target; ``check_layer_ids`` says why otherwise).
 Importing this package imports neither torch nor SpecForge.
 """
 
 from .capture import (
     FEATURE_FORMAT,
     FEATURE_SUFFIX,
+    capture_features,
     capture_offline_features,
+    check_layer_ids,
     load_target,
     read_feature_file,
     target_layer_ids_from_draft_config,
@@ -20,7 +24,9 @@ __all__ = [
     "FEATURE_FORMAT",
     "FEATURE_SUFFIX",
     "TinySizes",
+    "capture_features",
     "capture_offline_features",
+    "check_layer_ids",
     "load_target",
     "make_tiny_offline_setup",
     "read_feature_file",

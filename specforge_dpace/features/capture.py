@@ -1,4 +1,12 @@
-"""Capture a Hugging Face target's hidden states into SpecForge's offline feature files.
+"""Capture a Hugging Face target's hidden states as DFlash context features: the one implementation.
+
+Both the offline feature files (``capture_offline_features``) and the demo's in-memory features
+(``capture_features``, which ``specforge_dpace.demo.capture`` calls) come from here, with one
+convention: target layer id ``i`` is HF's ``output_hidden_states[i + 1]`` (the same offset SpecForge's
+``extract_context_feature`` uses), and only ids SGLang can capture at serving time are accepted:
+``0 .. n - 2`` on an ``n``-layer target (SGLang captures id ``i`` as the input of decoder layer
+``i + 1``, so never the last layer, whose HF entry ``hidden_states[n]`` is also after the final norm),
+distinct and increasing (see :mod:`specforge_dpace.servable`).
 
 SpecForge's own preparation script captures through a local SGLang engine, which needs a GPU.
 This module does the same job with a plain ``transformers`` forward pass, so the real
@@ -11,16 +19,15 @@ one ``torch.save`` file per sample, named ``*.ckpt``, anywhere below the directo
 
 - ``input_ids``      int64 ``[seq]``
 - ``loss_mask``      int64 ``[seq]`` (1 = supervised token; at least two adjacent ones)
-- ``hidden_states``  ``[seq, len(layer_ids) * hidden_size]``: the outputs of target layers
-  ``layer_ids`` (0-based decoder-layer index, i.e. HF ``output_hidden_states[layer_id + 1]``,
-  the same offset SpecForge's ``extract_context_feature`` uses), concatenated in that order.
+- ``hidden_states``  ``[seq, len(layer_ids) * hidden_size]``: the features of target layers
+  ``layer_ids`` (HF ``output_hidden_states[layer_id + 1]``), concatenated in that order.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 FEATURE_FORMAT = "specforge_hidden_states_v1"
@@ -56,14 +63,49 @@ def _check_record(input_ids, loss_mask, index: int) -> None:
         )
 
 
-def _check_layers(layer_ids: Sequence[int], num_layers: int) -> list[int]:
-    layers = [int(layer) for layer in layer_ids]
-    if not layers:
-        raise ValueError("layer_ids is empty; pass the draft config's dflash_config.target_layer_ids")
-    bad = [layer for layer in layers if not 0 <= layer < num_layers]
-    if bad:
-        raise ValueError(f"layer_ids {bad} out of range: the target has decoder layers 0..{num_layers - 1}")
-    return layers
+def check_layer_ids(layer_ids: Sequence[int], num_layers: int) -> list[int]:
+    """The ids as ints if SGLang can capture them on a ``num_layers``-layer target, else ``ValueError``
+    saying why and which ids are accepted (``0 .. num_layers - 2``, distinct, increasing)."""
+    from specforge_dpace.servable import check_layer_ids as check
+
+    return check(layer_ids, num_layers, name="target_layer_ids")
+
+
+def _num_layers(model: Any) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(config.num_hidden_layers)
+
+
+def _forward_features(model: Any, input_ids, layers: Sequence[int]):
+    """``[B, S, len(layers) * H]``: HF ``hidden_states[i + 1]`` of each layer id, concatenated in order."""
+    import torch
+
+    output = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+    return torch.cat([output.hidden_states[layer + 1] for layer in layers], dim=-1)
+
+
+def capture_features(
+    target: Any,
+    input_ids,
+    layer_ids: Sequence[int],
+    *,
+    batch_size: int = 32,
+    on_batch: Optional[Callable[[int], None]] = None,
+):
+    """Features of equal-length sequences ``input_ids [N, S]``, ``batch_size`` at a time: ``[N, S, L*H]``
+    in the target's dtype.  ``on_batch(n)`` is called after each batch (progress bars)."""
+    import torch
+
+    layers = check_layer_ids(layer_ids, _num_layers(target))
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, input_ids.shape[0], int(batch_size)):
+            chunks.append(_forward_features(target, input_ids[start : start + int(batch_size)], layers))
+            if on_batch is not None:
+                on_batch(chunks[-1].shape[0])
+    return torch.cat(chunks, dim=0)
 
 
 def load_target(target: Any, *, dtype: str = "float32"):
@@ -85,15 +127,18 @@ def load_target(target: Any, *, dtype: str = "float32"):
 
 
 def target_layer_ids_from_draft_config(path: Union[str, os.PathLike]) -> list[int]:
-    """Read ``dflash_config.target_layer_ids`` from a draft ``config.json`` (file or directory)."""
+    """The target layer ids of a draft ``config.json`` (file or directory), read as SGLang reads them:
+    ``dflash_config.target_layer_ids`` first, then a top-level ``target_layer_ids``."""
+    from specforge_dpace.servable import resolve_field
+
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
     with open(path, encoding="utf-8") as handle:
         payload = json.load(handle)
-    layers = (payload.get("dflash_config") or {}).get("target_layer_ids")
+    layers, _ = resolve_field(payload, "target_layer_ids")
     if not layers:
-        raise ValueError(f"{path} has no dflash_config.target_layer_ids")
+        raise ValueError(f"{path} has no target_layer_ids (looked for dflash_config.target_layer_ids, then top level)")
     return [int(layer) for layer in layers]
 
 
@@ -112,15 +157,15 @@ def capture_offline_features(
 
     ``target``: an HF causal LM or a local directory with one.  ``records``: mappings with
     ``input_ids`` and ``loss_mask`` (lists or tensors).  ``layer_ids``: the draft's
-    ``dflash_config.target_layer_ids``.  ``max_length`` truncates each record first.
-    Files are written atomically (temporary name, then rename) so a reader never sees half a file.
+    ``dflash_config.target_layer_ids``, which SGLang must be able to capture (ids ``0 .. n - 2``).
+    ``max_length`` truncates each record first.  Files are written atomically (temporary name, then
+    rename) so a reader never sees half a file.
     """
     import torch
     from tqdm.auto import tqdm
 
     model = load_target(target, dtype=dtype)
-    num_layers = int(model.config.num_hidden_layers)
-    layers = _check_layers(layer_ids, num_layers)
+    layers = check_layer_ids(layer_ids, _num_layers(model))
     if max_length is not None and int(max_length) < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     out_dir = os.fspath(out_dir)
@@ -139,8 +184,7 @@ def capture_offline_features(
             input_ids, loss_mask = input_ids[: int(max_length)], loss_mask[: int(max_length)]
         _check_record(input_ids, loss_mask, index)
         with torch.no_grad():
-            output = model(input_ids=input_ids[None].to(device), output_hidden_states=True, use_cache=False)
-        hidden = torch.cat([output.hidden_states[layer + 1][0] for layer in layers], dim=-1)
+            hidden = _forward_features(model, input_ids[None].to(device), layers)[0]
         payload = {
             "input_ids": input_ids.clone(),
             "loss_mask": loss_mask.clone(),
@@ -164,7 +208,9 @@ def read_feature_file(path: Union[str, os.PathLike]) -> dict:
 __all__ = [
     "FEATURE_FORMAT",
     "FEATURE_SUFFIX",
+    "capture_features",
     "capture_offline_features",
+    "check_layer_ids",
     "load_target",
     "read_feature_file",
     "target_layer_ids_from_draft_config",

@@ -122,9 +122,9 @@ def build_target(tokenizer: Any, sizes: TinySizes = TinySizes(), *, seed: int = 
 
 def draft_config(target_config: Any, mask_token_id: int, sizes: TinySizes = TinySizes()) -> dict:
     """A ``DFlashDraftModel`` config.json payload matching the target (Qwen3-style text config)."""
-    bad = [layer for layer in sizes.target_layer_ids if not 0 <= layer < sizes.target_layers]
-    if bad:
-        raise ValueError(f"target_layer_ids {bad} out of range 0..{sizes.target_layers - 1}")
+    from specforge_dpace.servable import check_layer_ids
+
+    check_layer_ids(list(sizes.target_layer_ids), sizes.target_layers)  # only ids SGLang can capture
     return {
         "architectures": ["DFlashDraftModel"],
         "model_type": "qwen3",

@@ -1,4 +1,4 @@
-"""Draft-directory validation against the names SGLang's DFlash loader looks up."""
+"""Draft-directory validation: the verdict of SGLang 0.5.14's DFlash loader, from headers only."""
 
 import json
 import struct
@@ -11,6 +11,7 @@ from specforge_dpace.bench.validate import (
     read_safetensors_header,
     validate_draft_dir,
 )
+from tests._servable_variants import BY_NAME, VARIANTS, Variant, build_bases, write_target, write_variant
 from tests.bench._helpers import draft_state_and_config, write_draft_dir
 
 
@@ -22,8 +23,8 @@ def real_draft():
 def test_real_specforge_draft_is_valid(tmp_path, real_draft):
     state, config = real_draft
     info = validate_draft_dir(write_draft_dir(tmp_path / "d", state, config))
-    assert info.block_size == 8 and info.num_hidden_layers == 2 and info.target_layer_ids == [0, 1]
-    assert set(info.weight_names) == set(state)
+    assert info.block_size == 8 and info.num_hidden_layers == 2 and info.target_layer_ids == [0]
+    assert set(info.weight_names) == set(state) and info.notes == [] and not info.target_checked
 
 
 def test_sharded_draft_with_index_is_valid(tmp_path, real_draft):
@@ -36,33 +37,28 @@ def test_missing_and_unknown_weights_are_named(tmp_path, real_draft):
     state, config = real_draft
     state = dict(state)
     state.pop("layers.1.mlp.down_proj.weight")
-    state["model.fc.weight"] = state.pop("fc.weight")
+    state["layers.0.mlp.down.weight"] = state.pop("layers.0.mlp.down_proj.weight")
     with pytest.raises(DraftValidationError) as err:
         validate_draft_dir(write_draft_dir(tmp_path / "d", state, config))
     msg = str(err.value)
-    assert "layers.1.mlp.down_proj.weight" in msg and "missing" in msg
-    assert "model.fc.weight" in msg and "silently skip" in msg and "'model.' prefix" in msg
+    assert "layers.0.mlp.down.weight" in msg and "silently skip" in msg
     missing_line = next(line for line in msg.splitlines() if "missing weights" in line)
-    assert "fc.weight" in missing_line and "model.fc.weight" not in missing_line
-
-
-def test_extra_layer_beyond_config_is_unknown(tmp_path, real_draft):
-    state, config = real_draft
-    config = dict(config, num_hidden_layers=1)
-    with pytest.raises(DraftValidationError, match=r"layers \[1\] exceed num_hidden_layers=1"):
-        validate_draft_dir(write_draft_dir(tmp_path / "d", state, config))
+    assert "layers.1.mlp.down_proj.weight" in missing_line and "layers.0.mlp.down_proj.weight" in missing_line
+    assert "layers.0.mlp.down.weight" not in missing_line
 
 
 @pytest.mark.parametrize(
     "edit,needle",
     [
         (lambda c: c.update(architectures=["Qwen3ForCausalLM"]), "architectures must contain 'DFlashDraftModel'"),
-        (lambda c: c.pop("block_size"), "missing 'block_size'"),
-        (lambda c: c.update(block_size=1), "block_size must be >= 2"),
-        (lambda c: c.pop("num_target_layers"), "missing 'num_target_layers'"),
-        (lambda c: c.pop("dflash_config"), "missing the 'dflash_config'"),
-        (lambda c: c["dflash_config"].pop("mask_token_id"), "mask_token_id"),
-        (lambda c: c["dflash_config"].update(target_layer_ids=[0, 5]), "target_layer_ids [5] outside 0..1"),
+        (lambda c: c.pop("block_size"), "block_size is missing (SGLang looks for dflash_config.block_size"),
+        (lambda c: c.update(block_size=1), "block size 1 is invalid (block_size); accepted: an int >= 2"),
+        (lambda c: c.pop("num_target_layers"), "num_target_layers is missing"),
+        (lambda c: c.pop("dflash_config"), "dflash_config.mask_token_id is missing"),
+        (lambda c: c["dflash_config"].pop("mask_token_id"), "mask_token_id is missing"),
+        (lambda c: c["dflash_config"].update(target_layer_ids=[0, 5]), "[5] out of range"),
+        (lambda c: c["dflash_config"].update(target_layer_ids=[0, 1]), "id 1 is the last decoder layer"),
+        (lambda c: c.update(hidden_size="32"), "'hidden_size' must be a positive integer"),
     ],
 )
 def test_config_problems_are_named(tmp_path, real_draft, edit, needle):
@@ -72,6 +68,54 @@ def test_config_problems_are_named(tmp_path, real_draft, edit, needle):
     with pytest.raises(DraftValidationError) as err:
         validate_draft_dir(write_draft_dir(tmp_path / "d", state, config))
     assert needle in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    return build_bases(tmp_path_factory.mktemp("bases"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+def test_validator_agrees_with_sglang_on_every_variant(tmp_path, bases, variant):
+    """Written as real safetensors directories; validated against a target directory, as the bench CLI does."""
+    draft = write_variant(tmp_path, variant, bases)
+    target = write_target(tmp_path, variant)
+    if variant.verdict == "ok":
+        info = validate_draft_dir(draft, target=target)
+        assert info.target_checked and info.target_layer_ids == [1, 2]
+        assert variant.needle in " ".join(info.notes), info.notes
+    else:
+        with pytest.raises(DraftValidationError) as err:
+            validate_draft_dir(draft, target=target)
+        assert variant.needle in str(err.value)
+
+
+def test_only_the_real_target_reveals_its_layer_count(tmp_path, bases):
+    """num_target_layers says 4; the target has 3, so id 2 is its last layer: caught only given the target."""
+    variant = BY_NAME["layer_id_last_of_target"]
+    draft = write_variant(tmp_path, variant, bases)
+    assert validate_draft_dir(draft).target_layer_ids == [1, 2]
+    with pytest.raises(DraftValidationError, match="id 2 is the last decoder layer"):
+        validate_draft_dir(draft, target=write_target(tmp_path, variant))
+
+
+def test_a_target_without_config_is_noted_not_checked(tmp_path, bases):
+    draft = write_variant(tmp_path, BY_NAME["good"], bases)
+    info = validate_draft_dir(draft, target="Qwen/Qwen3-8B")
+    assert not info.target_checked and any("target checks skipped" in note for note in info.notes)
+
+
+def test_every_problem_is_listed_at_once(tmp_path, bases):
+    def edit(state, config):
+        state["fc.bias"] = state["norm.weight"].clone()
+        state["norm.weight"] = state["norm.weight"][:-1].clone()
+        config["dflash_config"]["target_layer_ids"] = [1, 3]
+
+    draft = write_variant(tmp_path, Variant("many", "error", "", edit), bases)
+    with pytest.raises(DraftValidationError) as err:
+        validate_draft_dir(draft)
+    msg = str(err.value)
+    assert "id 3 is the last decoder layer" in msg and "fc.bias" in msg and "norm.weight has shape [31]" in msg
 
 
 def test_no_weights_and_not_a_directory(tmp_path, real_draft):

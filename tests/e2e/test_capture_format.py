@@ -25,7 +25,7 @@ from specforge_dpace.features.tiny import TinySizes, build_target, build_tokeniz
 
 SIZES = TinySizes(
     target_layers=3,
-    target_layer_ids=(0, 2),
+    target_layer_ids=(0, 1),  # servable: SGLang captures ids 0..n-2 (never the last layer, 2)
     hidden_size=32,
     intermediate_size=64,
     num_attention_heads=2,
@@ -95,12 +95,15 @@ def test_max_length_and_dtype(tiny, tmp_path):
 @pytest.mark.parametrize(
     "record, layers, message",
     [
-        ({"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1]}, [5], "out of range"),
+        ({"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1]}, [5], "[5] out of range"),
+        ({"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1]}, [0, 2], "id 2 is the last decoder layer"),
+        ({"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1]}, [1, 0], "not in increasing order"),
+        ({"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1]}, [1, 1], "[1] repeated"),
         ({"input_ids": [1, 2, 3], "loss_mask": [1, 0, 1]}, [0], "two adjacent supervised"),
         ({"input_ids": [1, 2, 3], "loss_mask": [0, 1]}, [0], "loss_mask has 2"),
         ({"input_ids": [1, 2, 3], "loss_mask": [0, 2, 2]}, [0], "must be 0 or 1"),
         ({"input_ids": [1, 2, 3]}, [0], "lacks ['loss_mask']"),
-        ({"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1]}, [], "layer_ids is empty"),
+        ({"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1]}, [], "target_layer_ids=[] invalid: is empty"),
     ],
 )
 def test_bad_input_is_named(tiny, tmp_path, record, layers, message):
@@ -108,7 +111,47 @@ def test_bad_input_is_named(tiny, tmp_path, record, layers, message):
     with pytest.raises((ValueError, KeyError)) as info:
         capture_offline_features(target, [record], tmp_path, layers, progress=False)
     assert message in str(info.value)
+    if layers != [0]:  # every refused layer list says which ids are accepted
+        assert "Accepted: distinct ids in increasing order within 0..1 for a 3-layer target" in str(info.value)
     assert not list(tmp_path.glob("*.ckpt"))
+
+
+def test_in_memory_capture_is_the_same_features(tiny):
+    """One implementation: the batched in-memory capture (the demo's) equals the per-record files and
+    SpecForge's extract_context_feature for servable ids."""
+    from specforge.modeling.draft.dflash import extract_context_feature
+
+    from specforge_dpace.features import capture_features
+
+    _, target, records = tiny
+    length = min(len(r["input_ids"]) for r in records)
+    ids = torch.tensor([r["input_ids"][:length] for r in records])
+    seen = []
+    feats = capture_features(target, ids, [0, 1], batch_size=2, on_batch=seen.append)
+    assert seen == [2, 1] and feats.shape == (3, length, 2 * SIZES.hidden_size)
+    with torch.no_grad():
+        hidden = target(input_ids=ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(feats, extract_context_feature(list(hidden), [0, 1]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="id 2 is the last decoder layer"):
+        capture_features(target, ids, [0, 2])
+
+
+def test_tiny_setup_refuses_unservable_layer_ids(tiny):
+    tokenizer, target, _ = tiny
+    bad = TinySizes(target_layers=3, target_layer_ids=(0, 2))
+    with pytest.raises(ValueError, match="id 2 is the last decoder layer"):
+        draft_config(target.config, tokenizer.mask_token_id, bad)
+
+
+def test_layer_ids_are_read_with_sglangs_precedence(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"target_layer_ids": [2], "dflash_config": {"target_layer_ids": [1, 3]}}))
+    assert target_layer_ids_from_draft_config(path) == [1, 3]
+    path.write_text(json.dumps({"target_layer_ids": [2], "dflash_config": {}}))
+    assert target_layer_ids_from_draft_config(tmp_path) == [2]
+    path.write_text(json.dumps({"dflash_config": {}}))
+    with pytest.raises(ValueError, match="has no target_layer_ids"):
+        target_layer_ids_from_draft_config(path)
 
 
 def test_bad_dtype_and_missing_target(tmp_path):
