@@ -11,9 +11,12 @@ from ._metrics import EvalResult, overall_metrics, prompt_record
 
 @dataclass
 class EvalConfig:
-    """Decoding settings.  ``temperature`` 0 = greedy verification, > 0 = speculative sampling;
-    ``block_size`` None = the draft's own; ``seed`` seeds one generator per prompt
-    (``seed + prompt index``) so results do not depend on the prompt order or count."""
+    """Decoding settings.  ``temperature`` 0 = greedy verification, > 0 = speculative sampling
+    from the temperature / ``top_k`` / ``top_p`` distribution (-1 and 1.0 = no filter; SGLang's
+    ranges and order, see ``_sampling.filter_probs``); ``block_size`` None = the draft's own;
+    ``seed`` seeds one generator per prompt (``seed + prompt index``) so results do not depend on
+    the prompt order or count; ``prompt_seeds`` (one int per prompt) replaces those seeds, for
+    callers that evaluate a data set piece by piece (``bench --backend hf``)."""
 
     temperature: float = 0.0
     max_new_tokens: int = 128
@@ -22,10 +25,16 @@ class EvalConfig:
     seed: int = 0
     show_progress: bool = True
     baseline: bool = False  # also time plain autoregressive decoding of each prompt (for speed-up)
+    top_k: int = -1
+    top_p: float = 1.0
+    prompt_seeds: Optional[Sequence[int]] = None
 
     def validate(self) -> None:
+        from ._sampling import check_top_k_top_p
+
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} is invalid; accepted: >= 0 (0 = greedy)")
+        check_top_k_top_p(self.top_k, self.top_p)
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} is invalid; accepted: an int >= 1")
         if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 2):
@@ -64,19 +73,37 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
         if bad:
             raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the target vocabulary [0, {vocab - 1}]")
     block_size = settings["block_size"]
-    decoder = DFlashDecoder(target, draft, block_size=block_size, temperature=config.temperature)
+    if config.prompt_seeds is not None and len(config.prompt_seeds) != len(prompt_ids):
+        raise ValueError(f"prompt_seeds has {len(config.prompt_seeds)} seeds for {len(prompt_ids)} prompts")
+    decoder = DFlashDecoder(
+        target,
+        draft,
+        block_size=block_size,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+    )
     target.eval()
     draft.eval()
     records = []
     for index in _progress(range(len(prompt_ids)), config.show_progress, "evaluate"):
-        generator = torch.Generator(device=decoder.device).manual_seed(int(config.seed) + index)
+        seed = int(config.seed) + index if config.prompt_seeds is None else int(config.prompt_seeds[index])
+        generator = torch.Generator(device=decoder.device).manual_seed(seed)
         trace = decoder.decode(prompt_ids[index], config.max_new_tokens, config.stop_token_ids, generator)
         record = prompt_record(index, len(prompt_ids[index]), trace, block_size)
+        record["seed"] = seed
         if config.baseline:
-            generator = torch.Generator(device=decoder.device).manual_seed(int(config.seed) + index)
+            generator = torch.Generator(device=decoder.device).manual_seed(seed)
             t0 = time.perf_counter()
             plain = autoregressive_reference(
-                target, prompt_ids[index], config.max_new_tokens, config.stop_token_ids, config.temperature, generator
+                target,
+                prompt_ids[index],
+                config.max_new_tokens,
+                config.stop_token_ids,
+                config.temperature,
+                generator,
+                top_k=config.top_k,
+                top_p=config.top_p,
             )
             if decoder.device.type == "cuda":
                 torch.cuda.synchronize(decoder.device)
@@ -85,6 +112,7 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
         records.append(record)
     run_settings = asdict(config)
     run_settings.pop("show_progress")
+    run_settings.pop("prompt_seeds")  # each record has its own "seed"
     run_settings["stop_token_ids"] = [int(t) for t in config.stop_token_ids]
     run_settings["block_size"] = block_size
     overall = overall_metrics(records, block_size, run_settings)

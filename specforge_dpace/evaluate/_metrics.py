@@ -1,9 +1,15 @@
 """Acceptance metrics of speculative decoding: per prompt, overall, and as a printed table.
 
-Definitions (the same as the SGLang benchmark where they overlap):
-- ``tau``: tokens emitted per verify step, bonus token included, token-weighted over prompts
-  (sum of emitted / sum of verify steps).  The token the prefill produces is not a verify step
-  and is not counted; tokens cut by ``max_new_tokens`` or a stop token are not counted either.
+Two tau conventions, both reported (keys, and labelled rows of the printed table):
+- ``tau`` (per verify step, prefill token excluded): tokens emitted per verify step, bonus token
+  included, token-weighted over prompts (sum of emitted / sum of verify steps).  The token the
+  prefill produces is not a verify step and is not counted; tokens cut by ``max_new_tokens`` or a
+  stop token are not counted either.  ``tau_mean_per_prompt``: the same, averaged over prompts.
+- ``tau_sglang`` (SGLang's convention, prefill token included): ``completion_tokens / verify
+  steps``, what SGLang's per-request ``spec_accept_length`` is (``completion_tokens`` there counts
+  the prefill token, ``spec_verify_ct`` does not; see docs/bench.md), token-weighted over the
+  prompts with at least one verify step; ``tau_sglang_mean_per_prompt``: averaged over them,
+  like the bench's ``tau_mean_per_request``.  Per prompt: ``tau`` and ``tau_sglang``.
 - ``accept_hist[a]``: verify steps that accepted exactly ``a`` drafted tokens, ``a`` in 0..K-1
   (before truncation: it describes the drafter, not the length limit).
 - ``accept_pos[j-1]``: fraction of verify steps whose drafted token at block slot ``j`` was
@@ -52,6 +58,7 @@ def prompt_record(index: int, prompt_len: int, trace, block_size: int) -> dict:
         "completion_tokens": len(trace.output_ids),
         "verify_steps": steps,
         "tau": _ratio(sum(trace.emitted), steps),
+        "tau_sglang": _ratio(len(trace.output_ids), steps),
         "mean_accepted": _ratio(sum(trace.accepted), steps),
         "accept_hist": hist,
         "accept_pos": uncond,
@@ -71,6 +78,8 @@ def overall_metrics(records: Sequence[dict], block_size: int, settings: Optional
     hist = [sum(r["accept_hist"][a] for r in records) for a in range(block_size)]
     uncond, cond = position_rates(hist)
     taus = [r["tau"] for r in records if r["tau"] is not None]
+    spec = [r for r in records if r["verify_steps"]]
+    sglang_taus = [r["completion_tokens"] / r["verify_steps"] for r in spec]
     completion = sum(r["completion_tokens"] for r in records)
     prefill = sum(r["prefill_s"] for r in records)
     draft = sum(r["draft_s"] for r in records)
@@ -81,6 +90,8 @@ def overall_metrics(records: Sequence[dict], block_size: int, settings: Optional
         "block_size": block_size,
         "tau": _ratio(emitted, steps),
         "tau_mean_per_prompt": _ratio(sum(taus), len(taus)),
+        "tau_sglang": _ratio(sum(r["completion_tokens"] for r in spec), steps),
+        "tau_sglang_mean_per_prompt": _ratio(sum(sglang_taus), len(sglang_taus)),
         "mean_accepted": _ratio(sum(a * n for a, n in enumerate(hist)), steps),
         "accept_hist": hist,
         "accept_pos": uncond,
@@ -96,6 +107,12 @@ def overall_metrics(records: Sequence[dict], block_size: int, settings: Optional
     if settings:
         out.update(settings)
     return out
+
+
+TAU_LABELS = {
+    "tau": "tau (per verify step, prefill excluded)",
+    "tau_sglang": "tau (SGLang convention: completion_tokens / spec_verify_ct, prefill token included)",
+}
 
 
 @dataclass
@@ -117,8 +134,6 @@ class EvalResult:
             "prompts": o.get("num_prompts"),
             "K": o.get("block_size"),
             "temp": o.get("temperature"),
-            "tau": o.get("tau"),
-            "tau (mean/prompt)": o.get("tau_mean_per_prompt"),
             "tokens": o.get("completion_tokens"),
             "verify steps": o.get("verify_steps"),
             "tok/s": o.get("tokens_per_s"),
@@ -128,7 +143,24 @@ class EvalResult:
         if o.get("speedup") is not None:
             summary["baseline tok/s"] = o.get("baseline_tokens_per_s")
             summary["speed-up"] = o.get("speedup")
-        parts = [format_table([summary], floatfmt=".3f", title=title)]
+        taus = [
+            {
+                "tau convention": TAU_LABELS["tau"],
+                "token-weighted": o.get("tau"),
+                "mean per prompt": o.get("tau_mean_per_prompt"),
+                "keys": "tau, tau_mean_per_prompt",
+            },
+            {
+                "tau convention": TAU_LABELS["tau_sglang"],
+                "token-weighted": o.get("tau_sglang"),
+                "mean per prompt": o.get("tau_sglang_mean_per_prompt"),
+                "keys": "tau_sglang, tau_sglang_mean_per_prompt",
+            },
+        ]
+        parts = [
+            format_table([summary], floatfmt=".3f", title=title),
+            format_table(taus, floatfmt=".3f", title="tau, two conventions"),
+        ]
         hist = o.get("accept_hist") or []
         rates = [None] + list(o.get("accept_pos") or [])
         cond = [None] + list(o.get("accept_pos_conditional") or [])

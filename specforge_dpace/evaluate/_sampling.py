@@ -23,6 +23,49 @@ def target_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits.float() / temperature, dim=-1)
 
 
+def check_top_k_top_p(top_k, top_p) -> None:
+    """SGLang's accepted ranges: ``top_k`` -1 (disabled) or an int >= 1; ``top_p`` in (0, 1]."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not (top_k == -1 or top_k >= 1):
+        raise ValueError(f"top_k={top_k!r} is invalid; accepted: -1 (disabled) or an int >= 1")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p={top_p!r} is invalid; accepted: a number in (0, 1] (1 = disabled)")
+
+
+def filter_probs(probs: torch.Tensor, top_k: int = -1, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k, then top-p, over the last dimension, each followed by renormalization.
+
+    The order and the renormalization in between are SGLang's for DFlash verification
+    (``compute_dflash_sampling_correct_drafts_and_bonus`` in ``sglang/srt/speculative/dflash_utils.py``:
+    softmax over the top-k logits, then ``top_p_renorm_prob``); the top-p rule is that of
+    ``top_p_normalize_probs_torch`` (``sglang/srt/layers/sampler.py``): a token is dropped when
+    the tokens ranked above it already hold more than ``top_p``, so the most likely token always
+    stays.  Ties are ranked by token id (stable sort).  ``top_k`` -1 and ``top_p`` 1 disable a filter."""
+    check_top_k_top_p(top_k, top_p)
+    vocab = probs.shape[-1]
+    use_k = 0 < top_k < vocab
+    use_p = float(top_p) < 1.0
+    if not (use_k or use_p):
+        return probs
+    ranked, order = probs.sort(dim=-1, descending=True, stable=True)
+    if use_k:
+        ranked = ranked.clone()
+        ranked[..., top_k:] = 0.0
+        ranked = ranked / ranked.sum(dim=-1, keepdim=True)
+    if use_p:
+        above = ranked.cumsum(dim=-1) - ranked
+        ranked = ranked.masked_fill(above > float(top_p), 0.0)
+        ranked = ranked / ranked.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(probs).scatter(-1, order, ranked)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = -1, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution a token is sampled from: softmax at ``temperature``, then top-k / top-p.
+
+    Speculative sampling stays lossless with filters as long as verification uses this same
+    filtered target distribution p (and q is whatever distribution the draft sampled from)."""
+    return filter_probs(target_probs(logits, temperature), top_k, top_p)
+
+
 def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tuple[int, int]:
     """Greedy rule: accept the longest prefix equal to the target's argmax; the next token is
     the target's argmax after that prefix.  Returns ``(accepted, next_token)``."""

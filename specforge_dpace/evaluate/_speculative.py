@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from ._cache import cache_kwargs, crop_cache
-from ._sampling import target_probs, verify_greedy, verify_sampling
+from ._sampling import check_top_k_top_p, sampling_probs, verify_greedy, verify_sampling
 
 
 def context_features(hidden_states: Sequence[torch.Tensor], layer_ids: Sequence[int]) -> torch.Tensor:
@@ -51,11 +51,16 @@ def _sync(device: torch.device) -> None:
 class DFlashDecoder:
     """Speculative decoding with a fixed (target, draft) pair; ``decode`` runs one prompt."""
 
-    def __init__(self, target, draft, *, block_size: int, temperature: float = 0.0):
+    def __init__(
+        self, target, draft, *, block_size: int, temperature: float = 0.0, top_k: int = -1, top_p: float = 1.0
+    ):
         if block_size < 2:
             raise ValueError(f"block size {block_size} is invalid; accepted: an int >= 2")
         if temperature < 0:
             raise ValueError(f"temperature {temperature} is invalid; accepted: >= 0 (0 = greedy)")
+        check_top_k_top_p(top_k, top_p)
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
         self.target = target
         self.draft = draft
         self.block_size = int(block_size)
@@ -66,10 +71,14 @@ class DFlashDecoder:
         self.lm_head = target.get_output_embeddings()
         self.device = next(target.parameters()).device
 
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The sampling distribution at this decoder's temperature, top-k and top-p (target and draft alike)."""
+        return sampling_probs(logits, self.temperature, self.top_k, self.top_p)
+
     def _first_token(self, logits: torch.Tensor, generator) -> int:
         if self.temperature == 0:
             return int(logits.argmax().item())
-        probs = target_probs(logits, self.temperature)
+        probs = self._probs(logits)
         return int(torch.multinomial(probs.double(), 1, generator=generator).item())
 
     def _propose(self, draft_cache, new_features, tokens: list, generator):
@@ -96,7 +105,7 @@ class DFlashDecoder:
         logits = self.lm_head(hidden[:, 1:, :])[0]  # [K-1, V]
         if self.temperature == 0:
             return logits.argmax(dim=-1), None
-        q = target_probs(logits, self.temperature)
+        q = self._probs(logits)
         drafted = torch.multinomial(q.double(), 1, generator=generator).squeeze(-1)
         return drafted, q
 
@@ -153,7 +162,7 @@ class DFlashDecoder:
             if self.temperature == 0:
                 accepted, nxt = verify_greedy(draft_tokens, logits)
             else:
-                p = target_probs(logits, self.temperature)
+                p = self._probs(logits)  # the same filtered p plain sampling draws from: lossless
                 accepted, nxt = verify_sampling(draft_tokens, q, p, generator)
             crop_cache(target_cache, start + accepted + 1)
             pending = context_features(out.hidden_states, self.layer_ids)[:, : accepted + 1, :]
@@ -188,10 +197,15 @@ def autoregressive_reference(
     stop_token_ids: Sequence[int] = (),
     temperature: float = 0.0,
     generator: Optional[torch.Generator] = None,
+    top_k: int = -1,
+    top_p: float = 1.0,
 ) -> list[int]:
     """Plain one-token-at-a-time decoding with a KV cache: the losslessness reference and the
-    no-speculation baseline for speed-up (greedy at temperature 0, else sampling)."""
+    no-speculation baseline for speed-up (greedy at temperature 0, else sampling from the
+    temperature / top-k / top-p distribution)."""
     from transformers import DynamicCache
+
+    check_top_k_top_p(top_k, top_p)
 
     device = next(target.parameters()).device
     stops = set(int(t) for t in stop_token_ids)
@@ -203,7 +217,7 @@ def autoregressive_reference(
         if temperature == 0:
             token = int(logits.argmax().item())
         else:
-            probs = target_probs(logits, temperature).double()
+            probs = sampling_probs(logits, temperature, top_k, top_p).double()
             token = int(torch.multinomial(probs, 1, generator=generator).item())
         out_ids.append(token)
         if token in stops:

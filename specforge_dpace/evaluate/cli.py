@@ -9,8 +9,11 @@ DESCRIPTION = """Speculative decoding, batch 1, with an HF causal-LM target and 
 checkpoint (the directory layout SGLang serves). Temperature 0 verifies greedily (output identical to
 the target's greedy decoding); temperature > 0 uses speculative sampling (lossless in distribution).
 
-Prints tau (tokens per verify step, bonus token included), the accepted-length histogram, per-slot
-acceptance, tokens/s and the draft/verify time split; writes eval.json and per_prompt.jsonl.
+Prints tau (tokens per verify step, bonus token included) in two labelled conventions -- per verify
+step with the prefill token excluded ("tau"), and SGLang's completion_tokens / spec_verify_ct with the
+prefill token included ("tau_sglang", what SGLang's spec_accept_length reports) -- the accepted-length
+histogram, per-slot acceptance, tokens/s and the draft/verify time split; writes eval.json and
+per_prompt.jsonl.  --output-dir is checked for writing before any model is loaded.
 
 Prompts file: JSONL, one object per line with "input_ids" (list of ints) or "prompt" (text, encoded
 without chat template by the tokenizer in --tokenizer or --target)."""
@@ -27,6 +30,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--temperature", type=float, default=0.0, help="0 = greedy verification (default); > 0 = speculative sampling"
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=-1,
+        help="temperature > 0: sample from the k most likely tokens (target and draft; -1 = off, the default)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="temperature > 0: nucleus sampling after top-k, in (0, 1] (1 = off, the default); "
+        "verification uses the same filtered target distribution, so decoding stays lossless",
+    )
     parser.add_argument(
         "--block-size", type=int, default=None, help="block size K incl. the anchor slot (default: the draft's config)"
     )
@@ -48,7 +64,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (default: torch's own); 1 is fastest for tiny models on a busy machine",
     )
     parser.add_argument(
-        "--output-dir", default=None, metavar="DIR", help="write eval.json and per_prompt.jsonl here (default: none)"
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help="write eval.json, per_prompt.jsonl and table.txt here (created; checked for writing before "
+        "anything is decoded; default: none)",
     )
     parser.add_argument(
         "--baseline",
@@ -56,6 +76,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also time plain autoregressive decoding with the target alone and report the speed-up",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar over prompts")
+
+
+def check_writable_dir(path, flag: str) -> None:
+    """Create ``path`` and write + remove a probe file in it; a ``ValueError`` naming ``flag`` if
+    that fails, so a run that could not save its results fails before it does any work."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"{flag} {str(path)!r} is not a writable directory ({exc.strerror or exc}); accepted: a directory "
+            "this user can create and write"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_prompts is not None and args.num_prompts < 1:
         raise ValueError(f"--num-prompts {args.num_prompts} is invalid; accepted: an int >= 1")
+    if args.output_dir is not None:
+        if not args.output_dir.strip():
+            raise ValueError("--output-dir '' is invalid; accepted: a directory path")
+        check_writable_dir(Path(args.output_dir), "--output-dir")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads} is invalid; accepted: an int >= 1")
@@ -84,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         show_progress=not args.no_progress,
         baseline=args.baseline,
+        top_k=args.top_k,
+        top_p=args.top_p,
     )
     result = evaluate_paths(
         args.target,
@@ -97,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     result.overall.update({"target": str(args.target), "draft": str(args.draft), "prompts": str(args.prompts)})
     table = result.table()
     print(table)
-    if args.output_dir:
+    if args.output_dir is not None:
         out = Path(args.output_dir)
         write_json(out / "eval.json", result.to_dict())
         per_prompt = out / "per_prompt.jsonl"

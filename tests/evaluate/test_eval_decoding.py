@@ -29,7 +29,7 @@ def _prompts(n, vocab, seed=0, max_len=12):
 @pytest.fixture(scope="module")
 def pair64():
     target = tiny_target(vocab_size=96, hidden_size=32, num_hidden_layers=3, seed=0, dtype=torch.float64)
-    draft = tiny_draft(target, num_hidden_layers=1, block_size=5, target_layer_ids=[0, 2], seed=1)
+    draft = tiny_draft(target, num_hidden_layers=1, block_size=5, target_layer_ids=[0, 1], seed=1)
     return target, draft
 
 
@@ -205,6 +205,94 @@ def test_speculative_sampling_is_lossless_end_to_end():
     assert 0 in accepted and any(a > 0 for a in accepted)
 
 
+def _exact_filtered_marginals(target, prompt, temperature, top_k, top_p):
+    """Exact marginals of the first three tokens when each token is sampled from the temperature /
+    top-k / top-p distribution (the filter applied in every one of the vocab^2 contexts)."""
+    from specforge_dpace.evaluate._sampling import sampling_probs
+
+    def dist(logits):
+        return sampling_probs(logits, temperature, top_k, top_p).double()
+
+    with torch.no_grad():
+        vocab = target.config.vocab_size
+        p0 = dist(target(input_ids=torch.tensor([prompt])).logits[0, -1])
+        p1 = dist(target(input_ids=torch.tensor([prompt + [a] for a in range(vocab)])).logits[:, -1])
+        ctx2 = torch.tensor([prompt + [a, b] for a in range(vocab) for b in range(vocab)])
+        p2 = dist(target(input_ids=ctx2).logits[:, -1]).view(vocab, vocab, vocab)
+    joint01 = p0[:, None] * p1
+    return p0, joint01.sum(0), (joint01[..., None] * p2).sum((0, 1))
+
+
+@pytest.mark.slow
+def test_top_k_top_p_sampling_is_lossless_end_to_end():
+    """Speculative sampling with top-k and top-p on a real target + real random draft: each of the
+    first three tokens follows the exact marginal of plain sampling from the filtered target, and so
+    do samples of plain autoregressive sampling with the same filters; the unfiltered marginal is
+    clearly rejected (the filters are applied, and the test has power)."""
+    from specforge_dpace.evaluate import autoregressive_reference
+
+    target = tiny_target(vocab_size=16, hidden_size=32, num_hidden_layers=2, seed=9)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(4.0)
+    draft = tiny_draft(target, block_size=4, seed=10)
+    prompt, temperature, top_k, top_p, samples = [3, 9, 1], 0.9, 6, 0.85, 1500
+    decoder = DFlashDecoder(target, draft, block_size=4, temperature=temperature, top_k=top_k, top_p=top_p)
+    spec, plain = torch.zeros(3, 16), torch.zeros(3, 16)
+    accepted = []
+    for s in range(samples):
+        trace = decoder.decode(prompt, 3, generator=torch.Generator().manual_seed(s))
+        spec[torch.arange(3), torch.tensor(trace.output_ids)] += 1
+        accepted.extend(trace.accepted)
+        ref = autoregressive_reference(
+            target,
+            prompt,
+            3,
+            temperature=temperature,
+            generator=torch.Generator().manual_seed(10_000 + s),
+            top_k=top_k,
+            top_p=top_p,
+        )
+        plain[torch.arange(3), torch.tensor(ref)] += 1
+    exact = _exact_filtered_marginals(target, prompt, temperature, top_k, top_p)
+    assert min(chi2_gof_pvalue(spec[i], exact[i]) for i in range(3)) > 1e-3
+    assert min(chi2_gof_pvalue(plain[i], exact[i]) for i in range(3)) > 1e-3
+    unfiltered = _exact_marginals(target, prompt, temperature)
+    assert max(chi2_gof_pvalue(spec[i], unfiltered[i]) for i in range(3)) < 1e-6
+    assert 0 in accepted and any(a > 0 for a in accepted)
+
+
+def test_top_k_one_at_temperature_is_greedy_and_seeds_are_per_prompt(pair64):
+    """top_k = 1 leaves one token to sample, so sampling at any temperature is greedy decoding: the
+    filter reaches the first token, the drafts and the verification. ``prompt_seeds`` are used as given."""
+    target, draft = pair64
+    prompts = _prompts(3, 96, seed=11)
+    greedy = evaluate_drafter(target, draft, prompts, EvalConfig(max_new_tokens=12, show_progress=False))
+    config = EvalConfig(temperature=1.5, top_k=1, max_new_tokens=12, show_progress=False, prompt_seeds=[7, 3, 5])
+    sampled = evaluate_drafter(target, draft, prompts, config)
+    for g, r in zip(greedy.per_prompt, sampled.per_prompt):
+        assert r["output_ids"] == g["output_ids"] and r["accept_hist"] == g["accept_hist"]
+    assert [r["seed"] for r in sampled.per_prompt] == [7, 3, 5]
+    assert sampled.overall["top_k"] == 1 and sampled.overall["top_p"] == 1.0
+    with pytest.raises(ValueError, match="prompt_seeds has 2 seeds for 3 prompts"):
+        evaluate_drafter(target, draft, prompts, EvalConfig(prompt_seeds=[1, 2], show_progress=False))
+
+
+def test_both_tau_conventions_are_reported_and_labelled():
+    """tau per verify step leaves the prefill token out; SGLang's completion_tokens / spec_verify_ct
+    counts it. An always-agreeing draft, K = 4, 10 tokens: 1 prefill + steps of 4, 4, 1 (cut)."""
+    target, draft = _forced_pair(agree=True, block_size=4)
+    result = evaluate_drafter(target, draft, [[5, 6], [7]], EvalConfig(max_new_tokens=10, show_progress=False))
+    for r in result.per_prompt:
+        assert r["tau"] == pytest.approx(9 / 3) and r["tau_sglang"] == pytest.approx(10 / 3)
+    o = result.overall
+    assert o["tau"] == pytest.approx(18 / 6) and o["tau_mean_per_prompt"] == pytest.approx(3.0)
+    assert o["tau_sglang"] == pytest.approx(20 / 6) and o["tau_sglang_mean_per_prompt"] == pytest.approx(10 / 3)
+    table = result.table()
+    assert "tau (per verify step, prefill excluded)" in table
+    assert "tau (SGLang convention: completion_tokens / spec_verify_ct, prefill token included)" in table
+    assert "3.333" in table and "3.000" in table
+
+
 def test_bad_prompts_and_settings_are_refused(pair64):
     target, draft = pair64
     with pytest.raises(ValueError, match=r"token ids \[96\] outside the target vocabulary \[0, 95\]"):
@@ -213,6 +301,8 @@ def test_bad_prompts_and_settings_are_refused(pair64):
         (dict(temperature=-1.0), "temperature=-1.0 is invalid"),
         (dict(max_new_tokens=0), "max_new_tokens=0 is invalid"),
         (dict(block_size=1), "block_size=1 is invalid"),
+        (dict(top_k=0), "top_k=0 is invalid"),
+        (dict(top_p=0.0), "top_p=0.0 is invalid"),
     ]:
         with pytest.raises(ValueError, match=pattern):
             evaluate_drafter(target, draft, [[1, 2]], EvalConfig(show_progress=False, **bad))

@@ -112,3 +112,62 @@ def test_lossy_rule_is_detected():
         seq = _simulate(p_table, q_table, block, n_pos, gen, rule="accept-all")
         counts[torch.arange(n_pos), torch.tensor(seq)] += 1
     assert min(chi2_gof_pvalue(counts[i], p_table[i]) for i in range(n_pos)) < 1e-6
+
+
+def test_filter_probs_follows_sglang_top_k_then_top_p():
+    from specforge_dpace.evaluate._sampling import filter_probs
+
+    probs = torch.tensor([0.1, 0.4, 0.2, 0.3])
+    # top-k keeps the k most likely tokens, renormalized
+    assert torch.allclose(filter_probs(probs, top_k=2), torch.tensor([0.0, 4 / 7, 0.0, 3 / 7]))
+    # top-p drops a token once the tokens ranked above it hold more than top_p: 0.4 + 0.3 > 0.6
+    assert torch.allclose(filter_probs(probs, top_p=0.6), torch.tensor([0.0, 4 / 7, 0.0, 3 / 7]))
+    assert torch.allclose(filter_probs(probs, top_p=0.35), torch.tensor([0.0, 1.0, 0.0, 0.0]))  # top token stays
+    # top-k first, then top-p on the renormalized top-k: [4/9, 3/9, 2/9] -> 4/9 + 3/9 > 0.75 drops the third
+    assert torch.allclose(filter_probs(probs, top_k=3, top_p=0.75), torch.tensor([0.0, 4 / 7, 0.0, 3 / 7]))
+    # -1 and 1.0 are "off"; k >= vocabulary is off too; rows are filtered independently
+    assert torch.equal(filter_probs(probs, top_k=-1, top_p=1.0), probs)
+    assert torch.equal(filter_probs(probs, top_k=9), probs)
+    rows = filter_probs(torch.stack([probs, probs.flip(0)]), top_k=1)
+    assert rows.tolist() == [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+    # ties are ranked by token id
+    assert filter_probs(torch.full((4,), 0.25), top_k=2).tolist() == [0.5, 0.5, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(top_k=0), "top_k=0 is invalid"),
+        (dict(top_k=-2), "top_k=-2 is invalid"),
+        (dict(top_k=True), "top_k=True is invalid"),
+        (dict(top_k=2.0), "top_k=2.0 is invalid"),
+        (dict(top_p=0.0), "top_p=0.0 is invalid"),
+        (dict(top_p=1.5), "top_p=1.5 is invalid"),
+        (dict(top_p=float("nan")), "top_p=nan is invalid"),
+    ],
+)
+def test_filter_probs_refuses_values_sglang_refuses(kwargs, message):
+    from specforge_dpace.evaluate._sampling import filter_probs
+
+    with pytest.raises(ValueError, match=message):
+        filter_probs(torch.full((4,), 0.25), **kwargs)
+
+
+def test_speculative_sampling_with_top_k_top_p_is_lossless_per_position():
+    """Verification against the filtered target p (the draft proposing from its own filtered q)
+    emits every position from the filtered target distribution -- the one plain sampling draws
+    from -- and the same samples clearly reject the unfiltered p (the test has power)."""
+    from specforge_dpace.evaluate._sampling import filter_probs
+
+    vocab, block, n_pos, samples = 8, 3, 4, 3000
+    gen = torch.Generator().manual_seed(4)
+    raw_p = _random_dist(gen, n_pos + block, vocab, sharp=1.0)
+    p_table = filter_probs(raw_p, top_k=5, top_p=0.8)
+    q_table = filter_probs(_random_dist(gen, n_pos + block, vocab, sharp=1.0), top_k=5, top_p=0.8)
+    assert (p_table == 0).any(dim=-1).all()  # the filters do cut tokens at every position
+    counts = torch.zeros(n_pos, vocab)
+    for _ in range(samples):
+        seq = _simulate(p_table, q_table, block, n_pos, gen)
+        counts[torch.arange(n_pos), torch.tensor(seq)] += 1
+    assert min(chi2_gof_pvalue(counts[i], p_table[i]) for i in range(n_pos)) > 1e-3
+    assert max(chi2_gof_pvalue(counts[i], raw_p[i]) for i in range(n_pos)) < 1e-6
