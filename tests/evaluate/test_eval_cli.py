@@ -82,6 +82,79 @@ def test_cli_end_to_end(checkpoint_dirs, tmp_path, capsys):
     assert [r["output_ids"] for r in again["per_prompt"]] == [r["output_ids"] for r in data["per_prompt"]]
 
 
+def test_cli_reports_both_tau_conventions_and_applies_top_k_top_p(checkpoint_dirs, tmp_path, capsys):
+    root = checkpoint_dirs
+    out = tmp_path / "out"
+    argv = [
+        "evaluate",
+        "--target",
+        str(root / "target"),
+        "--draft",
+        str(root / "draft"),
+        "--prompts",
+        str(root / "prompts.jsonl"),
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "5",
+        "--top-p",
+        "0.8",
+        "--max-new-tokens",
+        "7",
+        "--num-prompts",
+        "2",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "tau (per verify step, prefill excluded)" in printed
+    assert "tau (SGLang convention: completion_tokens / spec_verify_ct, prefill token included)" in printed
+    overall = json.loads((out / "eval.json").read_text())["overall"]
+    assert overall["top_k"] == 5 and overall["top_p"] == 0.8
+    assert overall["tau_sglang"] == pytest.approx(overall["completion_tokens"] / overall["verify_steps"])
+    assert overall["tau"] == pytest.approx((overall["completion_tokens"] - 2) / overall["verify_steps"])
+    for flag, value, message in (
+        ("--top-k", "0", "top_k=0 is invalid; accepted: -1 (disabled) or an int >= 1"),
+        ("--top-p", "0", "top_p=0.0 is invalid; accepted: a number in (0, 1]"),
+    ):
+        bad = list(argv)
+        bad[bad.index(flag) + 1] = value
+        assert main(bad) == 2 and message in capsys.readouterr().err
+
+
+def test_cli_output_dir_that_cannot_be_written_fails_before_decoding(checkpoint_dirs, tmp_path, capsys):
+    root = checkpoint_dirs
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = blocker / "out"  # cannot be created, even by root
+    argv = [
+        "evaluate",
+        "--target",
+        str(root / "target"),
+        "--draft",
+        str(root / "draft"),
+        "--prompts",
+        str(root / "prompts.jsonl"),
+        "--max-new-tokens",
+        "5",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+    ]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert f"--output-dir {str(out)!r} is not a writable directory" in captured.err
+    assert "accepted-length histogram" not in captured.out  # nothing was decoded
+    # checked before any model is loaded: a missing target is not even looked at
+    argv[argv.index("--target") + 1] = str(tmp_path / "no-such-target")
+    assert main(argv) == 2 and "--output-dir" in capsys.readouterr().err
+    # an empty value is refused, not treated as "no output"
+    argv[argv.index("--output-dir") + 1] = ""
+    assert main(argv) == 2 and "--output-dir '' is invalid" in capsys.readouterr().err
+
+
 def test_cli_block_size_and_stop_tokens(checkpoint_dirs, tmp_path):
     root = checkpoint_dirs
     out = tmp_path / "out"
@@ -140,6 +213,8 @@ def test_cli_help_explains_every_flag():
         "--prompts",
         "--temperature",
         "--max-new-tokens",
+        "--top-k",
+        "--top-p",
         "--block-size",
         "--stop-token-id",
         "--num-prompts",
