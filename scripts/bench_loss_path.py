@@ -41,7 +41,7 @@ import types
 from typing import Any, Callable, Optional
 
 SECTIONS = ("overhead", "real", "step", "fused", "fused-step")
-from specforge_dpace.losses import BUILTIN_NAMES as OBJECTIVES  # noqa: E402  (every built-in objective)
+from specforge_dpace.losses import HARD_NAMES as OBJECTIVES  # noqa: E402  (every built-in objective)
 
 COMPOSITE = "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"
 

@@ -20,7 +20,19 @@ from ._registry import (
     loss_info,
     register_loss,
 )
+from ._soft import (
+    KLLoss,
+    LKLambdaLoss,
+    SoftObjective,
+    SoftSlots,
+    TVLoss,
+    pick_soft,
+    soft_acceptance_terms,
+    soft_slot_stats,
+    stat_grads,
+)
 from ._spec import GRAMMAR, SpecError, Term, format_spec, parse_spec
+from ._twin import LKAlphaLoss, SoftTwin
 from ._weighted import (
     DFlashLoss,
     DPaceContinuationValueLoss,
@@ -30,7 +42,8 @@ from ._weighted import (
     dpace_weights,
 )
 
-BUILTIN_NAMES = (
+#: Hard objectives: functions of the per-slot cross-entropy against the data token.
+HARD_NAMES = (
     "dflash",
     "dpace",
     "dpace-cumulative-confidence-only",
@@ -39,11 +52,28 @@ BUILTIN_NAMES = (
     "chain",
     "auf",
 )
+#: Soft-label objectives: read the target's distribution p at every slot. Every hard objective
+#: also has a soft twin, spelled ``soft-<name>``.
+SOFT_NAMES = ("lk-alpha", "lk-lambda", "tv", "kl")
+BUILTIN_NAMES = HARD_NAMES + SOFT_NAMES
 
 __all__ = [
     "BUILTIN_NAMES",
     "ENTRY_POINT_GROUP",
     "GRAMMAR",
+    "HARD_NAMES",
+    "SOFT_NAMES",
+    "KLLoss",
+    "LKAlphaLoss",
+    "LKLambdaLoss",
+    "SoftObjective",
+    "SoftSlots",
+    "SoftTwin",
+    "TVLoss",
+    "pick_soft",
+    "soft_acceptance_terms",
+    "soft_slot_stats",
+    "stat_grads",
     "AcceptUntilFailLoss",
     "BlockObjective",
     "ChainLoss",

@@ -37,6 +37,7 @@ class Option:
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     help: str = ""
+    exclusive_minimum: bool = False  # the minimum itself is refused (e.g. a temperature > 0)
 
     def describe(self) -> str:
         kinds = "/".join(t.__name__ for t in self.types) + ("/None" if self.nullable else "")
@@ -44,7 +45,7 @@ class Option:
         if self.minimum is not None or self.maximum is not None:
             lo = "-inf" if self.minimum is None else f"{self.minimum:g}"
             hi = "inf" if self.maximum is None else f"{self.maximum:g}"
-            rng = f" in [{lo}, {hi}]"
+            rng = f" in {'(' if self.exclusive_minimum else '['}{lo}, {hi}]"
         return f"{kinds}{rng}, default {self.default!r}"
 
     def coerce(self, objective: str, key: str, value: Any) -> Any:
@@ -68,9 +69,10 @@ class Option:
         if isinstance(value, float) and not math.isfinite(value):
             raise OptionError(f"{objective}: option {key}={value!r} is not a finite number; expected {self.describe()}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if (self.minimum is not None and value < self.minimum) or (
-                self.maximum is not None and value > self.maximum
-            ):
+            below = self.minimum is not None and (
+                value <= self.minimum if self.exclusive_minimum else value < self.minimum
+            )
+            if below or (self.maximum is not None and value > self.maximum):
                 raise OptionError(f"{objective}: option {key}={value!r} is out of range; expected {self.describe()}")
         return value
 
@@ -153,6 +155,9 @@ class BlockObjective:
     name: ClassVar[str] = ""
     options: ClassVar[Mapping[str, Option]] = {}
     needs_correct: ClassVar[bool] = False
+    #: True for objectives that read the target's distribution p (soft-label objectives): they
+    #: get ``soft`` statistics (see :mod:`._soft`) at each temperature in ``soft_temperatures``.
+    needs_target: ClassVar[bool] = False
     normalization: ClassVar[str] = "sum"
     description: ClassVar[str] = ""
 
@@ -176,6 +181,11 @@ class BlockObjective:
     def term_names(self) -> list[str]:
         return [self.spec()]
 
+    @property
+    def soft_temperatures(self) -> tuple[float, ...]:
+        """Temperatures at which this objective needs the soft statistics of p and q (none if hard)."""
+        return (self.temperature,) if self.needs_target else ()
+
     def spec(self) -> str:
         """Canonical spec string that rebuilds this objective (used for configs and resume checks)."""
         changed = {k: v for k, v in self.settings.items() if v != self.options[k].default}
@@ -185,17 +195,23 @@ class BlockObjective:
         return f"{self.name}({args})"
 
     def chunk_terms(
-        self, neg_log_q: Tensor, weight_mask: Tensor, correct: Optional[Tensor] = None
+        self, neg_log_q: Tensor, weight_mask: Tensor, correct: Optional[Tensor] = None, soft: Any = None
     ) -> tuple[Tensor, Tensor]:
-        """Additive ``(numerator[1], denominator[1])`` of one chunk of blocks."""
+        """Additive ``(numerator[1], denominator[1])`` of one chunk of blocks (``soft`` is unused by
+        hard objectives; soft-label ones override this)."""
         check_block_tensors(self.name, neg_log_q, weight_mask, correct, self.needs_correct)
         num, den = self._terms(compute_dtype(neg_log_q), weight_mask, correct)
         if den.dtype != num.dtype:
             den = den.to(num.dtype)
         return num.reshape(1), den.detach().reshape(1)
 
-    def slot_grad(self, neg_log_q: Tensor, weight_mask: Tensor, correct: Optional[Tensor] = None) -> Tensor:
-        """Analytic d(numerator)/d(neg_log_q), shape ``[1, B, N, K]``, detached."""
+    def slot_grad(
+        self, neg_log_q: Tensor, weight_mask: Tensor, correct: Optional[Tensor] = None, soft: Any = None
+    ) -> Tensor:
+        """Analytic d(numerator)/d(neg_log_q), shape ``[1, B, N, K]``, detached.
+
+        Soft-label objectives return a mapping instead: per-slot statistic -> coefficients (see
+        :func:`specforge_dpace.losses._soft.stat_grads`)."""
         check_block_tensors(self.name, neg_log_q, weight_mask, correct, self.needs_correct)
         with torch.no_grad():
             return self._slot_grad(compute_dtype(neg_log_q.detach()), weight_mask, correct).unsqueeze(0)

@@ -21,6 +21,7 @@ from ._spec import GRAMMAR, Term, parse_spec
 ENTRY_POINT_GROUP = "specforge_dpace.losses"
 DISTRIBUTION = "specforge-dpace"
 BUILTIN_SOURCE = "built-in"
+TWIN_PREFIX = "soft-"
 
 Objective = Union[BlockObjective, CompositeObjective]
 
@@ -33,11 +34,15 @@ class LossInfo:
     source: str
     description: str = ""
     needs_correct: bool = False
+    needs_target: bool = False  # reads the target distribution p (needs the target's last hidden state)
+    twin_of: Optional[str] = None  # ``soft-<name>``: the hard objective it lifts
 
 
 def _builtin_factories() -> dict[str, Callable[..., BlockObjective]]:
     """Used only when the package runs from a source tree without installed metadata."""
     from ._prefix import AcceptUntilFailLoss, ChainLoss, FirstErrorFocalLoss
+    from ._soft import KLLoss, LKLambdaLoss, TVLoss
+    from ._twin import LKAlphaLoss
     from ._weighted import (
         DFlashLoss,
         DPaceContinuationValueLoss,
@@ -53,6 +58,10 @@ def _builtin_factories() -> dict[str, Callable[..., BlockObjective]]:
         FirstErrorFocalLoss,
         ChainLoss,
         AcceptUntilFailLoss,
+        LKAlphaLoss,
+        LKLambdaLoss,
+        TVLoss,
+        KLLoss,
     ]
     return {cls.name: cls for cls in classes}
 
@@ -99,6 +108,11 @@ class LossRegistry:
             )
         if not callable(factory):
             raise TypeError(f"objective factory for {name!r} must be callable, got {type(factory).__name__}")
+        if name.startswith(TWIN_PREFIX):
+            raise ValueError(
+                f"invalid objective name {name!r}: the prefix {TWIN_PREFIX!r} spells the soft twin of a registered "
+                "objective (register the hard objective and its twin comes with it)"
+            )
         self._ensure_discovered()
         existing = self._entries.get(name)
         if existing is not None and not replace:
@@ -112,6 +126,7 @@ class LossRegistry:
             source=source,
             description=description if description is not None else getattr(factory, "description", "") or "",
             needs_correct=bool(getattr(factory, "needs_correct", False)),
+            needs_target=bool(getattr(factory, "needs_target", False)),
         )
         self._entries[name] = info
         return info
@@ -163,12 +178,19 @@ class LossRegistry:
                 source,
                 getattr(factory, "description", "") or "",
                 bool(getattr(factory, "needs_correct", False)),
+                bool(getattr(factory, "needs_target", False)),
             )
         if not own_found:  # running from a source tree without installed metadata
             for name, factory in _builtin_factories().items():
                 if name not in self._entries:
                     self._entries[name] = LossInfo(
-                        name, factory, _options_of(factory), BUILTIN_SOURCE, factory.description, factory.needs_correct
+                        name,
+                        factory,
+                        _options_of(factory),
+                        BUILTIN_SOURCE,
+                        factory.description,
+                        factory.needs_correct,
+                        factory.needs_target,
                     )
 
     # --- lookup -------------------------------------------------------------------------
@@ -178,17 +200,49 @@ class LossRegistry:
 
     def info(self, name: str) -> LossInfo:
         self._ensure_discovered()
-        try:
-            return self._entries[name]
-        except KeyError:
+        found = self._entries.get(name)
+        if found is not None:
+            return found
+        if isinstance(name, str) and name.startswith(TWIN_PREFIX) and name[len(TWIN_PREFIX) :] in self._entries:
+            return self._twin_info(name, self._entries[name[len(TWIN_PREFIX) :]])
+        raise ValueError(
+            f"unknown objective {name!r}; registered objectives: {', '.join(self.names())} (every hard "
+            f"objective also has a soft twin '{TWIN_PREFIX}<name>'). Combine them with the spec grammar: {GRAMMAR}"
+        )
+
+    def _twin_info(self, name: str, base: LossInfo) -> LossInfo:
+        from ._soft import TEMPERATURE
+        from ._twin import twin_factory
+
+        if base.needs_target:
             raise ValueError(
-                f"unknown objective {name!r}; registered objectives: {', '.join(self.names())}. "
-                f"Combine them with the spec grammar: {GRAMMAR}"
-            ) from None
+                f"{name!r}: {base.name!r} already reads the target distribution, so it has no soft twin; "
+                f"use {base.name!r} (with its temperature option)"
+            )
+        return LossInfo(
+            name=name,
+            factory=twin_factory(base.factory, name),
+            options={**base.options, "temperature": TEMPERATURE},
+            source=f"soft twin of {base.name} ({base.source})",
+            description=f"soft twin of {base.name}: {base.description or base.name}, run on -log alpha",
+            needs_correct=False,
+            needs_target=True,
+            twin_of=base.name,
+        )
+
+    def twin_names(self) -> list[str]:
+        """``soft-<name>`` for every registered hard objective (the twins are not stored, just derived)."""
+        self._ensure_discovered()
+        return [TWIN_PREFIX + name for name, info in sorted(self._entries.items()) if not info.needs_target]
 
     def __contains__(self, name: object) -> bool:
         self._ensure_discovered()
-        return name in self._entries
+        if name in self._entries:
+            return True
+        if isinstance(name, str) and name.startswith(TWIN_PREFIX):
+            base = self._entries.get(name[len(TWIN_PREFIX) :])
+            return base is not None and not base.needs_target
+        return False
 
     def create(self, name: str, **options: Any) -> BlockObjective:
         info = self.info(name)

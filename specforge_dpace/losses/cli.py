@@ -8,8 +8,12 @@ HELP = "list registered objectives, their options and where they come from"
 DESCRIPTION = """List every registered objective (built-in or from a distribution's
 `specforge_dpace.losses` entry point) with its options and defaults.
 
-Objective specs combine them: 'dflash(gamma=10) + 0.3*first-error-focal + 40*chain'.
-With --try, evaluate each objective (or the given specs) on a random DFlash block batch
+Soft-label objectives (lk-alpha, lk-lambda, tv, kl, and the soft twin soft-<name> of every
+hard objective) read the target's distribution p at every slot: in SpecForge they need the
+target's last hidden state in the training data (column "needs target hidden").
+
+Objective specs combine them: 'dflash(gamma=10) + 0.3*first-error-focal + 40*chain',
+'dpace + 0.5*lk-lambda'. With --try, evaluate each objective (or the given specs) on a random DFlash block batch
 and print value, gradient norm and time:
 
   specforge-dpace losses --try
@@ -36,6 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="B of the random batch (default 4)")
     parser.add_argument("--blocks", type=int, default=64, help="N, blocks per sequence (default 64)")
     parser.add_argument("--block-size", type=int, default=16, help="K, slots per block (default 16)")
+    parser.add_argument("--vocab", type=int, default=32, help="V of the random draft and target logits (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print the listing as JSON")
 
@@ -52,6 +57,8 @@ def _listing_rows():
                 "objective": name,
                 "options (defaults)": options,
                 "needs argmax": info.needs_correct,
+                "needs target hidden": info.needs_target,
+                "soft twin": "-" if info.needs_target else f"soft-{name}",
                 "source": info.source,
                 "description": info.description,
             }
@@ -59,26 +66,34 @@ def _listing_rows():
     return rows
 
 
-def try_objectives(specs, batch_size: int, blocks: int, block_size: int, seed: int) -> list[dict]:
-    """Value, gradient norm and wall time of each spec on one random batch (shared with the quick start)."""
+def try_objectives(specs, batch_size: int, blocks: int, block_size: int, seed: int, vocab: int = 32) -> list[dict]:
+    """Value, gradient norm and wall time of each spec on one random batch of draft and target logits."""
     import time
 
     import torch
+    import torch.nn.functional as F
 
-    from . import build_loss
+    from . import build_loss, soft_slot_stats
 
     gen = torch.Generator().manual_seed(seed)
     shape = (batch_size, blocks, block_size)
-    logits = torch.randn(*shape, generator=gen) * 2.0
+    draft = torch.randn(*shape, vocab, generator=gen) * 2.0
+    target = draft + torch.randn(*shape, vocab, generator=gen)  # a target the drafter half agrees with
+    labels = torch.distributions.Categorical(logits=target).sample()
     mask = (torch.rand(*shape, generator=gen) > 0.1).float()
     mask[..., 0] = 0.0
-    correct = torch.rand(*shape, generator=gen) < torch.sigmoid(logits)
     rows = []
     for spec in specs:
         objective = build_loss(spec)
-        neg_log_q = torch.nn.functional.softplus(-logits).clone().requires_grad_(True)
+        logits = draft.clone().requires_grad_(True)
         start = time.perf_counter()
-        num, den = objective.chunk_terms(neg_log_q, mask, correct)
+        neg_log_q = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), reduction="none").view(shape)
+        correct = logits.detach().argmax(dim=-1) == labels
+        soft = {t: soft_slot_stats(logits, t, target_logits=target) for t in objective.soft_temperatures}
+        if soft:
+            num, den = objective.chunk_terms(neg_log_q, mask, correct, soft=soft)
+        else:
+            num, den = objective.chunk_terms(neg_log_q, mask, correct)
         value = objective.reduce(num, den, batch_size)
         value.loss.backward()
         elapsed = time.perf_counter() - start
@@ -86,7 +101,7 @@ def try_objectives(specs, batch_size: int, blocks: int, block_size: int, seed: i
             {
                 "objective": objective.spec(),
                 "loss": float(value.loss.detach()),
-                "grad norm": float(neg_log_q.grad.norm()),
+                "grad norm": float(logits.grad.norm()),
                 "reported num": float(value.numerator.detach()),
                 "reported den": float(value.denominator.detach()),
                 "ms": elapsed * 1e3,
@@ -103,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         ("--batch-size", args.batch_size),
         ("--blocks", args.blocks),
         ("--block-size", args.block_size),
+        ("--vocab", args.vocab),
     ):
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")
@@ -115,10 +131,18 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
         else:
             print(format_table(rows, title=f"{len(rows)} registered objectives"))
+            print(
+                "every hard objective has a soft twin 'soft-<name>': the objective run on -log alpha "
+                "(alpha = sum_x min(p, q)) instead of the cross-entropy; options: its own plus temperature"
+            )
     if args.try_specs is not None or asked:
-        specs = asked or available_losses() + ["dflash(gamma=10) + 0.3*first-error-focal + 40*chain"]
-        shape = f"B={args.batch_size}, N={args.blocks}, K={args.block_size}"
-        table = try_objectives(specs, args.batch_size, args.blocks, args.block_size, args.seed)
+        specs = asked or available_losses() + [
+            "soft-dpace",
+            "dflash(gamma=10) + 0.3*first-error-focal + 40*chain",
+            "dpace + 0.5*lk-lambda",
+        ]
+        shape = f"B={args.batch_size}, N={args.blocks}, K={args.block_size}, V={args.vocab}"
+        table = try_objectives(specs, args.batch_size, args.blocks, args.block_size, args.seed, args.vocab)
         if not asked:
             print()
         print(format_table(table, title=f"objectives on a random batch ({shape}, seed {args.seed})"))

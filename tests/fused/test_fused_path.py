@@ -16,7 +16,7 @@ from specforge_dpace.fused import (
     fused_objective_terms,
     supports_fused,
 )
-from specforge_dpace.losses import BUILTIN_NAMES, BlockObjective, acceptance_terms, build_loss
+from specforge_dpace.losses import HARD_NAMES, BlockObjective, acceptance_terms, build_loss
 
 COMPOSITES = (
     "dflash(gamma=7)",
@@ -24,7 +24,7 @@ COMPOSITES = (
     "dpace(alpha=0.3) + 0.3*first-error-focal",
     "auf + 2*dpace-continuation-value-only(alpha=0.1) + chain",
 )
-SPECS = BUILTIN_NAMES + COMPOSITES
+SPECS = HARD_NAMES + COMPOSITES
 
 
 def plain_reference(objective, hidden, lm_head, target_ids, weight_mask):

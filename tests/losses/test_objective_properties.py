@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from specforge_dpace.losses import (
-    BUILTIN_NAMES,
+    HARD_NAMES,
     CompositeObjective,
     acceptance_terms,
     block_loss,
@@ -15,7 +15,7 @@ from specforge_dpace.losses import (
 )
 
 THREE_INTERVENTIONS = "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"
-SPECS = [*BUILTIN_NAMES, "dflash(gamma=7)", THREE_INTERVENTIONS, "dpace(alpha=0.3) + 0.3*first-error-focal"]
+SPECS = [*HARD_NAMES, "dflash(gamma=7)", THREE_INTERVENTIONS, "dpace(alpha=0.3) + 0.3*first-error-focal"]
 
 
 def case(B=3, N=10, K=16, seed=0, dtype=torch.float64):
@@ -189,7 +189,7 @@ def test_masked_slot_in_the_middle_is_a_noop_for_acceptance():
     assert (tau_num / tau_den).item() == 3.0  # both valid slots accepted; the masked one is skipped
 
 
-@pytest.mark.parametrize("spec", [*BUILTIN_NAMES, "dflash(gamma=7)"])
+@pytest.mark.parametrize("spec", [*HARD_NAMES, "dflash(gamma=7)"])
 def test_specforge_cross_microbatch_normalization_is_exact_for_single_terms(spec):
     """SpecForge back-propagates each micro-batch's numerator and divides by the summed denominators
     (accumulation steps and ranks): for one objective that equals the loss of the union batch."""

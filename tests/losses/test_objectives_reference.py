@@ -12,7 +12,7 @@ import zlib
 import pytest
 import torch
 
-from specforge_dpace.losses import BUILTIN_NAMES, block_loss, build_loss
+from specforge_dpace.losses import HARD_NAMES, block_loss, build_loss
 
 # ---------------------------------------------------------------------------------------------
 # slow references: l, m, c are nested lists [B][N][K]; return the loss as a python float.
@@ -221,14 +221,14 @@ def test_slot_grad_equals_autograd_of_numerator(spec):
 
 def test_every_builtin_has_a_reference():
     covered = {spec.split("(")[0] for spec in REFERENCES}
-    assert covered == set(BUILTIN_NAMES)
+    assert covered == set(HARD_NAMES)
 
 
 def test_fully_masked_batch_gives_zero_loss_not_nan():
     nlq = torch.rand(2, 3, 8, requires_grad=True)
     mask = torch.zeros(2, 3, 8)
     correct = torch.zeros(2, 3, 8, dtype=torch.bool)
-    for spec in BUILTIN_NAMES:
+    for spec in HARD_NAMES:
         value = block_loss(spec, nlq, mask, batch_size=2, correct=correct)
         assert value.item() == 0.0, spec
         value.backward()

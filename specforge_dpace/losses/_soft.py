@@ -1,0 +1,324 @@
+"""Soft-label statistics and objectives: the drafter's q against the target's p at every slot.
+
+At temperature T > 0 a drafted token x is accepted with probability min(1, p(x)/q(x)), so a
+slot's acceptance rate is ``alpha = sum_x min(p_x, q_x)`` (DESIGN.md section 3.1). Per slot,
+with q = softmax(z / T) and p = softmax(z_p / T):
+
+* ``log_alpha`` = log sum_x min(p_x, q_x), formed in log space as a logsumexp of
+  ``min(log p, log q)`` -- finite however small alpha gets (no clamp needed, none applied), and
+  with p = onehot(label) it is exactly ``log_softmax(z)[label]``, so every soft twin equals its
+  hard objective bit for bit at T = 1;
+* ``kl`` = KL(p || q) = sum_x p_x (log p_x - log q_x) (same gradient as the soft cross-entropy);
+* TV = 1 - alpha.
+
+The minimum sends ties q = p to the q side: d alpha / dz = q * (u - s) / T with u = 1[q <= p],
+s = sum_x q_x u_x. Gradients of the fused path use the same convention (:func:`stat_directions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from ._base import BlockObjective, LossValue, Option, Tensor, check_block_tensors, mask_as
+from ._weighted import decay_weights
+
+#: Statistic keys of soft-label gradients (``slot_grad`` of soft objectives returns a mapping).
+NLQ = "nlq"  # hard cross-entropy at T = 1 (what hard objectives differentiate)
+
+
+def alpha_key(temperature: float) -> tuple[str, float]:
+    return ("alpha", float(temperature))
+
+
+def log_alpha_key(temperature: float) -> tuple[str, float]:
+    return ("log_alpha", float(temperature))
+
+
+def kl_key(temperature: float) -> tuple[str, float]:
+    return ("kl", float(temperature))
+
+
+@dataclass
+class SoftSlots:
+    """Per-slot statistics of q against p at one temperature, ``[B, N, K]`` each (fp32 or fp64)."""
+
+    temperature: float
+    log_alpha: Tensor  # log acceptance rate; carries grad
+    kl: Tensor  # KL(p || q); carries grad
+    teacher_ids: Tensor  # argmax p (long, detached)
+    draft_ids: Tensor  # argmax q (long, detached; the same at every temperature)
+
+    @property
+    def alpha(self) -> Tensor:
+        return torch.exp(self.log_alpha)
+
+    @property
+    def teacher_correct(self) -> Tensor:
+        """Detached bool: the drafter's argmax is the target's argmax (the soft twins' "correct")."""
+        return self.draft_ids == self.teacher_ids
+
+    def detached(self) -> "SoftSlots":
+        return SoftSlots(self.temperature, self.log_alpha.detach(), self.kl.detach(), self.teacher_ids, self.draft_ids)
+
+
+SoftInput = Union[SoftSlots, Mapping[float, SoftSlots], None]
+
+
+def _log_probs(logits: Tensor, temperature: float) -> Tensor:
+    work = logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+    return torch.log_softmax(work if temperature == 1.0 else work / temperature, dim=-1)
+
+
+def soft_slot_stats(
+    draft_logits: Tensor,
+    temperature: float = 1.0,
+    *,
+    target_logits: Optional[Tensor] = None,
+    target_log_probs: Optional[Tensor] = None,
+) -> SoftSlots:
+    """Soft statistics of one chunk: ``draft_logits [..., V]`` (carries grad) against the target.
+
+    The target comes as logits (``p = softmax(target_logits / T)``) or as log-probabilities that
+    already are at this temperature (e.g. ``log(onehot)`` in tests); it never carries grad.
+    Low-precision logits are upcast to fp32 first.
+    """
+    if (target_logits is None) == (target_log_probs is None):
+        raise ValueError("soft_slot_stats: pass exactly one of target_logits and target_log_probs")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"soft_slot_stats: temperature must be > 0, got {temperature!r}")
+    target = target_logits if target_logits is not None else target_log_probs
+    if target.shape != draft_logits.shape:
+        raise ValueError(
+            f"soft_slot_stats: target shape {tuple(target.shape)} does not match draft logits "
+            f"{tuple(draft_logits.shape)} ([..., V] both)"
+        )
+    log_q = _log_probs(draft_logits, float(temperature))
+    with torch.no_grad():
+        if target_logits is not None:
+            log_p = _log_probs(target_logits, float(temperature))
+            teacher_ids = target_logits.argmax(dim=-1)
+        else:
+            log_p = target_log_probs.to(log_q.dtype)
+            teacher_ids = target_log_probs.argmax(dim=-1)
+        p = torch.exp(log_p)
+        draft_ids = draft_logits.detach().argmax(dim=-1)
+    log_min = torch.where(log_q <= log_p, log_q, log_p)  # ties to the q side (u = 1[q <= p])
+    log_alpha = torch.logsumexp(log_min, dim=-1)
+    kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(log_q)).sum(dim=-1)
+    return SoftSlots(float(temperature), log_alpha, kl, teacher_ids, draft_ids)
+
+
+def pick_soft(soft: SoftInput, temperature: float, name: str) -> SoftSlots:
+    """The statistics at ``temperature`` from what the caller passed, or an error that says what is missing."""
+    if soft is None:
+        raise ValueError(
+            f"{name}: this soft-label objective needs the target's distribution p at every slot (soft "
+            f"statistics at temperature {temperature:g}), but none were passed; in SpecForge this means the "
+            "batch has no target_last_hidden_states"
+        )
+    if isinstance(soft, SoftSlots):
+        if soft.temperature != temperature:
+            raise ValueError(
+                f"{name}: needs soft statistics at temperature {temperature:g}, got them at {soft.temperature:g}"
+            )
+        return soft
+    found = soft.get(float(temperature))
+    if found is None:
+        raise ValueError(
+            f"{name}: needs soft statistics at temperature {temperature:g}; the caller computed them at {sorted(soft)}"
+        )
+    return found
+
+
+# --- soft-label objectives -----------------------------------------------------------------
+
+TEMPERATURE = Option(
+    1.0, (float,), minimum=0.0, exclusive_minimum=True, help="temperature of p and q: softmax(logits / T)"
+)
+GAMMA = Option(None, (float,), nullable=True, help="DFlash slot decay exp(-max(k-1,0)/gamma); None or <= 0: uniform")
+
+
+class SoftObjective(BlockObjective):
+    """Base of objectives over the soft statistics: ``_soft_terms`` and ``_soft_grad`` instead of
+    ``_terms`` / ``_slot_grad``. ``neg_log_q`` is still passed (and checked) but not used."""
+
+    needs_target = True
+    options: Mapping[str, Option] = {"gamma": GAMMA, "temperature": TEMPERATURE}
+
+    def chunk_terms(self, neg_log_q, weight_mask, correct=None, soft=None):
+        check_block_tensors(self.name, neg_log_q, weight_mask, correct, False)
+        slots = pick_soft(soft, self.temperature, self.name)
+        num, den = self._soft_terms(slots, weight_mask)
+        if den.dtype != num.dtype:
+            den = den.to(num.dtype)
+        return num.reshape(-1), den.detach().reshape(-1)
+
+    def slot_grad(self, neg_log_q, weight_mask, correct=None, soft=None) -> dict:
+        check_block_tensors(self.name, neg_log_q, weight_mask, correct, False)
+        slots = pick_soft(soft, self.temperature, self.name).detached()
+        with torch.no_grad():
+            grads = self._soft_grad(slots, weight_mask)
+        return {key: value if value.dim() == 4 else value.unsqueeze(0) for key, value in grads.items()}
+
+    # --- helpers for subclasses --------------------------------------------------------
+    def _weights(self, like: Tensor, mask: Tensor) -> Tensor:
+        """``m * exp(-max(k-1,0)/gamma)`` (or ``m``), cached per shape like ``dflash``'s."""
+        weights = mask_as(mask, like)
+        gamma = getattr(self, "gamma", None)
+        if gamma is None or gamma <= 0:
+            return weights
+        key = (like.shape[-1], like.device, like.dtype)
+        cache = self.__dict__.setdefault("_decay_cache", {})
+        decay = cache.get(key)
+        if decay is None:
+            decay = cache[key] = decay_weights(like.shape[-1], gamma, like.device, like.dtype)
+        return weights * decay
+
+    def _soft_terms(self, slots: SoftSlots, mask: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _soft_grad(self, slots: SoftSlots, mask: Tensor) -> dict:
+        raise NotImplementedError
+
+
+def _valid(stat: Tensor, weights: Tensor) -> Tensor:
+    """``stat`` where weighted, 0 elsewhere (masked slots never turn a sum into NaN)."""
+    return torch.where(weights > 0, stat, torch.zeros_like(stat))
+
+
+class KLLoss(SoftObjective):
+    """Soft distillation: KL(p || q) per slot, DFlash decay, weighted mean (the LK paper's baseline)."""
+
+    name = "kl"
+    description = "soft distillation KL(p||q) per slot (same gradient as soft CE); decayed mean over slots"
+
+    def _soft_terms(self, slots, mask):
+        weights = self._weights(slots.kl, mask)
+        return (_valid(slots.kl, weights) * weights).sum(), weights.sum()
+
+    def _soft_grad(self, slots, mask):
+        return {kl_key(self.temperature): self._weights(slots.kl, mask).expand_as(slots.kl).clone()}
+
+
+class TVLoss(SoftObjective):
+    """Total variation 1 - alpha per slot (trains poorly from scratch: a negative control)."""
+
+    name = "tv"
+    description = "total variation 1 - alpha per slot; decayed mean (weak gradient at init: a negative control)"
+
+    def _soft_terms(self, slots, mask):
+        weights = self._weights(slots.log_alpha, mask)
+        return (_valid(1.0 - slots.alpha, weights) * weights).sum(), weights.sum()
+
+    def _soft_grad(self, slots, mask):
+        return {alpha_key(self.temperature): -self._weights(slots.log_alpha, mask).expand_as(slots.log_alpha)}
+
+
+class LKLambdaLoss(SoftObjective):
+    """LK-lambda: ``lambda KL + (1 - lambda) TV`` with ``lambda = exp(-eta * stopgrad(mean alpha))``.
+
+    By default lambda is per slot position, from the micro-batch's mean alpha at that position,
+    formed at reduce time from additive per-position sums (so chunking changes nothing): the
+    numerator holds ``K_k = sum m w KL`` and ``T_k = sum m w TV`` per position, the denominator
+    ``A_k = sum m alpha``, ``C_k = sum m`` and ``W = sum m w``. ``per_token=true`` uses each
+    token's own alpha instead (vLLM speculators' form). Across ranks and accumulation steps lambda
+    is micro-batch local, as in SpecForge's EAGLE3 LK loss.
+    """
+
+    name = "lk-lambda"
+    description = "LK-lambda: lambda*KL + (1-lambda)*TV, lambda = exp(-eta*mean alpha) per slot position"
+    options = {
+        "eta": Option(3.0, (float,), minimum=0.0, help="lambda = exp(-eta * stopgrad(mean alpha))"),
+        "per_token": Option(False, (bool,), help="lambda from each token's alpha instead of the position mean"),
+        "gamma": GAMMA,
+        "temperature": TEMPERATURE,
+    }
+
+    def _soft_terms(self, slots, mask):
+        weights = self._weights(slots.kl, mask)
+        kl = _valid(slots.kl, weights)
+        alpha = slots.alpha
+        tv = _valid(1.0 - alpha, weights)
+        if self.per_token:
+            lam = torch.exp(-self.eta * alpha.detach())
+            return (weights * (lam * kl + (1.0 - lam) * tv)).sum(), weights.sum()
+        valid = mask_as(mask, slots.kl)
+        per_kl = (weights * kl).sum(dim=(0, 1))
+        per_tv = (weights * tv).sum(dim=(0, 1))
+        alpha_sum = (valid * _valid(alpha.detach(), valid)).sum(dim=(0, 1))
+        count = valid.sum(dim=(0, 1))
+        return torch.cat([per_kl, per_tv]), torch.cat([alpha_sum, count, weights.sum().reshape(1)])
+
+    def lambdas(self, den: Tensor) -> Tensor:
+        """Per-position lambda from summed denominators ``[A_k, C_k, W]`` (1 where nothing is supervised)."""
+        k = (den.shape[0] - 1) // 2
+        alpha_sum, count = den[:k], den[k : 2 * k]
+        mean = alpha_sum / count.clamp_min(1.0)
+        return torch.exp(-self.eta * mean)
+
+    def reduce(self, num, den, batch_size):
+        if self.per_token:
+            return super().reduce(num, den, batch_size)
+        den = den.detach()
+        k = num.shape[0] // 2
+        if den.shape[0] != 2 * k + 1:
+            raise ValueError(f"lk-lambda: expected {2 * k + 1} summed denominators for {k} positions, got {den.shape}")
+        lam = self.lambdas(den)
+        numerator = (lam * num[:k] + (1.0 - lam) * num[k:]).sum()
+        final = den[2 * k].clamp_min(torch.finfo(den.dtype).tiny)
+        return LossValue(numerator / final, numerator, final)
+
+    def _soft_grad(self, slots, mask):
+        weights = self._weights(slots.kl, mask).expand_as(slots.kl)
+        if self.per_token:
+            lam = torch.exp(-self.eta * slots.alpha)
+            return {kl_key(self.temperature): weights * lam, alpha_key(self.temperature): -weights * (1.0 - lam)}
+        k = weights.shape[-1]
+        eye = torch.eye(k, dtype=weights.dtype, device=weights.device).view(k, 1, 1, k)
+        per_position = weights.unsqueeze(0) * eye  # [K, B, N, K]: term j sees slot j only
+        zeros = torch.zeros_like(per_position)
+        return {
+            kl_key(self.temperature): torch.cat([per_position, zeros]),
+            alpha_key(self.temperature): torch.cat([zeros, -per_position]),
+        }
+
+
+# --- helpers shared by the fused path and the hooks ---------------------------------------
+
+
+def stat_grads(objective: Any, neg_log_q: Tensor, weight_mask: Tensor, correct=None, soft: SoftInput = None) -> dict:
+    """``slot_grad`` of any objective as a mapping statistic -> ``[T, B, N, K]`` coefficients."""
+    if getattr(objective, "needs_target", False):
+        grads = objective.slot_grad(neg_log_q, weight_mask, correct, soft=soft)
+    else:
+        grads = objective.slot_grad(neg_log_q, weight_mask, correct)
+    return grads if isinstance(grads, dict) else {NLQ: grads}
+
+
+@torch.no_grad()
+def soft_acceptance_terms(slots: SoftSlots, weight_mask: Tensor, target_ids: Tensor) -> dict:
+    """Additive metric terms of one chunk from the soft statistics (detached):
+
+    * ``soft_tau``: ``1 + sum_k prod_{i<=k} alpha_i`` over supervised slots (the expected accepted
+      length under independent per-slot acceptance at this temperature), averaged over blocks with
+      a supervised slot;
+    * ``alpha_pos``: per slot position, the mean acceptance rate (vector of length K);
+    * ``teacher_agreement``: share of supervised slots where argmax p is the label (1 on
+      greedy-regenerated data: the check that p is aligned with the right position).
+    """
+    valid = weight_mask > 0
+    validf = valid.to(slots.log_alpha.dtype)
+    log_prefix = torch.cumsum(slots.log_alpha.detach() * validf, dim=-1)
+    prefix = torch.exp(log_prefix) * validf
+    blocks = valid.any(dim=-1)
+    block_count = blocks.sum().to(validf.dtype)
+    tau_num = (prefix.sum(dim=-1) + 1.0)[blocks].sum()
+    alpha = torch.where(valid, torch.exp(slots.log_alpha.detach()), torch.zeros_like(validf))
+    return {
+        "soft_tau": (tau_num, block_count),
+        "alpha_pos": (alpha.sum(dim=(0, 1)), validf.sum(dim=(0, 1))),
+        "teacher_agreement": (((slots.teacher_ids == target_ids) & valid).sum().to(validf.dtype), validf.sum()),
+    }
