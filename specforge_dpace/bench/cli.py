@@ -10,14 +10,26 @@ HELP = "benchmark drafters with SGLang (or the offline evaluator): tau three way
 DESCRIPTION = """\
 Serve the target once without speculation (baseline) and once per drafter with SGLang
 (--speculative-algorithm DFLASH), send each dataset's prompts through /generate, and report
-acceptance length tau (mean per request, token-weighted, server average), output tokens/s,
-latency and speed-up over the baseline.  Results go to OUT/requests.jsonl as they arrive (run
-the same command again to resume), then OUT/summary.{json,md,csv} and OUT/tau_speedup.png.
+acceptance length tau, output tokens/s, latency and speed-up over the baseline.  tau comes in two
+labelled conventions: [S] SGLang's completion_tokens / spec_verify_ct, prefill token included
+(tau_mean_per_request, tau_token_weighted), and [P] per verify step, prefill token excluded
+(tau_per_step; tau_server_avg, SGLang's /server_info average, which lags: it folds steps in every
+40 decode iterations).  Results go to OUT/requests.jsonl as they arrive, then
+OUT/summary.{json,md,csv} and OUT/tau_speedup.png.
+
+Resume: run the same command again and only the missing requests are measured.  Every record
+carries the settings it was measured with (target and tokenizer identity, drafter checkpoint
+sha256, dataset file path + sha256, chat template, top-k/top-p/seed/max-new-tokens, runner
+versions, server launch or concurrency); a rerun whose settings differ from those OUT already
+holds is refused before anything is launched, with the list of what changed: use a new --out for
+new settings.  Adding drafters, datasets, temperatures or prompts to an OUT is fine.
 
 The real SGLang path needs a GPU machine with SGLang >= 0.5.11 installed.  On a CPU machine,
 --launcher "python -m specforge_dpace.bench.loopback" runs the whole pipeline against a loopback
 stand-in with a simulated acceptance pattern (SGLANG_SIMULATE_ACC_LEN), and --backend hf measures
-real tau with the offline evaluator.
+real tau with the offline evaluator (it applies --temperature, --top-k, --top-p and --seed, and
+refuses the server-only flags --server-args, --concurrency, --server-url, --launcher, --warmup,
+--health-timeout and --request-timeout).
 
 example:
   specforge-dpace bench --target Qwen/Qwen3-8B-local --drafter dflash=ckpt/a --drafter dpace=ckpt/b \\
@@ -67,15 +79,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="sampling temperature (repeat for several; default 0 = greedy)",
     )
     p.add_argument("--max-new-tokens", type=int, default=256, help="max_new_tokens of every request (default 256)")
-    p.add_argument("--top-p", type=float, default=1.0, help="top_p sent with every request (default 1.0)")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="top_p of every request, in (0, 1] (default 1.0 = off); --backend hf applies it after top-k",
+    )
     p.add_argument(
         "--top-k",
         type=int,
         default=-1,
-        help="top_k sent with every request (default -1 = disabled; never a silent greedy 1)",
+        help="top_k of every request: -1 (off, the default; never a silent greedy 1) or >= 1; "
+        "--backend hf applies it to target and draft, verifying against the filtered target",
     )
-    p.add_argument("--seed", type=int, default=None, help="sampling seed sent with every request (default none)")
-    p.add_argument("--concurrency", type=int, default=1, help="requests in flight per server (default 1)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="sampling seed: sglang sends it as sampling_seed with every request (default none); "
+        "--backend hf seeds prompt i of a dataset with SEED + i (default 0)",
+    )
+    p.add_argument("--concurrency", type=int, default=None, help="sglang: requests in flight per server (default 1)")
     p.add_argument(
         "--chat-template",
         choices=("tokenizer", "raw"),
@@ -89,30 +113,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="Qwen3 thinking mode in the chat template (changes tau drastically; default off)",
     )
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --target)")
-    p.add_argument("--out", required=True, help="output directory (results append here; rerun to resume)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory (results append here; rerun the same command to resume; a rerun with other "
+        "settings than the ones recorded there is refused, naming what changed)",
+    )
     p.add_argument(
         "--backend",
         choices=("sglang", "hf"),
         default="sglang",
         help="'sglang': launch/attach SGLang servers; 'hf': the offline evaluator on this machine",
     )
-    p.add_argument("--server-args", default="", help="extra flags for every SGLang server, one quoted string")
+    p.add_argument("--server-args", default=None, help="sglang: extra flags for every SGLang server, one quoted string")
     p.add_argument(
         "--launcher",
         default=None,
-        help="command that starts a server (default: python -m sglang.launch_server; env "
+        help="sglang: command that starts a server (default: python -m sglang.launch_server; env "
         "SPECFORGE_DPACE_BENCH_LAUNCHER); 'python -m specforge_dpace.bench.loopback' is the CPU stand-in",
     )
     p.add_argument(
         "--server-url",
         action="append",
         metavar="NAME=URL",
-        help="use an already running server for drafter NAME (or 'baseline') instead of launching one",
+        help="sglang: use an already running server for drafter NAME (or 'baseline') instead of launching one",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the no-speculation baseline (no speed-up column)")
-    p.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up requests per server (default 2)")
-    p.add_argument("--health-timeout", type=float, default=900.0, help="seconds to wait for /health (default 900)")
-    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (default 600)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="sglang: unrecorded warm-up requests per server (default 2)"
+    )
+    p.add_argument(
+        "--health-timeout", type=float, default=None, help="sglang: seconds to wait for /health (default 900)"
+    )
+    p.add_argument("--request-timeout", type=float, default=None, help="sglang: seconds per request (default 600)")
     p.add_argument(
         "--time-budget",
         type=float,
@@ -122,19 +155,70 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hf-chunk",
         type=int,
-        default=4,
-        help="--backend hf: prompts per evaluator call (results are saved per chunk; default 4)",
+        default=None,
+        help="--backend hf only: prompts per evaluator call (results are saved per chunk; default 4)",
     )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+
+
+# flags only a server run uses: (attribute, flag, default)
+SERVER_ONLY = (
+    ("server_args", "--server-args", ""),
+    ("concurrency", "--concurrency", 1),
+    ("server_url", "--server-url", None),
+    ("launcher", "--launcher", None),
+    ("warmup", "--warmup", 2),
+    ("health_timeout", "--health-timeout", 900.0),
+    ("request_timeout", "--request-timeout", 600.0),
+)
+HF_ONLY = (("hf_chunk", "--hf-chunk", 4),)
+
+
+def _backend_flags(args: argparse.Namespace) -> None:
+    """Refuse the flags the chosen backend would ignore, then fill in the defaults of the others."""
+    if args.backend == "hf":
+        for attr, flag, _ in SERVER_ONLY:
+            if getattr(args, attr) is not None:
+                raise ValueError(
+                    f"{flag} does not apply to --backend hf (the offline evaluator runs here, one prompt at a "
+                    f"time, with no server to launch, attach to or warm up); drop {flag}, or use --backend sglang"
+                )
+    else:
+        for attr, flag, _ in HF_ONLY:
+            if getattr(args, attr) is not None:
+                raise ValueError(f"{flag} applies to --backend hf only; drop it, or use --backend hf")
+    for attr, _, default in SERVER_ONLY + HF_ONLY:
+        if getattr(args, attr) is None:
+            setattr(args, attr, default)
 
 
 def build_config(args: argparse.Namespace):
     from pathlib import Path
 
-    from specforge_dpace.bench.datasets import TemplateChoice, load_dataset, parse_dataset_arg
+    from specforge_dpace.bench.datasets import TemplateChoice, dataset_identity, load_dataset, parse_dataset_arg
     from specforge_dpace.bench.results import BASELINE
     from specforge_dpace.bench.runner import BenchConfig
 
+    _backend_flags(args)
+    if not (args.top_k == -1 or args.top_k >= 1):
+        raise ValueError(f"--top-k {args.top_k} is invalid; accepted: -1 (off) or an int >= 1")
+    if not 0 < args.top_p <= 1:  # also NaN
+        raise ValueError(f"--top-p {args.top_p} is invalid; accepted: a number in (0, 1] (1 = off)")
+    for t in args.temperature or []:
+        if not t >= 0:  # also NaN
+            raise ValueError(f"--temperature {t} is invalid; accepted: a number >= 0 (0 = greedy)")
+    for value, flag in ((args.warmup, "--warmup"),):
+        if value < 0:
+            raise ValueError(f"{flag} must be >= 0, got {value}")
+    for value, flag in (
+        (args.health_timeout, "--health-timeout"),
+        (args.request_timeout, "--request-timeout"),
+        (args.time_budget, "--time-budget"),
+    ):
+        if not value > 0:
+            raise ValueError(f"{flag} must be > 0 seconds, got {value}")
+    if args.hf_chunk < 1:
+        raise ValueError(f"--hf-chunk must be >= 1, got {args.hf_chunk}")
     drafters = _pairs(args.drafter, "--drafter")
     if BASELINE in drafters:
         raise ValueError(f"--drafter name {BASELINE!r} is reserved for the no-speculation run")
@@ -145,13 +229,15 @@ def build_config(args: argparse.Namespace):
     if unknown:
         raise ValueError(f"--server-url names {unknown} match no --drafter (known: {sorted(drafters)} and 'baseline')")
     prompts = {}
+    identities = {}
     for text in args.dataset or ["smoke"]:
         kind, path = parse_dataset_arg(text)
-        loaded = load_dataset(kind, path, args.num_prompts)
+        loaded = load_dataset(kind, path, args.num_prompts)  # refuses duplicate prompt ids, naming id and file
         label = loaded[0].dataset
         if label in prompts:
             raise ValueError(f"--dataset {label!r} given twice")
         prompts[label] = loaded
+        identities[label] = dataset_identity(kind, path)
     for n, flag in (
         (args.num_prompts, "--num-prompts"),
         (args.concurrency, "--concurrency"),
@@ -185,6 +271,8 @@ def build_config(args: argparse.Namespace):
         seed=args.seed,
         baseline=not args.no_baseline,
         backend=args.backend,
+        datasets=identities,
+        tokenizer=args.tokenizer,
     )
 
 
@@ -193,10 +281,10 @@ def run(args: argparse.Namespace) -> int:
 
     from specforge_dpace import report
     from specforge_dpace.bench.datasets import make_renderer
-    from specforge_dpace.bench.results import TABLE_COLUMNS, ResultStore, versions
-    from specforge_dpace.bench.runner import BenchError, config_summary, run_sglang
+    from specforge_dpace.bench.results import TAU_LEGEND, ResultStore, display_table, versions
+    from specforge_dpace.bench.runner import BenchError, check_resume, config_summary, drafter_hashes, run_sglang
     from specforge_dpace.bench.server import ServerError
-    from specforge_dpace.bench.validate import checkpoint_hash, validate_draft_dir
+    from specforge_dpace.bench.validate import validate_draft_dir
 
     cfg = build_config(args)
     for name, path in cfg.drafters.items():
@@ -207,13 +295,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"specforge-dpace bench: note: drafter {name}: {note}", file=sys.stderr)
         cfg.block_sizes[name] = info.block_size
     render = make_renderer(cfg.template, args.tokenizer or cfg.target)
-    store = ResultStore(cfg.out_dir)
+    store = ResultStore(cfg.out_dir)  # --out writable (or a ValueError); a torn last line dropped
+    # results measured with other settings are refused (a ValueError) before anything is launched or rewritten
+    check_resume(cfg, store)
     provenance = {
         "argv": sys.argv,
         "config": config_summary(cfg),
         "template": cfg.template.describe(),
         "versions": versions(),
-        "drafter_sha256": {n: checkpoint_hash(p) for n, p in cfg.drafters.items()},
+        "drafter_sha256": dict(drafter_hashes(cfg)),
         "servers": {},
     }
     report.write_json(cfg.out_dir / "provenance.json", provenance)
@@ -245,9 +335,9 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     if store.records():
         paths = store.write_reports(provenance, plot=not args.no_plot)
-        rows = store.summary_rows()
-        print(
-            report.format_table(rows, TABLE_COLUMNS, floatfmt=".3f", title=f"bench results ({cfg.template.describe()})")
-        )
+        shown, headers = display_table(store.summary_rows())
+        title = f"bench results ({cfg.template.describe()})"
+        print(report.format_table(shown, headers, floatfmt=".3f", title=title))
+        print(TAU_LEGEND)
         print("written: " + ", ".join(str(p) for p in paths.values()))
     return code

@@ -121,17 +121,50 @@ def load_dataset(
     if path is None:
         raise ValueError(f"dataset {kind!r} needs a local file: --dataset {kind}=PATH (nothing is downloaded)")
     label = label or kind
-    prompts = []
-    for i, record in enumerate(read_records(Path(path))):
-        if limit is not None and len(prompts) >= limit:
-            break
+    records = read_records(Path(path))
+    ids: list[str] = []
+    first_seen: dict[str, int] = {}
+    for i, record in enumerate(records):  # every record, not only the first `limit`: ids key the results
         if not isinstance(record, dict):
             raise ValueError(f"{path}: record {i} is not an object")
         pid = next((str(record[k]) for k in ID_FIELDS if record.get(k) is not None), str(i))
+        if pid in first_seen:
+            raise ValueError(
+                f"dataset file {path}: prompt id {pid!r} appears twice (records #{first_seen[pid]} and #{i}); "
+                f"results are keyed by prompt id, so ids ({', '.join(ID_FIELDS)}, else the record's position) "
+                "must be unique"
+            )
+        first_seen[pid] = i
+        ids.append(pid)
+    prompts = []
+    for i, (record, pid) in enumerate(zip(records, ids)):
+        if limit is not None and len(prompts) >= limit:
+            break
         prompts.append(Prompt(label, pid, FORMATS[kind](record, f"#{i} of {path}")))
     if not prompts:
         raise ValueError(f"dataset {label} ({path}) has no records")
     return prompts
+
+
+def dataset_path(kind: str, path: Optional[str | Path] = None) -> Path:
+    """The local file ``load_dataset(kind, path)`` reads (the bundled file for ``smoke``)."""
+    if kind == "smoke":
+        return Path(path or DATA_DIR / "smoke.jsonl")
+    if path is None:
+        raise ValueError(f"dataset {kind!r} needs a local file: --dataset {kind}=PATH (nothing is downloaded)")
+    return Path(path)
+
+
+def dataset_identity(kind: str, path: Optional[str | Path] = None) -> dict[str, Any]:
+    """What identifies a data set file in the results: kind, absolute path and content sha256."""
+    import hashlib
+
+    file = dataset_path(kind, path).resolve()
+    digest = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return {"kind": kind, "path": str(file), "sha256": digest.hexdigest()}
 
 
 def parse_dataset_arg(text: str) -> tuple[str, Optional[str]]:

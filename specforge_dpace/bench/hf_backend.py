@@ -1,13 +1,19 @@
 """``--backend hf``: the same datasets, records and reports, measured with the offline evaluator
 (HF target + SpecForge DFlash draft on this machine) instead of SGLang servers.
 
-Prompts are evaluated in chunks so each finished chunk is appended to ``requests.jsonl`` and an
-interrupted run resumes. The baseline is the target's plain greedy one-token-per-step decoding
-(``greedy_reference``) timed per prompt (for each temperature key, always greedy).
+The target, its tokenizer and each draft are loaded once; prompts are evaluated in chunks so each
+finished chunk is appended to ``requests.jsonl`` and an interrupted run resumes. Sampling applies
+``--temperature``, ``--top-k`` and ``--top-p`` (speculative sampling verifies against the same
+filtered target distribution, so it stays lossless), and the generator seed of a prompt is
+``--seed`` (0 when not given) plus the prompt's position in its dataset, so a resumed or re-chunked
+run samples each prompt exactly as an uninterrupted one. The baseline is the target's plain
+greedy one-token-per-step decoding (``greedy_reference``) timed per prompt (for each temperature
+key, always greedy: it only times the target).
 
-Records follow SGLang's convention (``completion_tokens`` / verify steps, the prefill token
-included, like ``spec_accept_length``); the third tau column holds the evaluator's own tau
-(prefill token excluded), so the two conventions stay visible side by side.
+Records follow SGLang's ``meta_info`` convention: ``completion_tokens`` counts every generated
+token, the prefill's included, ``verify_ct`` the verify steps, and ``accept_length`` =
+``completion_tokens / verify_ct`` like ``spec_accept_length``; ``accept_length_per_step`` holds
+the evaluator's own tau (prefill token excluded). There is no server, so no server average.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import time
 from typing import Any, Callable, Optional
 
 from specforge_dpace.bench.results import BASELINE, ResultStore
-from specforge_dpace.bench.runner import BenchConfig, make_record, pending_items
+from specforge_dpace.bench.runner import BenchConfig, check_resume, make_record, pending_items
 
 
 def _chunks(items: list, size: int):
@@ -33,6 +39,19 @@ def _progress(total: int, desc: str):
         return None
 
 
+def _tokenizer(cfg: BenchConfig, tokenizer_path: Optional[str]):
+    from transformers import AutoTokenizer
+
+    source = tokenizer_path or cfg.tokenizer or cfg.target
+    try:
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--backend hf encodes prompts with a tokenizer, and none loads from {str(source)!r} ({exc}); "
+            "pass --tokenizer DIR"
+        ) from None
+
+
 def run_hf(
     cfg: BenchConfig,
     store: ResultStore,
@@ -42,19 +61,35 @@ def run_hf(
     chunk: int = 4,
 ) -> int:
     """Evaluate every pending (drafter, dataset, temperature, prompt); returns records written."""
-    from specforge_dpace.evaluate import EvalConfig, evaluate_paths
+    from specforge_dpace.evaluate import EvalConfig, evaluate_drafter
+    from specforge_dpace.evaluate._checkpoint import load_draft, load_target, read_draft_config, validate_pair
 
     if chunk < 1:
         raise ValueError(f"--hf-chunk must be >= 1, got {chunk}")
+    if tokenizer_path and not cfg.tokenizer:
+        cfg.tokenizer = tokenizer_path
+    check_resume(cfg, store)
+    work = [(name, draft, pending_items(cfg, store, name, render)) for name, draft in cfg.servers()]
+    if not any(items for _, _, items in work):
+        return 0
+    position = {(ds, p.prompt_id): i for ds, prompts in cfg.prompts.items() for i, p in enumerate(prompts)}
+    base_seed = 0 if cfg.seed is None else int(cfg.seed)
     recorded = 0
     deadline = time.monotonic() + cfg.time_budget_s
-    for name, draft in cfg.servers():
-        items = pending_items(cfg, store, name, render)
+    target = load_target(cfg.target)
+    tok = _tokenizer(cfg, tokenizer_path)
+
+    def encode(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    for name, draft_path, items in work:
         if not items:
             continue
-        if draft is None:
-            recorded += _run_baseline(cfg, store, items, tokenizer_path, deadline)
+        if draft_path is None:
+            recorded += _run_baseline(cfg, store, items, target, encode, deadline)
             continue
+        validate_pair(target.config, read_draft_config(draft_path))
+        draft = load_draft(draft_path, target.config, dtype=next(target.parameters()).dtype)
         groups: dict[tuple, list] = {}
         for it in items:
             groups.setdefault((it.dataset, it.temperature), []).append(it)
@@ -63,32 +98,23 @@ def run_hf(
             for part in _chunks(group, chunk):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"time budget of {cfg.time_budget_s:.0f}s reached; run again to resume")
-                result = evaluate_paths(
-                    cfg.target,
+                result = evaluate_drafter(
+                    target,
                     draft,
-                    [{"prompt": it.text} for it in part],
+                    [encode(it.text) for it in part],
                     EvalConfig(
                         temperature=temperature,
                         max_new_tokens=cfg.max_new_tokens,
-                        seed=cfg.seed or 0,
+                        top_k=cfg.top_k,
+                        top_p=cfg.top_p,
+                        prompt_seeds=[base_seed + position[(it.dataset, it.prompt.prompt_id)] for it in part],
                         show_progress=False,
                     ),
-                    tokenizer_path=tokenizer_path,
                 )
+                block = int(result.overall["block_size"])
                 for it, rec in zip(part, result.per_prompt):
-                    store.add(_record(cfg, name, it, rec))
+                    store.add(_record(cfg, name, it, rec, block))
                     recorded += 1
-                store.add_server_stat(
-                    {
-                        "backend": cfg.backend,
-                        "drafter": name,
-                        "dataset": dataset,
-                        "temperature": temperature,
-                        "avg": result.overall.get("tau"),
-                        "requests": len(part),
-                        "verify_steps": result.overall.get("verify_steps"),
-                    }
-                )
                 if bar is not None:
                     bar.update(len(part))
             if bar is not None:
@@ -96,41 +122,41 @@ def run_hf(
     return recorded
 
 
-def _record(cfg: BenchConfig, name: str, item, rec: dict[str, Any]) -> dict:
+def _record(cfg: BenchConfig, name: str, item, rec: dict[str, Any], block_size: int) -> dict:
     wall = rec.get("wall_s")
     if wall is None:
         wall = sum(float(rec.get(k) or 0.0) for k in ("prefill_s", "draft_s", "verify_s"))
+    steps = int(rec["verify_steps"])
+    tokens = int(rec["completion_tokens"])
+    hist = rec.get("accept_hist")
     return make_record(
         cfg,
         name,
         item,
-        completion_tokens=int(rec["completion_tokens"]),
-        verify_ct=int(rec["verify_steps"]),
-        accept_length=rec.get("tau"),
-        num_correct_drafts=None,
-        num_proposed_drafts=None,
-        histogram=rec.get("accept_hist"),
+        completion_tokens=tokens,
+        verify_ct=steps,
+        accept_length=tokens / steps if steps else None,  # SGLang's spec_accept_length convention
+        accept_length_per_step=rec.get("tau"),  # the evaluator's tau: prefill token excluded
+        num_correct_drafts=sum(a * n for a, n in enumerate(hist)) if hist else None,
+        num_proposed_drafts=steps * (block_size - 1),
+        histogram=hist,
+        seed=rec.get("seed"),
         latency_s=wall,
     )
 
 
-def _run_baseline(
-    cfg: BenchConfig, store: ResultStore, items: list, tokenizer_path: Optional[str], deadline: float
-) -> int:
+def _run_baseline(cfg: BenchConfig, store: ResultStore, items: list, target, encode, deadline: float) -> int:
     import torch
-    from transformers import AutoTokenizer
 
-    from specforge_dpace.evaluate import greedy_reference, load_target
+    from specforge_dpace.evaluate import greedy_reference
 
-    target = load_target(cfg.target)
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_path or cfg.target), local_files_only=True)
     bar = _progress(len(items), "hf baseline")
     n = 0
     with torch.inference_mode():
         for it in items:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"time budget of {cfg.time_budget_s:.0f}s reached; run again to resume")
-            ids = tok(it.text, add_special_tokens=False)["input_ids"]
+            ids = encode(it.text)
             start = time.perf_counter()
             out = greedy_reference(target, ids, cfg.max_new_tokens)
             store.add(

@@ -1,12 +1,23 @@
 """Acceptance and speed metrics over per-request records.
 
-Three tau definitions, always reported side by side and named (DESIGN.md section 5):
+Four tau columns in two conventions, always reported side by side and named (DESIGN.md section 5;
+the SGLang source facts behind them are in docs/bench.md):
 
-* ``tau_mean_per_request``: mean over requests of ``completion_tokens / verify_ct`` (SGLang's
-  per-request ``spec_accept_length``); every request counts equally.
-* ``tau_token_weighted``: ``sum completion_tokens / sum verify_ct``; long answers count more.
-* ``tau_server_avg``: ``/server_info`` ``internal_states[0].avg_spec_accept_length`` read after
-  each measured group (the cache, and with it this average, is flushed before the group).
+* SGLang's convention, prefill token included (SGLang's ``completion_tokens`` counts the token
+  the prefill produces, its ``spec_verify_ct`` counts decode verify steps only):
+
+  * ``tau_mean_per_request``: mean over requests of ``completion_tokens / verify_ct`` (SGLang's
+    per-request ``spec_accept_length``); every request counts equally.
+  * ``tau_token_weighted``: ``sum completion_tokens / sum verify_ct``; long answers count more.
+
+* Per verify step, prefill token excluded:
+
+  * ``tau_per_step``: ``sum (completion_tokens - 1) / sum verify_ct``; the offline evaluator's
+    ``tau``, for either backend.
+  * ``tau_server_avg``: ``/server_info`` ``internal_states[0].avg_spec_accept_length`` read after
+    each measured group (the cache, and with it this average, is flushed before the group). SGLang
+    counts it per verify step before ``max_new_tokens`` truncation and folds steps into it only
+    every 40th decode iteration, so it lags (docs/bench.md).
 """
 
 from __future__ import annotations
@@ -61,11 +72,12 @@ def summarize_group(records: Sequence[dict], server_avgs: Sequence[dict] = ()) -
     if spec:
         out["tau_mean_per_request"] = statistics.fmean(r["completion_tokens"] / r["verify_ct"] for r in spec)
         out["tau_token_weighted"] = sum(r["completion_tokens"] for r in spec) / sum(r["verify_ct"] for r in spec)
+        out["tau_per_step"] = sum(max(0, r["completion_tokens"] - 1) for r in spec) / sum(r["verify_ct"] for r in spec)
         out["verify_steps"] = sum(r["verify_ct"] for r in spec)
         acc = per_position_acceptance(r.get("histogram") for r in spec)
         out["per_position_acceptance"] = acc
     else:
-        out["tau_mean_per_request"] = out["tau_token_weighted"] = None
+        out["tau_mean_per_request"] = out["tau_token_weighted"] = out["tau_per_step"] = None
         out["per_position_acceptance"] = None
     # one segment per measured group or resumed part of it: weight each by its verify steps (the
     # server average is itself step-weighted), or by its requests for records without them

@@ -1,23 +1,29 @@
 """Result files of one benchmark output directory.
 
 ``requests.jsonl`` gets one line per finished request as it arrives (flushed and fsynced), so an
-interrupted run resumes by skipping every key already there. ``server_stats.jsonl`` keeps the
-server-average tau of each measured segment. The summary (JSON with provenance, Markdown, CSV,
-PNG) is rebuilt from those files at the end of every run.
+interrupted run resumes by skipping every key already there; the key includes ``setting_id``, the
+digest of everything the result was measured with (``provenance``). ``server_stats.jsonl`` keeps
+the server-average tau of each measured segment. A last line without its newline (a run killed
+mid-write) is completed when it is a whole record and dropped with a warning naming the file and
+line when it is torn, so the next record starts on a line of its own. The summary (JSON with
+provenance, Markdown, CSV, PNG) is rebuilt from those files at the end of every run.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from specforge_dpace import report
 from specforge_dpace.bench.metrics import add_speedups, summarize_group
 
 BASELINE = "baseline"
-KEY_FIELDS = ("backend", "drafter", "dataset", "temperature", "max_new_tokens", "template", "prompt_id")
+KEY_FIELDS = ("backend", "drafter", "dataset", "temperature", "prompt_id", "setting_id")
 TABLE_COLUMNS = (
     "backend",
     "dataset",
@@ -26,6 +32,7 @@ TABLE_COLUMNS = (
     "requests",
     "tau_mean_per_request",
     "tau_token_weighted",
+    "tau_per_step",
     "tau_server_avg",
     "output_tokens_per_s",
     "speedup",
@@ -34,17 +41,93 @@ TABLE_COLUMNS = (
 )
 
 
+# The two tau conventions: [S] = SGLang's (completion_tokens / spec_verify_ct, the prefill token
+# included: what SGLang's per-request spec_accept_length is); [P] = per verify step, the prefill
+# token excluded (what the offline evaluator calls tau; SGLang's server average counts this way).
+TAU_DEFINITIONS = {
+    "tau_mean_per_request": "[S] tau (SGLang convention: completion_tokens / spec_verify_ct, prefill token "
+    "included), mean over requests: the mean of SGLang's per-request spec_accept_length",
+    "tau_token_weighted": "[S] tau (SGLang convention: completion_tokens / spec_verify_ct, prefill token "
+    "included), token-weighted: sum completion_tokens / sum spec_verify_ct",
+    "tau_per_step": "[P] tau (per verify step, prefill excluded), token-weighted: sum (completion_tokens - 1) / "
+    "sum spec_verify_ct, the offline evaluator's tau",
+    "tau_server_avg": "[P, lagged] sglang backend only: /server_info internal_states[0].avg_spec_accept_length "
+    "read after each measured group (cache and average flushed before it), step-weighted over groups; per "
+    "verify step, prefill excluded, counted before max_new_tokens truncation, and SGLang folds steps into "
+    "it only every 40th decode iteration (decode_log_interval), so it misses each group's last < 40 "
+    "iterations and is absent for a group of fewer; none for --backend hf (no server)",
+}
+TAU_HEADERS = {
+    "tau_mean_per_request": "tau_mean_per_request[S]",
+    "tau_token_weighted": "tau_token_weighted[S]",
+    "tau_per_step": "tau_per_step[P]",
+    "tau_server_avg": "tau_server_avg[P,lag]",
+}
+TAU_LEGEND = (
+    "[S] = tau (SGLang convention: completion_tokens / spec_verify_ct, prefill token included); "
+    "[P] = tau (per verify step, prefill excluded); "
+    "[P,lag] = SGLang's /server_info average (sglang backend only; lags: folded every 40 decode iterations)"
+)
+
+
+def display_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = TABLE_COLUMNS):
+    """(rows, columns) with each tau column labelled with its convention, for printed tables."""
+    headers = [TAU_HEADERS.get(c, c) for c in columns]
+    return [{TAU_HEADERS.get(c, c): r.get(c) for c in columns} for r in rows], headers
+
+
 def record_key(record: dict) -> tuple:
     return tuple(record.get(k) for k in KEY_FIELDS)
 
 
+def repair_torn_tail(path: Path) -> None:
+    """Make ``path`` end with a newline before anything is appended to it.
+
+    A last line without its newline is a record cut by a crash mid-write: appending would glue
+    the next record onto it and lose both. A last line that still parses as a JSON object only
+    lost its newline and is completed; a torn one is dropped (truncated), with a warning naming
+    the file and the line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        fh.seek(0)
+        data = fh.read()
+        cut = data.rfind(b"\n") + 1
+        tail = data[cut:]
+        line = data.count(b"\n", 0, cut) + 1
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            fh.seek(0, os.SEEK_END)
+            fh.write(b"\n")
+        else:
+            fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if not whole:
+        warnings.warn(
+            f"{path}:{line}: dropped a torn last record (no final newline, not valid JSON: the run was "
+            f"killed while writing it; that request will be measured again): {tail[:80]!r}",
+            stacklevel=3,
+        )
+
+
 class ResultStore:
     def __init__(self, out_dir: str | Path):
+        from specforge_dpace.evaluate.cli import check_writable_dir
+
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(self.out_dir, "--out")
         self.requests_path = self.out_dir / "requests.jsonl"
         self.stats_path = self.out_dir / "server_stats.jsonl"
         self.logs_dir = self.out_dir / "logs"
+        for path in (self.requests_path, self.stats_path):
+            repair_torn_tail(path)
         self._done = {record_key(r) for r in report.read_jsonl(self.requests_path)}
 
     def is_done(self, key: tuple) -> bool:
@@ -59,6 +142,14 @@ class ResultStore:
 
     def records(self) -> list[dict]:
         return report.read_jsonl(self.requests_path)
+
+    def recorded_settings(self) -> dict[str, Any]:
+        """setting_id -> the settings record, for every result set in ``requests.jsonl``."""
+        out: dict[str, Any] = {}
+        for r in self.records():
+            if r.get("setting_id") and r["setting_id"] not in out:
+                out[r["setting_id"]] = r.get("settings")
+        return out
 
     def summary_rows(self) -> list[dict]:
         groups: dict[tuple, list[dict]] = {}
@@ -82,28 +173,26 @@ class ResultStore:
             "json": report.write_json(
                 self.out_dir / "summary.json",
                 {
-                    "tau_definitions": {
-                        "tau_mean_per_request": "mean over requests of completion_tokens / verify steps",
-                        "tau_token_weighted": "sum completion_tokens / sum verify steps",
-                        "tau_server_avg": "server's avg_spec_accept_length after each measured group "
-                        "(cache flushed before it), step-weighted over groups; hf backend: the "
-                        "evaluator's own tau (prefill token excluded)",
-                    },
+                    "tau_definitions": dict(TAU_DEFINITIONS),
                     "speedup": "output tokens/s over the no-speculation baseline on the same dataset and temperature",
                     "provenance": provenance,
+                    "settings": self.recorded_settings(),
                     "results": rows,
                 },
             ),
             "csv": report.write_csv(self.out_dir / "summary.csv", rows, [*TABLE_COLUMNS, "per_position_acceptance"]),
         }
+        shown, headers = display_table(rows)
         md = [
             "# Benchmark results",
             "",
-            f"Chat template: {provenance.get('template', '?')}. tau_mean_per_request = mean of per-request "
-            "completion/verify; tau_token_weighted = sum completion / sum verify; tau_server_avg = server "
-            "average. Speed-up = output tokens/s over the baseline.",
+            f"Chat template: {provenance.get('template', '?')}. Speed-up = output tokens/s over the baseline.",
             "",
-            report.markdown_table(rows, TABLE_COLUMNS, floatfmt=".3f"),
+            report.markdown_table(shown, headers, floatfmt=".3f"),
+            "",
+            "tau columns:",
+            "",
+            *[f"- `{TAU_HEADERS[k]}`: {v}" for k, v in TAU_DEFINITIONS.items()],
         ]
         paths["md"] = report.write_text(self.out_dir / "summary.md", "\n".join(md))
         if plot and rows:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from specforge_dpace.bench import client as client_mod
 from specforge_dpace.bench import fields
+from specforge_dpace.bench import provenance as prov
 from specforge_dpace.bench import server as server_mod
 from specforge_dpace.bench.datasets import Prompt, TemplateChoice
 from specforge_dpace.bench.results import BASELINE, ResultStore, record_key
@@ -47,10 +48,90 @@ class BenchConfig:
     baseline: bool = True
     backend: str = "sglang"
     block_sizes: dict[str, int] = field(default_factory=dict)
+    # dataset label -> datasets.dataset_identity(...) of its file (None / missing: prompts given in memory)
+    datasets: dict[str, dict] = field(default_factory=dict)
+    tokenizer: Optional[str] = None  # tokenizer directory when it is not the target's
+    drafter_hashes: dict[str, str] = field(default_factory=dict)  # filled by drafter_hashes()
+    _settings: dict = field(default_factory=dict, repr=False)
 
     def servers(self) -> list[tuple[str, Optional[str]]]:
         out = [(BASELINE, None)] if self.baseline else []
         return out + list(self.drafters.items())
+
+
+def drafter_hashes(cfg: BenchConfig) -> dict[str, str]:
+    """sha256 of each drafter checkpoint (computed once per run)."""
+    from specforge_dpace.bench.validate import checkpoint_hash
+
+    for name, path in cfg.drafters.items():
+        if name not in cfg.drafter_hashes:
+            cfg.drafter_hashes[name] = checkpoint_hash(path)
+    return cfg.drafter_hashes
+
+
+def run_settings(cfg: BenchConfig) -> dict[str, Any]:
+    """The ``run`` part of every result set's settings (see ``provenance``)."""
+    uses_tokenizer = cfg.backend == "hf" or cfg.template.mode == "tokenizer"
+    run: dict[str, Any] = {
+        "backend": cfg.backend,
+        "target": prov.target_identity(cfg.target),
+        "tokenizer": prov.tokenizer_identity(cfg.tokenizer or cfg.target) if uses_tokenizer else None,
+        "template": cfg.template.describe(),
+        "sampling": {
+            "top_k": cfg.top_k,
+            "top_p": cfg.top_p,
+            "seed": cfg.seed,
+            "max_new_tokens": cfg.max_new_tokens,
+        },
+        "versions": prov.runner_versions(cfg.backend),
+    }
+    if cfg.backend == "sglang":
+        run["concurrency"] = cfg.concurrency
+    return run
+
+
+def _drafter_settings(cfg: BenchConfig, name: str) -> dict[str, Any]:
+    part: dict[str, Any] = {"name": name}
+    if name == BASELINE:
+        part["speculative"] = False
+    else:
+        part.update(
+            speculative=True,
+            checkpoint_sha256=drafter_hashes(cfg)[name],
+            block_size=cfg.block_sizes.get(name),
+        )
+    if cfg.backend == "sglang":
+        if name in cfg.server_urls:
+            part["server"] = {"url": cfg.server_urls[name]}
+        else:
+            part["server"] = {"launcher": server_mod.launcher_command(cfg.launcher), "server_args": cfg.server_args}
+    return part
+
+
+def settings_for(cfg: BenchConfig, drafter: str, dataset: str) -> dict[str, Any]:
+    """The settings record of one result set (backend, drafter, dataset); cached on ``cfg``."""
+    key = (drafter, dataset)
+    if key not in cfg._settings:
+        if "run" not in cfg._settings:
+            cfg._settings["run"] = run_settings(cfg)
+        data = cfg.datasets.get(dataset) or prov.prompts_identity(cfg.prompts[dataset])
+        settings = {"run": cfg._settings["run"], "drafter": _drafter_settings(cfg, drafter), "dataset": data}
+        cfg._settings[key] = (settings, prov.settings_id(settings))
+    return cfg._settings[key][0]
+
+
+def setting_id_for(cfg: BenchConfig, drafter: str, dataset: str) -> str:
+    settings_for(cfg, drafter, dataset)
+    return cfg._settings[(drafter, dataset)][1]
+
+
+def all_settings(cfg: BenchConfig) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(name, ds): settings_for(cfg, name, ds) for name, _ in cfg.servers() for ds in cfg.prompts}
+
+
+def check_resume(cfg: BenchConfig, store: ResultStore) -> None:
+    """Refuse to run (``provenance.ResumeMismatch``) when ``store`` holds results of other settings."""
+    prov.check_resume(store.records(), all_settings(cfg), str(store.requests_path))
 
 
 @dataclass(frozen=True)
@@ -62,6 +143,7 @@ class WorkItem:
 
 
 def make_record(cfg: BenchConfig, drafter: str, item: WorkItem, **values: Any) -> dict:
+    settings = settings_for(cfg, drafter, item.dataset)
     return {
         "backend": cfg.backend,
         "drafter": drafter,
@@ -70,8 +152,10 @@ def make_record(cfg: BenchConfig, drafter: str, item: WorkItem, **values: Any) -
         "max_new_tokens": cfg.max_new_tokens,
         "template": cfg.template.describe(),
         "prompt_id": item.prompt.prompt_id,
+        "setting_id": setting_id_for(cfg, drafter, item.dataset),
         **values,
         "finished_at": time.time(),
+        "settings": settings,
     }
 
 
@@ -210,6 +294,7 @@ def run_server(
                     "drafter": name,
                     "dataset": dataset,
                     "temperature": temperature,
+                    "setting_id": setting_id_for(cfg, name, dataset),
                     "avg": avg,
                     "requests": segment,
                     "verify_steps": segment_steps,
@@ -231,6 +316,7 @@ def run_sglang(
     render: Callable[[str], str],
     on_server: Callable[[str, dict], None] = lambda n, i: None,
 ) -> int:
+    check_resume(cfg, store)
     total = 0
     for name, draft in cfg.servers():
         total += run_server(cfg, store, name, draft, render, on_server)
@@ -239,6 +325,7 @@ def run_sglang(
 
 def config_summary(cfg: BenchConfig) -> dict[str, Any]:
     data = asdict(cfg)
+    data.pop("_settings", None)
     data["prompts"] = {k: len(v) for k, v in cfg.prompts.items()}
     data["template"] = cfg.template.describe()
     data["out_dir"] = str(cfg.out_dir)

@@ -73,13 +73,27 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys, draft_dirs):
             weighted
         )
         assert row["tau_server_avg"] == pytest.approx(weighted) and row["speedup"] > 1.0
+        # the prefill-excluded convention beside SGLang's: one token fewer per request over the same steps
+        steps = sum(lengths) / weighted
+        assert row["tau_per_step"] == pytest.approx((sum(lengths) - len(lengths)) / steps)
     prov = summary["provenance"]
     assert prov["drafter_sha256"]["k4"] == checkpoint_hash(draft_dirs["k4"])
     assert prov["servers"]["k8"]["version"] == "0.5.14+loopback" and prov["template"] == "raw (no chat template)"
-    assert set(summary["tau_definitions"]) == {"tau_mean_per_request", "tau_token_weighted", "tau_server_avg"}
+    assert set(summary["tau_definitions"]) == {
+        "tau_mean_per_request",
+        "tau_token_weighted",
+        "tau_per_step",
+        "tau_server_avg",
+    }
+    assert "prefill token included" in summary["tau_definitions"]["tau_token_weighted"]
+    assert "prefill excluded" in summary["tau_definitions"]["tau_per_step"]
+    assert "40" in summary["tau_definitions"]["tau_server_avg"]  # the lag is stated
     for name in ("summary.md", "summary.csv", "tau_speedup.png", "requests.jsonl", "logs/k8.log"):
         assert (out / name).stat().st_size > 0
-    assert "tau_token_weighted" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tau_token_weighted[S]" in printed and "tau_per_step[P]" in printed and "tau_server_avg[P,lag]" in printed
+    assert "[S] = tau (SGLang convention: completion_tokens / spec_verify_ct, prefill token included)" in printed
+    assert "tau_per_step[P]" in (out / "summary.md").read_text()
     records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
     assert {r["temperature"] for r in records} == {0.0, 0.7} and len(records) == 36
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from specforge_dpace.bench.datasets import (
+    ID_FIELDS,
     MATH_SUFFIX,
     TemplateChoice,
     load_dataset,
@@ -43,7 +44,8 @@ def _write_jsonl(path, records):
 @pytest.mark.parametrize("kind", sorted(RECORDS))
 def test_each_benchmark_format_from_jsonl(tmp_path, kind):
     record, needles = RECORDS[kind]
-    prompts = load_dataset(kind, _write_jsonl(tmp_path / "d.jsonl", [record, record]))
+    second = {k: (f"{v}-2" if k in ID_FIELDS else v) for k, v in record.items()}  # ids must be unique
+    prompts = load_dataset(kind, _write_jsonl(tmp_path / "d.jsonl", [record, second]))
     assert len(prompts) == 2 and prompts[0].dataset == kind
     for needle in needles:
         assert needle in prompts[0].message
