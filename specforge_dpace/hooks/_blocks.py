@@ -46,20 +46,89 @@ def per_slot_cross_entropy(lm_head: Any, hidden: Tensor, target_ids: Tensor) -> 
     return neg_log_q, logits
 
 
+#: The feature key that carries the target's last hidden state (post final norm), as DSpark names it.
+TARGET_HIDDEN_KEY = "target_last_hidden_states"
+MISSING_TARGET_HIDDEN = (
+    "{spec}: this soft-label objective needs the target's distribution p at every slot, computed from the "
+    "target's last hidden state, but the batch has no '" + TARGET_HIDDEN_KEY + "'. Offline features must carry "
+    "the key '" + TARGET_HIDDEN_KEY + "' [seq, hidden] (specforge_dpace.features.capture_offline_features("
+    "..., last_hidden=True) writes it); SpecForge's server capture sends it as 'last_hidden_feature'"
+)
+
+
+def align_target_hidden(target_last_hidden: Tensor, anchor_positions: Tensor, block_size: int, offset: int = -1):
+    """``[B, N, K, H]``: the target state whose next-token distribution is slot k's p.
+
+    Slot k of the block anchored at a predicts ``input_ids[a + k]`` (DFlash), so its p comes from
+    ``h_last[a + k - 1]`` (``offset=-1``); positions are clamped into the sequence (slots outside it
+    are masked anyway).
+    """
+    if target_last_hidden.dim() != 3:
+        raise ValueError(
+            f"{TARGET_HIDDEN_KEY} must be [batch, seq, hidden], got shape {tuple(target_last_hidden.shape)}"
+        )
+    batch, seq_len, width = target_last_hidden.shape
+    if anchor_positions.shape[0] != batch:
+        raise ValueError(
+            f"{TARGET_HIDDEN_KEY} has batch {batch} but the anchors have batch {anchor_positions.shape[0]}"
+        )
+    offsets = torch.arange(block_size, device=anchor_positions.device).view(1, 1, -1)
+    index = (anchor_positions.unsqueeze(-1) + offsets + offset).clamp(0, seq_len - 1)
+    gathered = torch.gather(target_last_hidden, 1, index.reshape(batch, -1, 1).expand(-1, -1, width))
+    return gathered.reshape(batch, anchor_positions.shape[1], block_size, width)
+
+
+def soft_statistics(objective: Any, lm_head: Any, logits: Tensor, target_hidden: Optional[Tensor]) -> dict:
+    """Soft statistics of one chunk at every temperature the objective reads (target head frozen)."""
+    from ..losses import soft_slot_stats
+
+    if target_hidden is None:
+        raise ValueError(MISSING_TARGET_HIDDEN.format(spec=objective.spec()))
+    batch, blocks, slots, width = target_hidden.shape
+    with torch.no_grad():
+        target_logits = lm_head(target_hidden.reshape(batch, blocks * slots, width)).reshape(batch, blocks, slots, -1)
+    return {t: soft_slot_stats(logits, t, target_logits=target_logits) for t in objective.soft_temperatures}
+
+
+def soft_metric_terms(soft: dict, weight_mask: Tensor, target_ids: Tensor) -> tuple[Tensor, ...]:
+    """Additive soft metric terms, per temperature ``(tau_num, tau_den, alpha_num[K], alpha_den[K])``,
+    then ``(teacher_num, teacher_den)`` once (argmax p does not depend on the temperature)."""
+    from ..losses import soft_acceptance_terms
+
+    out: list[Tensor] = []
+    terms = None
+    for temperature in sorted(soft):
+        terms = soft_acceptance_terms(soft[temperature], weight_mask, target_ids)
+        out.extend([*terms["soft_tau"], *terms["alpha_pos"]])
+    out.extend(terms["teacher_agreement"])
+    return tuple(out)
+
+
 def objective_chunk_terms(
-    objective: Any, lm_head: Any, hidden: Tensor, target_ids: Tensor, weight_mask: Tensor
+    objective: Any,
+    lm_head: Any,
+    hidden: Tensor,
+    target_ids: Tensor,
+    weight_mask: Tensor,
+    target_hidden: Optional[Tensor] = None,
 ) -> tuple[Tensor, ...]:
     """Additive terms of one chunk: objective (num[T], den[T]), accuracy, acceptance metrics.
 
     Order: ``num, den, correct_num, accuracy_den, tau_num, tau_den, surrogate_num,
-    surrogate_den, accept_pos_num[K], accept_pos_den[K]``.
+    surrogate_den, accept_pos_num[K], accept_pos_den[K]``, then, for soft-label objectives only
+    (``target_hidden`` = the aligned target states of the chunk), :func:`soft_metric_terms`.
     """
     neg_log_q, logits = per_slot_cross_entropy(lm_head, hidden, target_ids)
     correct = None
     if objective.needs_correct:
         with torch.no_grad():
             correct = logits.argmax(dim=-1) == target_ids
-    num, den = objective.chunk_terms(neg_log_q, weight_mask, correct)
+    soft = None
+    if getattr(objective, "needs_target", False):
+        soft = soft_statistics(objective, lm_head, logits, target_hidden)
+        num, den = objective.chunk_terms(neg_log_q, weight_mask, correct, soft=soft)
+    else:
+        num, den = objective.chunk_terms(neg_log_q, weight_mask, correct)
     # Detached work after the objective: checkpoint recomputation in backward stops early here.
     with torch.no_grad():
         if correct is None:
@@ -67,6 +136,7 @@ def objective_chunk_terms(
         correct_num = (correct & (weight_mask > 0.5)).sum().float()
         accuracy_den = weight_mask.sum()
         metrics = acceptance_terms(neg_log_q, weight_mask, correct)
+        extra = soft_metric_terms(soft, weight_mask, target_ids) if soft is not None else ()
     return (
         num,
         den,
@@ -75,6 +145,7 @@ def objective_chunk_terms(
         *metrics["sim_tau"],
         *metrics["surrogate"],
         *metrics["accept_pos"],
+        *extra,
     )
 
 
@@ -87,7 +158,7 @@ def assemble_outputs(
     ratio_prefix: str = "",
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """``(loss, accuracy, metrics)`` in the shape SpecForge's unified trainer logs and reduces."""
-    num, den, correct_num, accuracy_den, tau_num, tau_den, sur_num, sur_den, pos_num, pos_den = totals
+    num, den, correct_num, accuracy_den, tau_num, tau_den, sur_num, sur_den, pos_num, pos_den = totals[:10]
     value = objective.reduce(num, den, batch_size)
     ratio_metrics: dict[str, tuple[Tensor, Tensor]] = {"acc": (correct_num.detach(), accuracy_den.detach())}
     if acceptance_metrics:
@@ -95,6 +166,16 @@ def assemble_outputs(
         ratio_metrics[f"{ratio_prefix}surrogate"] = (sur_num, sur_den)
         for k in range(1, pos_num.shape[0]):
             ratio_metrics[f"{ratio_prefix}accept_pos_{k}"] = (pos_num[k], pos_den[k])
+        temperatures = getattr(objective, "soft_temperatures", ())
+        if len(totals) > 10 and temperatures:
+            rest = totals[10:]
+            for i, temperature in enumerate(temperatures):
+                suffix = "" if len(temperatures) == 1 else f"@T{temperature:g}"
+                s_num, s_den, a_num, a_den = rest[4 * i : 4 * i + 4]
+                ratio_metrics[f"{ratio_prefix}soft_tau{suffix}"] = (s_num, s_den)
+                for k in range(1, a_num.shape[0]):
+                    ratio_metrics[f"{ratio_prefix}alpha_pos_{k}{suffix}"] = (a_num[k], a_den[k])
+            ratio_metrics[f"{ratio_prefix}teacher_agreement"] = (rest[-2], rest[-1])
         if len(value.parts) > 1:
             one = num.new_ones(())
             for name, part in value.parts.items():
@@ -120,10 +201,24 @@ def run_objective(
     chunk_size: int,
     fused: bool = False,
     fused_sub_chunk: Optional[int] = None,
+    target_hidden: Optional[Tensor] = None,
 ) -> tuple[Tensor, ...]:
-    """Summed chunk terms, through the fused path when asked and possible, else chunked autograd."""
+    """Summed chunk terms, through the fused path when asked and possible, else chunked autograd.
+
+    ``target_hidden`` (aligned ``[B, N, K, H]``) is passed to the chunk function only for
+    soft-label objectives, so hard objectives keep SpecForge's three-argument chunk function.
+    """
+    soft = getattr(objective, "needs_target", False)
+    if soft and target_hidden is None:
+        raise ValueError(MISSING_TARGET_HIDDEN.format(spec=objective.spec()))
     if fused:
         from ._fused_bridge import fused_totals
 
-        return fused_totals(objective, model.lm_head, hidden_4d, target_ids, weight_mask, fused_sub_chunk)
+        return fused_totals(
+            objective, model.lm_head, hidden_4d, target_ids, weight_mask, fused_sub_chunk, target_hidden
+        )
+    if soft:
+        return chunk_reduce(
+            chunk_function, hidden_4d, target_ids, weight_mask, target_hidden, chunk_size=chunk_size, dim=1
+        )
     return chunk_reduce(chunk_function, hidden_4d, target_ids, weight_mask, chunk_size=chunk_size, dim=1)

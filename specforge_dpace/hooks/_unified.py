@@ -14,7 +14,7 @@ import functools
 import inspect
 from typing import Any, Optional
 
-from ._blocks import assemble_outputs, block_labels, objective_chunk_terms, run_objective
+from ._blocks import align_target_hidden, assemble_outputs, block_labels, objective_chunk_terms, run_objective
 from ._patching import PatchSet
 from ._plan import ObjectivePlan, plan_objective
 
@@ -64,11 +64,11 @@ def _plan_of(model: Any) -> Optional[ObjectivePlan]:
 
 def _make_chunk_terms(original):
     @functools.wraps(original)
-    def _dflash_objective_chunk_terms(self, hidden, target_ids, weight_mask):
+    def _dflash_objective_chunk_terms(self, hidden, target_ids, weight_mask, target_hidden=None):
         plan = _plan_of(self)
         if plan is None:
             return original(self, hidden, target_ids, weight_mask)
-        return objective_chunk_terms(plan.objective, self.lm_head, hidden, target_ids, weight_mask)
+        return objective_chunk_terms(plan.objective, self.lm_head, hidden, target_ids, weight_mask, target_hidden)
 
     setattr(_dflash_objective_chunk_terms, MARKER, True)
     return _dflash_objective_chunk_terms
@@ -76,7 +76,9 @@ def _make_chunk_terms(original):
 
 def _make_forward(original, module):
     @functools.wraps(original)
-    def forward(self, input_ids, hidden_states, loss_mask):
+    def forward(self, input_ids, hidden_states, loss_mask, target_last_hidden_states=None):
+        """SpecForge's forward; soft-label objectives also take the target's last hidden state
+        (``[B, S, H]``, post final norm, the key DSpark's data path already carries)."""
         plan = _plan_of(self)
         if plan is None:
             return original(self, input_ids, hidden_states, loss_mask)
@@ -88,6 +90,9 @@ def _make_forward(original, module):
         )
         target_ids, weight_mask = block_labels(input_ids, loss_mask, anchors, keep, self.block_size)
         hidden_4d = output_hidden.reshape(batch_size, anchors.shape[1], self.block_size, -1)
+        target_hidden = None
+        if getattr(plan.objective, "needs_target", False) and target_last_hidden_states is not None:
+            target_hidden = align_target_hidden(target_last_hidden_states.to(hidden_4d.dtype), anchors, self.block_size)
         totals = run_objective(
             self,
             plan.objective,
@@ -99,6 +104,7 @@ def _make_forward(original, module):
             chunk_size=self.objective_chunk_blocks,
             fused=plan.fused,
             fused_sub_chunk=plan.fused_sub_chunk,
+            target_hidden=target_hidden,
         )
         return assemble_outputs(plan.objective, totals, batch_size, acceptance_metrics=plan.acceptance_metrics)
 
