@@ -98,7 +98,11 @@ def extract(meta: Any, *, speculative: bool) -> SpecMeta:
 
     With ``speculative=True`` the verify count must be present and positive; otherwise the
     server is not running speculative decoding (or speaks an unknown dialect) and tau would
-    be meaningless, so this raises :class:`MetaFieldError` naming the keys it looked for.
+    be meaningless, so this raises :class:`MetaFieldError` naming the keys it looked for. The one
+    exception is a request that produced at most one token: SGLang's prefill makes the first
+    token, so such a request had no verify step, and SGLang then sends no ``spec_*`` fields at
+    all (``_calculate_spec_decoding_metrics`` in ``tokenizer_manager.py`` needs
+    ``spec_verify_ct > 0``); its verify count is 0 and it adds nothing to tau.
     """
     if not isinstance(meta, Mapping):
         raise MetaFieldError(f"meta_info must be a JSON object, got {type(meta).__name__}: {meta!r:.200}")
@@ -111,7 +115,15 @@ def extract(meta: Any, *, speculative: bool) -> SpecMeta:
     verify = _first(meta, "verify_ct")
     accept = _first(meta, "accept_length")
     hist = _first(meta, "histogram")
-    if speculative and (verify is None or int(verify) <= 0):
+    try:
+        few_tokens = int(tokens) <= 1
+    except (TypeError, ValueError) as exc:
+        raise MetaFieldError(
+            f"meta_info acceptance fields have non-numeric values: completion tokens {tokens!r}"
+        ) from exc
+    if speculative and (verify is None or int(verify) <= 0) and few_tokens:
+        verify = 0  # the prefill token alone: no verify step
+    elif speculative and (verify is None or int(verify) <= 0):
         raise MetaFieldError(
             "meta_info has no positive speculative verify count (looked for "
             f"{ALIASES['verify_ct']}; got {verify!r}); keys present: {sorted(meta)}. Is the server running "

@@ -6,11 +6,20 @@ It accepts the flags SGLang gets, speaks ``/health``, ``/generate``, ``/server_i
 (and the older ``/get_server_info``), ``/flush_cache`` and ``/get_model_info`` on 127.0.0.1, and
 produces acceptance with a known pattern, like SGLang's ``SGLANG_SIMULATE_ACC_LEN``:
 
-* ``SGLANG_SIMULATE_ACC_LEN``: tokens emitted per verify step (accepted drafts + 1 bonus),
+* ``SGLANG_SIMULATE_ACC_LEN``: tokens a verify step accepts (accepted drafts + 1 bonus),
   either one integer or a comma list cycled step by step from the start of each request
-  (default 3). A step never emits more than the block size.
+  (default 3). A step never accepts more than the block size.
 * A request emits ``min(max_new_tokens, characters of the prompt)`` tokens (or of
   ``input_ids``), so per-request tau differs between prompts of different lengths.
+* Counted the way SGLang 0.5.14 counts (docs/bench.md): the first token comes from the prefill
+  and is in ``completion_tokens`` but not in ``spec_verify_ct``; the remaining tokens come from
+  verify steps, the last one cut to ``max_new_tokens``; ``spec_accept_length`` =
+  ``completion_tokens / spec_verify_ct``; the histogram, ``spec_num_correct_drafts`` and the
+  ``/server_info`` average count each step's accepted tokens before the cut, prefill excluded;
+  a request with no verify step carries no ``spec_*`` fields.
+* The server average is folded in every ``SPECFORGE_DPACE_LOOPBACK_LOG_INTERVAL`` decode steps
+  since the last ``/flush_cache`` (default 1: no lag; SGLang's ``--decode-log-interval`` is 40,
+  and its average lags by up to that many steps).
 * Without ``--speculative-algorithm`` every step emits one token (the no-speculation baseline).
 
 Test hooks (environment): ``SPECFORGE_DPACE_LOOPBACK_VERSION`` (SGLang field dialect,
@@ -49,11 +58,17 @@ def parse_pattern(text: str) -> list[int]:
 
 def simulate(num_tokens: int, pattern: list[int], block_size: int) -> list[int]:
     """Tokens emitted by each verify step until ``num_tokens`` are out."""
+    return [emitted for emitted, _ in simulate_steps(num_tokens, pattern, block_size)]
+
+
+def simulate_steps(num_tokens: int, pattern: list[int], block_size: int) -> list[tuple[int, int]]:
+    """(emitted, accepted) per verify step until ``num_tokens`` are out: ``accepted`` is what the
+    step accepted (drafts + bonus), ``emitted`` the part of it kept under the token limit."""
     steps, left, i = [], num_tokens, 0
     while left > 0:
-        emit = min(pattern[i % len(pattern)], block_size, left)
-        steps.append(emit)
-        left -= emit
+        accepted = min(pattern[i % len(pattern)], block_size)
+        steps.append((min(accepted, left), accepted))
+        left -= steps[-1][0]
         i += 1
     return steps
 
@@ -72,11 +87,13 @@ class _State:
         crash = os.environ.get(ENV + "CRASH_AFTER")
         self.crash_after = int(crash) if crash else None
         self.malformed = os.environ.get(ENV + "MALFORMED", "")
+        self.log_interval = int(os.environ.get(ENV + "LOG_INTERVAL", "1"))
+        if self.log_interval < 1:
+            raise SystemExit(f"{ENV}LOG_INTERVAL={self.log_interval}: must be >= 1")
         self.lock = threading.Lock()
         self.generated = 0
-        self.sum_tokens = 0
-        self.sum_steps = 0
         self.next_id = 0
+        self.flush()
 
     def healthy(self) -> bool:
         return not self.never_healthy and time.monotonic() >= self.ready_at
@@ -89,17 +106,24 @@ class _State:
         else:
             prompt_len = len(str(body.get("text", "")))
         num_tokens = max(1, min(max_new, prompt_len))
-        steps = simulate(num_tokens, self.pattern, self.block_size)
+        # the prefill emits the first token; verify steps emit the rest (the baseline: one a step)
+        steps = simulate_steps(num_tokens - 1, self.pattern, self.block_size)
         started = time.monotonic()
-        time.sleep(self.step_s * len(steps))
+        time.sleep(self.step_s * (len(steps) + 1))
         with self.lock:
             if self.crash_after is not None and self.generated >= self.crash_after:
                 sys.stderr.write("loopback: simulated crash\n")
                 sys.stderr.flush()
                 os._exit(3)
             self.generated += 1
-            self.sum_tokens += num_tokens
-            self.sum_steps += len(steps)
+            for _, accepted in steps:  # SGLang's metrics reporter: one decode iteration per step here
+                self.pending_accepted += accepted
+                self.pending_steps += 1
+                self.iterations += 1
+                if self.iterations % self.log_interval == 0:
+                    self.total_accepted += self.pending_accepted
+                    self.total_steps += self.pending_steps
+                    self.pending_accepted = self.pending_steps = 0
             self.next_id += 1
             rid = self.next_id
         meta: dict[str, Any] = {
@@ -109,14 +133,14 @@ class _State:
             "e2e_latency": time.monotonic() - started,
         }
         values: dict[str, Any] = {"completion_tokens": num_tokens}
-        if self.speculative:
+        if self.speculative and steps:  # SGLang sets spec_* only when spec_verify_ct > 0
             histogram = [0] * self.block_size
-            for emit in steps:
-                histogram[emit - 1] += 1
+            for _, accepted in steps:
+                histogram[accepted - 1] += 1
             values.update(
                 verify_ct=len(steps),
                 accept_length=num_tokens / len(steps),
-                num_correct_drafts=num_tokens - len(steps),
+                num_correct_drafts=sum(accepted - 1 for _, accepted in steps),
                 num_proposed_drafts=len(steps) * (self.block_size - 1),
                 histogram=histogram,
             )
@@ -128,7 +152,7 @@ class _State:
 
     def server_info(self) -> dict:
         with self.lock:
-            avg = self.sum_tokens / self.sum_steps if self.sum_steps else None
+            avg = self.total_accepted / self.total_steps if self.total_steps else None
         state: dict[str, Any] = {}
         if self.speculative and avg is not None:
             state["avg_spec_accept_length"] = avg
@@ -142,9 +166,10 @@ class _State:
         }
 
     def flush(self) -> None:
-        with self.lock:
-            self.sum_tokens = 0
-            self.sum_steps = 0
+        with self.lock:  # SGLang's flush_cache -> metrics_reporter.reset_metrics()
+            self.iterations = 0
+            self.pending_accepted = self.pending_steps = 0
+            self.total_accepted = self.total_steps = 0
 
 
 def _handler(state: _State):

@@ -79,3 +79,12 @@ def test_server_average():
     assert fields.server_average_accept_length({"internal_states": [{"avg_spec_accept_length": 3.5}]}) == 3.5
     assert fields.server_average_accept_length({"avg_spec_accept_length": 2}) == 2.0
     assert fields.server_average_accept_length({"internal_states": [{}]}) is None
+
+
+def test_a_request_with_only_the_prefill_token_has_no_verify_step():
+    """SGLang's prefill makes the first token and sends no spec_* fields when spec_verify_ct is 0
+    (first token a stop token, or max_new_tokens 1): that is no verify step, not a broken server."""
+    got = fields.extract({"completion_tokens": 1, "id": "x"}, speculative=True)
+    assert got.completion_tokens == 1 and got.verify_ct == 0 and got.accept_length is None
+    with pytest.raises(fields.MetaFieldError, match="spec_verify_ct"):
+        fields.extract({"completion_tokens": 2, "id": "x"}, speculative=True)

@@ -37,26 +37,33 @@ def _config(tmp_path, drafters, **kw):
 
 
 def _steps(n, pattern, block):
-    out, left, i = [], n, 0
+    """Tokens each verify step accepts (before the max_new_tokens cut) for a request of ``n``
+    tokens: the first comes from the prefill, the other n - 1 from verify steps (SGLang's counting)."""
+    out, left, i = [], n - 1, 0
     while left > 0:
-        out.append(min(pattern[i % len(pattern)], block, left))
-        left -= out[-1]
+        out.append(min(pattern[i % len(pattern)], block))
+        left -= min(out[-1], left)
         i += 1
     return out
 
 
 def _expected_taus(lengths, pattern, block):
-    """Independent reference: tokens per verify step cycle through ``pattern`` (capped by the block)."""
+    """Independent reference, SGLang's convention: (mean over requests of completion / verify
+    steps, sum completion / sum verify steps); the prefill token is in the completion, not a step."""
     per_request, tokens, steps = [], 0, 0
     for n in lengths:
-        left, i, s = n, 0, 0
-        while left > 0:
-            left -= min(pattern[i % len(pattern)], block, left)
-            i += 1
-            s += 1
+        s = len(_steps(n, pattern, block))
         per_request.append(n / s)
         tokens, steps = tokens + n, steps + s
     return sum(per_request) / len(per_request), tokens / steps
+
+
+def _expected_per_step(lengths, pattern, block):
+    """(tau per verify step with the prefill token excluded, the server average: accepted tokens per
+    verify step counted before the max_new_tokens cut)."""
+    steps = [_steps(n, pattern, block) for n in lengths]
+    count = sum(len(s) for s in steps)
+    return (sum(lengths) - len(lengths)) / count, sum(map(sum, steps)) / count
 
 
 def _pid_from_log(path):
@@ -103,16 +110,19 @@ def test_report_reproduces_configured_tau_exactly(tmp_path, monkeypatch, draft_d
     rows = {r["drafter"]: r for r in store.summary_rows()}
     for name, block in (("k4", 4), ("k8", 8)):
         mean, weighted = _expected_taus([10, 40, 64], [3, 5], block)
+        per_step, server = _expected_per_step([10, 40, 64], [3, 5], block)
         assert rows[name]["tau_mean_per_request"] == pytest.approx(mean, rel=1e-12)
         assert rows[name]["tau_token_weighted"] == pytest.approx(weighted, rel=1e-12)
+        assert rows[name]["tau_per_step"] == pytest.approx(per_step, rel=1e-12)
         # the warm-up used a different prompt length; /flush_cache must have reset the server average
-        assert rows[name]["tau_server_avg"] == pytest.approx(weighted, rel=1e-12)
+        assert rows[name]["tau_server_avg"] == pytest.approx(server, rel=1e-12)
+        assert len({weighted, per_step, server}) == 3  # three different numbers, each what it claims
         assert rows[name]["requests"] == 3 and rows[name]["speedup"] > 1.5
     assert rows["k4"]["tau_mean_per_request"] != rows["k4"]["tau_token_weighted"]
     assert rows["baseline"]["tau_token_weighted"] is None and rows["baseline"]["speedup"] == 1.0
     # per-position acceptance from the histogram: slot k accepted in steps that emitted > k tokens
-    emitted = [e for n in (10, 40, 64) for e in _steps(n, [3, 5], 8)]
-    expected = [sum(e > k for e in emitted) / len(emitted) for k in range(1, 8)]
+    accepted = [a for n in (10, 40, 64) for a in _steps(n, [3, 5], 8)]
+    expected = [sum(a > k for a in accepted) / len(accepted) for k in range(1, 8)]
     assert rows["k8"]["per_position_acceptance"] == pytest.approx(expected, rel=1e-12)
     for name in ("baseline", "k4", "k8"):
         assert _gone(_pid_from_log(tmp_path / "logs" / f"{name}.log"))
@@ -202,3 +212,39 @@ def test_attach_to_a_running_server(tmp_path, monkeypatch, draft_dirs):
         assert external.alive()  # attached servers are not ours to stop
         assert store.summary_rows()[0]["tau_token_weighted"] == pytest.approx(_expected_taus([10, 40, 64], [2], 4)[1])
     assert not (tmp_path / "out" / "logs" / "k4.log").exists()
+
+
+def test_server_average_lags_like_sglangs_decode_log_interval(tmp_path, monkeypatch, draft_dirs):
+    """SGLang folds verify steps into avg_spec_accept_length only every decode_log_interval (40)
+    decode iterations since /flush_cache: the loopback does the same when asked, and the report
+    then shows what the server reported -- the first 40 steps' average, or none below 40 steps --
+    while the per-request columns cover every step."""
+    monkeypatch.setenv("SGLANG_SIMULATE_ACC_LEN", "1,1,4")
+    monkeypatch.setenv("SPECFORGE_DPACE_LOOPBACK_LOG_INTERVAL", "40")
+    cfg = _config(tmp_path, {"k4": str(draft_dirs["k4"])}, block_sizes={"k4": 4}, baseline=False, warmup=0)
+    store = ResultStore(tmp_path)
+    run_sglang(cfg, store, lambda m: m)
+    steps = [a for n in (10, 40, 64) for a in _steps(n, [1, 1, 4], 4)]
+    assert 40 <= len(steps) < 80
+    (row,) = store.summary_rows()
+    assert row["tau_server_avg"] == pytest.approx(sum(steps[:40]) / 40, rel=1e-12)
+    assert row["tau_server_avg"] != pytest.approx(_expected_per_step([10, 40, 64], [1, 1, 4], 4)[1])
+    short = _config(
+        tmp_path / "short", {"k4": str(draft_dirs["k4"])}, prompts={"toy": PROMPTS[:1]}, baseline=False, warmup=0
+    )
+    store = ResultStore(tmp_path / "short")
+    run_sglang(short, store, lambda m: m)
+    (row,) = store.summary_rows()
+    assert row["tau_server_avg"] is None and row["tau_token_weighted"] is not None  # 6 steps: none folded yet
+
+
+def test_requests_with_only_the_prefill_token(tmp_path, monkeypatch, draft_dirs):
+    """max_new_tokens 1: the prefill makes the one token, SGLang sends no spec_* fields; recorded with
+    zero verify steps, no tau, and the run goes on."""
+    cfg = _config(tmp_path, {"k4": str(draft_dirs["k4"])}, block_sizes={"k4": 4}, max_new_tokens=1, warmup=0)
+    store = ResultStore(tmp_path)
+    assert run_sglang(cfg, store, lambda m: m) == 6
+    spec = [r for r in store.records() if r["drafter"] == "k4"]
+    assert [(r["completion_tokens"], r["verify_ct"]) for r in spec] == [(1, 0)] * 3
+    row = next(r for r in store.summary_rows() if r["drafter"] == "k4")
+    assert row["tau_token_weighted"] is None and row["requests"] == 3
