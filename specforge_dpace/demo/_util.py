@@ -63,6 +63,10 @@ def atomic_save(obj_writer, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    obj_writer(tmp)
-    os.replace(tmp, path)
+    try:
+        obj_writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -6,11 +6,14 @@ Phases and artefacts (under ``output_dir``), each keyed by a hash of everything 
 2. data       ``cache/data-<key>.pt``      prompts + target continuations, loss mask
 3. capture    ``cache/features-<key>.pt``  target features at ``target_layer_ids``
 4. train      ``drafters/<slug>-<key>/``   servable draft checkpoint + ``train_log.json``
-5. evaluate   ``eval/<slug>-<key>.json``   evaluator output on held-out prompts
+5. evaluate   ``eval/<slug>-<key>.json``   evaluator output on held-out prompts (key: the drafter's checksums)
 6. report     ``report.json``, ``report.md``, ``report.png``
 
 A phase whose artefact exists with a matching key is skipped; artefacts are written
-atomically, so a killed run never leaves one half-written.
+atomically, so a killed run never leaves one half-written.  Each is written with its sha256
+(``X.sha256`` beside a file, ``SHA256SUMS`` in a directory; see ``_cache``) and verified on reuse:
+an artefact whose content no longer matches, whose checksum is missing, or that cannot be read
+is recomputed with a :class:`~specforge_dpace.demo._cache.CacheWarning` naming the file.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ._util import atomic_save, default_threads, seed_everything
+from . import _cache
+from ._util import default_threads, seed_everything
 
 DEFAULT_OBJECTIVES = ("dflash(gamma=7)", "dpace", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain")
 
@@ -66,8 +72,14 @@ class DemoConfig:
         return cls(**base)
 
     def validate(self) -> None:
-        if self.retrain_target and self.target_dir:
+        if self.retrain_target and self.target_dir is not None:
             raise ValueError("retrain_target and target_dir exclude each other; accepted: one of them")
+        if self.target_dir is not None and not str(self.target_dir).strip():
+            raise ValueError("target_dir='' is invalid; accepted: a target + tokenizer directory, or None")
+        if self.target_steps is not None and (not isinstance(self.target_steps, int) or self.target_steps < 1):
+            raise ValueError(f"target_steps={self.target_steps!r} is invalid; accepted: None or an int >= 1")
+        if self.target_steps is not None and not self.retrain_target:
+            raise ValueError(f"target_steps={self.target_steps} applies only with retrain_target (--retrain-target)")
         if not self.objectives:
             raise ValueError("objectives is empty; accepted: one or more objective specs, e.g. 'dpace'")
         for name, value, low in (
@@ -100,6 +112,21 @@ def slugify(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", spec.replace(" ", "")).strip("_")[:60] or "objective"
 
 
+def _tensor_dict(data) -> dict:
+    """A cached tensor artefact as loaded, or ``ValueError`` when it is not the dict of tensors written."""
+    import torch
+
+    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError("not a dict of tensors")
+    return data
+
+
+def _eval_record(record) -> dict:
+    if not isinstance(record, dict) or not isinstance(record.get("overall"), dict):
+        raise ValueError("not an evaluator record (no 'overall' section)")
+    return record
+
+
 def _file_sha(path: Path) -> str:
     h = hashlib.sha1()
     with open(path, "rb") as fh:
@@ -125,6 +152,7 @@ class DemoPipeline:
         self.show_progress = show_progress
         self.log = log
         self.events: list[tuple[str, str]] = []  # (phase, "cached" | "ran"), for tests and the report
+        self.stale: list[tuple[str, str]] = []  # (file, reason) of cached artefacts recomputed instead of reused
 
     # -- phase 1: target ---------------------------------------------------------------------
     def target_dir(self) -> Path:
@@ -132,7 +160,7 @@ class DemoPipeline:
 
         if self.config.retrain_target:
             return self.out / "target"
-        if self.config.target_dir:
+        if self.config.target_dir is not None:
             return Path(self.config.target_dir)
         return assets_dir()
 
@@ -144,33 +172,71 @@ class DemoPipeline:
         directory = self.target_dir()
         if self.config.retrain_target:
             tcfg = TargetConfig(seed=self.config.seed)
-            if self.config.target_steps:
+            if self.config.target_steps is not None:
                 tcfg = replace(tcfg, steps=self.config.target_steps)
             key = _key(asdict(tcfg))
             marker = directory / "demo_target.json"
-            if marker.is_file() and json.loads(marker.read_text()).get("cache_key") == key:
+            loaded = None
+            if marker.is_file():
+                loaded = self._reuse_directory(directory, lambda: self._load_retrained(directory, marker, key))
+            if loaded is not None:
+                self.target, self.tokenizer = loaded
                 self._event("target", "cached")
             else:
+                shutil.rmtree(directory, ignore_errors=True)  # nothing of a stale or other-key target is kept
                 meta = build_target_assets(
                     directory, tcfg, threads=self.config.threads, show_progress=self.show_progress
                 )
                 meta["cache_key"] = key
-                atomic_save(lambda p: p.write_text(json.dumps(meta, indent=2, sort_keys=True)), marker)
+                _cache.commit_directory(
+                    directory, marker.name, lambda p: p.write_text(json.dumps(meta, indent=2, sort_keys=True))
+                )
                 self._event("target", "ran")
+                self.target, self.tokenizer = load_target_dir(directory), load_tokenizer(directory)
         else:
             self._event("target", "cached")
-        self.target = load_target_dir(directory)
-        self.tokenizer = load_tokenizer(directory)
+            self.target = load_target_dir(directory)
+            self.tokenizer = load_tokenizer(directory)
         self.special = special_ids(self.tokenizer)
         self.target_key = _file_sha(directory / "model.safetensors")
         seed_everything(self.config.seed, self.config.threads)
         return self.target
+
+    def _load_retrained(self, directory: Path, marker: Path, key: str):
+        """The retrained target and tokenizer, or ``None`` when the marker is for another configuration."""
+        from .target import load_target_dir
+        from .tokenizer import load_tokenizer
+
+        if json.loads(marker.read_text(encoding="utf-8")).get("cache_key") != key:
+            return None
+        return load_target_dir(directory), load_tokenizer(directory)
 
     # -- helpers -----------------------------------------------------------------------------
     def _event(self, phase: str, what: str) -> None:
         self.events.append((phase, what))
         if what == "cached":
             self.log(f"[demo] {phase}: reusing cached artefact")
+
+    def _stale_artefact(self, path: Path, reason: str) -> None:
+        self.stale.append((str(path), reason))
+        warnings.warn(f"demo cache: {path}: {reason}; recomputing it", _cache.CacheWarning, stacklevel=4)
+
+    def _reuse(self, problem, path: Path, load: Callable[[], object]):
+        """``load()`` when the checksum matched (``problem`` is ``None``) and it reads; else ``None`` (recompute)."""
+        if problem is not None:
+            self._stale_artefact(*problem)
+            return None
+        try:
+            return load()
+        except Exception as exc:  # a corrupted or unreadable artefact: recompute it, never a traceback
+            self._stale_artefact(path, f"it cannot be read ({type(exc).__name__}: {exc})")
+            return None
+
+    def _reuse_file(self, path: Path, load: Callable[[], object]):
+        return self._reuse(_cache.verify_file(path), path, load)
+
+    def _reuse_directory(self, directory: Path, load: Callable[[], object]):
+        return self._reuse(_cache.verify_directory(directory), directory, load)
 
     def _documents(self, split: str):
         from .corpus import load_corpus
@@ -183,11 +249,13 @@ class DemoPipeline:
         import torch
 
         if path.is_file():
-            self._event(phase, "cached")
-            return torch.load(path, weights_only=True)
+            data = self._reuse_file(path, lambda: _tensor_dict(torch.load(path, weights_only=True)))
+            if data is not None:
+                self._event(phase, "cached")
+                return data
         seed_everything(self.config.seed, self.config.threads)
         data = compute()
-        atomic_save(lambda p: torch.save(data, p), path)
+        _cache.write_file(lambda p: torch.save(data, p), path)
         self._event(phase, "ran")
         return data
 
@@ -258,9 +326,17 @@ class DemoPipeline:
         directory = self.drafter_dir(objective)
         log_path = directory / "train_log.json"
         if log_path.is_file():
-            self._event(f"train {objective}", "cached")
-            draft = load_draft(directory, self.target.config, dtype=next(self.target.parameters()).dtype)
-            return draft, json.loads(log_path.read_text())
+
+            def load():
+                log = json.loads(log_path.read_text(encoding="utf-8"))
+                draft = load_draft(directory, self.target.config, dtype=next(self.target.parameters()).dtype)
+                return draft, log
+
+            cached = self._reuse_directory(directory, load)
+            if cached is not None:
+                self._event(f"train {objective}", "cached")
+                return cached
+        shutil.rmtree(directory, ignore_errors=True)  # a stale drafter is retrained from a clean directory
         seed_everything(self.config.seed, self.config.threads)
         draft, log = train_drafter(
             self.target,
@@ -274,7 +350,8 @@ class DemoPipeline:
             show_progress=self.show_progress,
         )
         save_draft_checkpoint(draft, directory)
-        atomic_save(lambda p: p.write_text(json.dumps(log, indent=2)), log_path)  # written last: marks "done"
+        # the log is written last and marks "done"; SHA256SUMS (every file, the log included) lands before it
+        _cache.commit_directory(directory, log_path.name, lambda p: p.write_text(json.dumps(log, indent=2)))
         self._event(f"train {objective}", "ran")
         return draft, log
 
@@ -289,9 +366,11 @@ class DemoPipeline:
         from specforge_dpace.evaluate import EvalConfig, evaluate_drafter
 
         c = self.config
+        directory = self.drafter_dir(objective)
         key = _key(
             "eval",
-            self.drafter_dir(objective).name,
+            directory.name,
+            _cache.content_digest(directory, exclude=("train_log.json",)),  # the weights evaluated, not the timing
             c.eval_prompts,
             c.eval_prompt_len,
             c.eval_max_new_tokens,
@@ -299,8 +378,10 @@ class DemoPipeline:
         )
         path = self.out / "eval" / f"{slugify(objective)}-{key}.json"
         if path.is_file():
-            self._event(f"evaluate {objective}", "cached")
-            return json.loads(path.read_text())
+            cached = self._reuse_file(path, lambda: _eval_record(json.loads(path.read_text(encoding="utf-8"))))
+            if cached is not None:
+                self._event(f"evaluate {objective}", "cached")
+                return cached
         seed_everything(c.seed, c.threads)
         result = evaluate_drafter(
             self.target,
@@ -316,15 +397,17 @@ class DemoPipeline:
             ),
         )
         record = result.to_dict()
-        atomic_save(lambda p: p.write_text(json.dumps(record)), path)
+        _cache.write_file(lambda p: p.write_text(json.dumps(record)), path)
         self._event(f"evaluate {objective}", "ran")
         return record
 
     # -- all phases --------------------------------------------------------------------------
     def run(self) -> dict:
         """Run (or resume) every phase; returns the report dict (also written to disk)."""
+        from ._deps import check_dependencies
         from .summary import build_report, write_report
 
+        check_dependencies(show_progress=self.show_progress)  # before any work: name the extra to install
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         self.load_target()

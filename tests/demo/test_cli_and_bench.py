@@ -52,3 +52,18 @@ def test_bench_help_documents_flags():
     out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--seeds", "--steps", "--objectives", "--output-dir", "--num-train-seqs", "--eval-prompts"):
         assert flag in out
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (dict(retrain_target=True, target_steps=0), "target_steps=0 is invalid"),  # was silently the default
+        (dict(target_steps=5), "applies only with retrain_target"),  # was silently ignored
+        (dict(target_dir=""), "target_dir='' is invalid"),  # was silently the shipped assets
+    ],
+)
+def test_target_settings_are_honoured_or_refused(overrides, fragment):
+    from specforge_dpace.demo.pipeline import DemoConfig
+
+    with pytest.raises(ValueError, match=fragment):
+        DemoConfig(**overrides).validate()
