@@ -8,6 +8,7 @@ target                        SpecForge module                                  
 ``unified-model``             ``specforge.algorithms.common.dflash_family_model``  unified
 ``unified-schema``            ``specforge.config.schema``                       unified
 ``unified-providers``         ``specforge.algorithms.model_providers``          unified
+``unified-composition``       ``specforge.application.composition``             unified
 ``legacy-model``              ``specforge.core.dflash``                         legacy
 ============================  ================================================  ============
 
@@ -42,6 +43,13 @@ TARGETS = (
     HookTarget("unified-schema", "specforge.config.schema", f"{__name__}._schema", UNIFIED, required=False),
     HookTarget(
         "unified-providers", "specforge.algorithms.model_providers", f"{__name__}._providers", UNIFIED, required=False
+    ),
+    HookTarget(
+        "unified-composition",
+        "specforge.application.composition",
+        f"{__name__}._composition",
+        UNIFIED,
+        required=False,
     ),
     HookTarget("legacy-model", "specforge.core.dflash", f"{__name__}._legacy", LEGACY),
 )

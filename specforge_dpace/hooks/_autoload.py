@@ -20,6 +20,7 @@ WATCHED = {
     "specforge.algorithms.common.dflash_family_model": "unified-model",
     "specforge.config.schema": "unified-schema",
     "specforge.algorithms.model_providers": "unified-providers",
+    "specforge.application.composition": "unified-composition",
     "specforge.core.dflash": "legacy-model",
 }
 ENV_VAR = "SPECFORGE_DPACE_AUTOLOAD"

@@ -19,6 +19,10 @@ Observation swaps the checkout module's ``F`` alias for the duration of one plug
 two plugin forwards of that module must not run concurrently in threads of one process (the
 legacy trainer runs one per process).  Revisions before 2026-02-14 use another forward design;
 there plugin objectives are refused with a clear error and the checkout's own loss still runs.
+
+Soft-label objectives (``lk-lambda``, ``soft-<name>``, composites with such a term) are refused on
+every legacy revision: they need the target's last hidden state, which only the unified runtime's
+data path carries (see :mod:`specforge_dpace.hooks._target_hidden`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,29 @@ def _reject_path_options(options: Mapping[str, Any]) -> None:
         )
 
 
+SOFT_REFUSAL = (
+    "loss_type={spec!r} is a soft-label objective: soft-label objectives need the unified runtime. They read "
+    "the target's distribution p from its last hidden state (target_last_hidden_states), which the legacy layout "
+    "(specforge.core.dflash, scripts/train_dflash.py) never hands to OnlineDFlashModel; train with `specforge "
+    "train` (SpecForge's unified runtime, PyPI specforge==0.2.0) on offline features that carry "
+    "target_last_hidden_states, or choose a hard objective here"
+)
+
+
+def soft_objective_error(
+    loss_type: Any, dpace_alpha: Any = 0.5, loss_options: Optional[Mapping[str, Any]] = None
+) -> Optional[str]:
+    """The refusal for a soft-label objective on a legacy checkout, or ``None`` (also for specs that fail to
+    plan: the constructor reports those with the full message)."""
+    try:
+        plan = plan_objective(
+            loss_type, dpace_alpha=0.5 if dpace_alpha is None else dpace_alpha, loss_options=loss_options
+        )
+    except (ValueError, TypeError):
+        return None
+    return SOFT_REFUSAL.format(spec=plan.spec) if getattr(plan.objective, "needs_target", False) else None
+
+
 def _make_init(original_init: Any, module: Any) -> Any:
     signature = inspect.signature(original_init)
     has_loss_type = "loss_type" in signature.parameters
@@ -106,6 +133,8 @@ def _make_init(original_init: Any, module: Any) -> Any:
                 loss_options=options,
                 upstream_names=upstream,
             )
+            if getattr(plan.objective, "needs_target", False):
+                raise ValueError(SOFT_REFUSAL.format(spec=plan.spec))
             if not plan.passthrough and not callable(getattr(type(self), "_sample_anchor_positions", None)):
                 raise _layout_error("no anchor sampling: revisions before 2026-02-09 draw no DFlash anchor blocks")
             if "loss_decay_gamma" in signature.parameters:

@@ -117,7 +117,7 @@ def _script_context(root: Path, script: Path, argv: list[str]) -> Iterator[None]
 
 
 def run_legacy(args: argparse.Namespace, root: Path) -> int:
-    from ..hooks._legacy import objective_defaults
+    from ..hooks._legacy import objective_defaults, soft_objective_error
     from .legacy_args import widened_loss_type_choices
 
     unified_only = [name for name in UNIFIED_ONLY if is_set(getattr(args, name, None))]
@@ -142,6 +142,10 @@ def run_legacy(args: argparse.Namespace, root: Path) -> int:
     script = root / LEGACY_SCRIPT
     generation = script_generation(script)
     loss_type, dpace_alpha, loss_options = objective_of(args)
+    soft = soft_objective_error(loss_type, dpace_alpha, loss_options)
+    if soft:
+        print(f"error: {soft} ({root} is a legacy checkout)", file=sys.stderr)
+        return 2
     argv = legacy_argv(args, generation)
     if args.dry_run:
         print(

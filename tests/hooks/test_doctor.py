@@ -34,7 +34,7 @@ def test_installed_plugin_patches_every_unified_module_in_a_fresh_process():
     checks = _by_check(rows)
     assert code == 0, rows
     assert checks["SpecForge layout"]["detail"] == "unified"
-    for target in ("unified-model", "unified-schema", "unified-providers"):
+    for target in ("unified-model", "unified-schema", "unified-providers", "unified-composition"):
         assert checks[f"patched on import: {target}"]["status"] == "ok"
     assert checks["autoload .pth"]["status"] == "ok"
     assert "specforge 0.2.0" in checks["versions"]["detail"]
