@@ -284,18 +284,34 @@ class DemoPipeline:
         return self._cached_tensors(self.out / "cache" / f"data-{self.data_key()}.pt", "data", compute)
 
     # -- phase 3: capture --------------------------------------------------------------------
+    @property
+    def needs_target_hidden(self) -> bool:
+        """Whether any objective is soft-label (reads the target's distribution from its last hidden state)."""
+        from specforge_dpace.losses import build_loss
+
+        return any(getattr(build_loss(spec), "needs_target", False) for spec in self.config.objectives)
+
     def features_key(self) -> str:
-        return _key("features", self.data_key(), list(self.config.target_layer_ids))
+        parts = ["features", self.data_key(), list(self.config.target_layer_ids)]
+        if self.needs_target_hidden:  # hard-only runs keep their cache keys
+            parts.append("target_last_hidden_states")
+        return _key(*parts)
 
     def features(self, data: dict) -> dict:
         from .capture import capture_features
 
         def compute():
-            return {
-                "features": capture_features(
-                    self.target, data["input_ids"], list(self.config.target_layer_ids), show_progress=self.show_progress
-                )
-            }
+            layers = list(self.config.target_layer_ids)
+            if not self.needs_target_hidden:
+                return {
+                    "features": capture_features(
+                        self.target, data["input_ids"], layers, show_progress=self.show_progress
+                    )
+                }
+            features, last = capture_features(
+                self.target, data["input_ids"], layers, show_progress=self.show_progress, last_hidden=True
+            )
+            return {"features": features, "target_last_hidden_states": last}
 
         return self._cached_tensors(self.out / "cache" / f"features-{self.features_key()}.pt", "capture", compute)
 
@@ -348,6 +364,7 @@ class DemoPipeline:
             target_layer_ids=list(self.config.target_layer_ids),
             mask_token_id=self.special["mask"],
             show_progress=self.show_progress,
+            target_last_hidden_states=feats.get("target_last_hidden_states"),
         )
         save_draft_checkpoint(draft, directory)
         # the log is written last and marks "done"; SHA256SUMS (every file, the log included) lands before it

@@ -62,12 +62,14 @@ def train_drafter(
     mask_token_id: int,
     loss_options: Optional[dict] = None,
     show_progress: bool = True,
+    target_last_hidden_states=None,
 ):
     """Train a drafter on captured ``features``; returns ``(draft_model, log)``.
 
     Batches are drawn with a generator seeded by ``config.seed`` and the model's anchor
     sampling uses the global torch RNG, seeded here, so the same seed gives the same drafter
-    (the objective changes only the loss)."""
+    (the objective changes only the loss). Soft-label objectives also read
+    ``target_last_hidden_states [N, S, H]``, captured with the features."""
     import specforge_dpace
 
     was_installed = specforge_dpace.is_installed()
@@ -84,6 +86,7 @@ def train_drafter(
             mask_token_id,
             loss_options,
             show_progress,
+            target_last_hidden_states,
         )
     finally:  # leave the process as we found it (tests of the hooks share it)
         if not was_installed:
@@ -101,6 +104,7 @@ def _train(
     mask_token_id,
     loss_options,
     show_progress,
+    target_last_hidden_states=None,
 ):
     """The training loop proper (the plugin is installed by the caller)."""
     import torch
@@ -133,7 +137,10 @@ def _train(
         idx = torch.randint(0, n, (min(config.batch_size, n),), generator=generator)
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, config)
-        loss, acc, _ = model(input_ids[idx], features[idx], loss_mask[idx])
+        extra = (
+            {} if target_last_hidden_states is None else {"target_last_hidden_states": target_last_hidden_states[idx]}
+        )
+        loss, acc, _ = model(input_ids[idx], features[idx], loss_mask[idx], **extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -76,12 +76,15 @@ def _num_layers(model: Any) -> int:
     return int(config.num_hidden_layers)
 
 
-def _forward_features(model: Any, input_ids, layers: Sequence[int]):
-    """``[B, S, len(layers) * H]``: HF ``hidden_states[i + 1]`` of each layer id, concatenated in order."""
+def _forward_features(model: Any, input_ids, layers: Sequence[int], last_hidden: bool = False):
+    """``[B, S, len(layers) * H]``: HF ``hidden_states[i + 1]`` of each layer id, concatenated in order;
+    with ``last_hidden`` also the target's last hidden state ``[B, S, H]`` (HF ``hidden_states[-1]``,
+    after the final norm: what the target's ``lm_head`` reads, so softmax(lm_head(.)) is its p)."""
     import torch
 
     output = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
-    return torch.cat([output.hidden_states[layer + 1] for layer in layers], dim=-1)
+    features = torch.cat([output.hidden_states[layer + 1] for layer in layers], dim=-1)
+    return (features, output.hidden_states[-1]) if last_hidden else features
 
 
 def capture_features(
@@ -91,20 +94,29 @@ def capture_features(
     *,
     batch_size: int = 32,
     on_batch: Optional[Callable[[int], None]] = None,
+    last_hidden: bool = False,
 ):
     """Features of equal-length sequences ``input_ids [N, S]``, ``batch_size`` at a time: ``[N, S, L*H]``
-    in the target's dtype.  ``on_batch(n)`` is called after each batch (progress bars)."""
+    in the target's dtype.  ``on_batch(n)`` is called after each batch (progress bars).  With
+    ``last_hidden=True`` returns ``(features, last_hidden_states [N, S, H])`` from the same forward
+    pass (soft-label objectives read the target's distribution from it)."""
     import torch
 
     layers = check_layer_ids(layer_ids, _num_layers(target))
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    chunks = []
+    chunks, lasts = [], []
     with torch.inference_mode():
         for start in range(0, input_ids.shape[0], int(batch_size)):
-            chunks.append(_forward_features(target, input_ids[start : start + int(batch_size)], layers))
+            out = _forward_features(target, input_ids[start : start + int(batch_size)], layers, last_hidden)
+            features = out[0] if last_hidden else out
+            chunks.append(features)
+            if last_hidden:
+                lasts.append(out[1])
             if on_batch is not None:
-                on_batch(chunks[-1].shape[0])
+                on_batch(features.shape[0])
+    if last_hidden:
+        return torch.cat(chunks, dim=0), torch.cat(lasts, dim=0)
     return torch.cat(chunks, dim=0)
 
 

@@ -88,3 +88,33 @@ def test_training_leaves_the_hook_state_as_found(tiny):
     before = specforge_dpace.is_installed()
     _train(tiny, "dpace")
     assert specforge_dpace.is_installed() == before
+
+
+def test_capture_returns_the_last_hidden_state_from_the_same_pass(tiny):
+    target, _, ids, _, feats = tiny
+    again, last = capture_features(target, ids, LAYERS, show_progress=False, last_hidden=True)
+    assert torch.equal(again, feats) and last.shape == (6, 24, 32)
+    with torch.no_grad():  # the target's own head on it gives the target's logits: p is the target's
+        torch.testing.assert_close(target.lm_head(last), target(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("objective", ["lk-lambda", "dpace + 0.5*lk-lambda", "soft-dpace"])
+def test_soft_objectives_train_with_the_last_hidden_state(tiny, objective):
+    target, _, ids, mask, feats = tiny
+    _, last = capture_features(target, ids, LAYERS, show_progress=False, last_hidden=True)
+    cfg = DrafterConfig(block_size=4, steps=3, batch_size=4, num_anchors=4, seed=0)
+    kwargs = dict(target_layer_ids=LAYERS, mask_token_id=95, show_progress=False)
+    draft, log = train_drafter(target, ids, mask, feats, objective, cfg, target_last_hidden_states=last, **kwargs)
+    assert all(torch.isfinite(torch.tensor(log["loss_curve"])))
+    with pytest.raises(ValueError, match="target_last_hidden_states"):
+        train_drafter(target, ids, mask, feats, objective, cfg, **kwargs)
+
+
+def test_the_pipeline_captures_the_last_hidden_state_only_for_soft_objectives(tmp_path):
+    from specforge_dpace.demo.pipeline import DemoConfig, DemoPipeline
+
+    hard = DemoPipeline(tmp_path, DemoConfig(objectives=("dpace",)), show_progress=False, log=lambda _: None)
+    soft = DemoPipeline(tmp_path, DemoConfig(objectives=("dpace", "kl")), show_progress=False, log=lambda _: None)
+    hard.target_key = soft.target_key = "t"
+    assert not hard.needs_target_hidden and soft.needs_target_hidden
+    assert hard.features_key() != soft.features_key()
