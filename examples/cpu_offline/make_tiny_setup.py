@@ -4,7 +4,9 @@
 Writes into OUT_DIR (default ``cpu_offline_run``):
   target/             a random tiny Qwen3ForCausalLM + WordLevel tokenizer (save_pretrained)
   draft/config.json   a 1-layer DFlashDraftModel config (block size 4, target layers [1, 2])
-  features/           SpecForge offline feature files (specforge_hidden_states_v1), one per sample
+  features/           SpecForge offline feature files (specforge_hidden_states_v1), one per sample, with the
+                      target's last hidden state (target_last_hidden_states) for the soft-label configs
+                      (--no-last-hidden leaves it out; the hard-objective configs ignore it either way)
 
 The YAML files next to this script point at those paths, relative to the directory you run from.
 """
@@ -34,6 +36,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for the target weights and the corpus (default: %(default)s)"
     )
+    parser.add_argument(
+        "--no-last-hidden",
+        action="store_true",
+        help="do not store target_last_hidden_states (the soft-label configs, e.g. lk_lambda.yaml, need it)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -46,6 +53,7 @@ def main(argv=None) -> int:
         sample_length=args.sample_length,
         seed=args.seed,
         progress=not args.quiet,
+        last_hidden=not args.no_last_hidden,
     )
     print(json.dumps(paths, indent=2))
     return 0

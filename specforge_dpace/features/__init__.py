@@ -2,7 +2,9 @@
 
 ``capture_offline_features`` writes SpecForge's ``specforge_hidden_states_v1`` files (what
 ``data.hidden_states_path`` reads); ``make_tiny_offline_setup`` builds a complete tiny,
-download-free setup (tokenizer, Qwen3 target, DFlash draft config, features) for CPU runs.
+download-free setup (tokenizer, Qwen3 target, DFlash draft config, features) for CPU runs;
+``last_hidden=True`` also writes the target's last hidden state (``LAST_HIDDEN_KEY``), which soft-label
+objectives read.
 ``capture_features`` is the in-memory form the demo uses; both accept only target layer ids SGLang
 can capture (``0 .. n - 2`` of an ``n``-layer target; ``check_layer_ids`` says why otherwise).
 Importing this package imports neither torch nor SpecForge.
@@ -11,6 +13,7 @@ Importing this package imports neither torch nor SpecForge.
 from .capture import (
     FEATURE_FORMAT,
     FEATURE_SUFFIX,
+    LAST_HIDDEN_KEY,
     capture_features,
     capture_offline_features,
     check_layer_ids,
@@ -23,6 +26,7 @@ from .tiny import TinySizes, make_tiny_offline_setup, records_from_pairs, synthe
 __all__ = [
     "FEATURE_FORMAT",
     "FEATURE_SUFFIX",
+    "LAST_HIDDEN_KEY",
     "TinySizes",
     "capture_features",
     "capture_offline_features",

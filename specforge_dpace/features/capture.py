@@ -154,6 +154,31 @@ def target_layer_ids_from_draft_config(path: Union[str, os.PathLike]) -> list[in
     return [int(layer) for layer in layers]
 
 
+#: The key of the target's last hidden state (after the final norm) in a feature file, as DSpark and the
+#: soft-label objectives under ``strategy: dflash`` name it.
+LAST_HIDDEN_KEY = "target_last_hidden_states"
+
+
+def _check_last_hidden(model: Any, input_ids, last) -> None:
+    """Soft-label objectives compute p = softmax(lm_head(h_last)): refuse a target whose HF last hidden state
+    does not give its own logits through its output embedding (no final norm there, logit scaling/capping)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError("last_hidden=True needs a target with an output embedding (lm_head); this one has none")
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, use_cache=False).logits.float()
+        projected = head(last).float()
+    tolerance = 1e-3 * max(1.0, float(logits.abs().max()))
+    if projected.shape != logits.shape or not torch.allclose(projected, logits, rtol=1e-3, atol=tolerance):
+        raise ValueError(
+            f"last_hidden=True: the last hidden state of {type(model).__name__} (HF output_hidden_states[-1]) does "
+            f"not reproduce its logits through lm_head; {LAST_HIDDEN_KEY} must be the state after the final norm "
+            "that lm_head alone maps to the logits, which soft-label objectives assume"
+        )
+
+
 def capture_offline_features(
     target: Any,
     records: Iterable[Mapping[str, Any]],
@@ -164,6 +189,7 @@ def capture_offline_features(
     dtype: str = "float32",
     prefix: str = "sample",
     progress: bool = True,
+    last_hidden: bool = False,
 ) -> list[str]:
     """Write one SpecForge offline feature file per record; returns the file paths in order.
 
@@ -171,11 +197,17 @@ def capture_offline_features(
     ``input_ids`` and ``loss_mask`` (lists or tensors).  ``layer_ids``: the draft's
     ``dflash_config.target_layer_ids``, which SGLang must be able to capture (ids ``0 .. n - 2``).
     ``max_length`` truncates each record first.  Files are written atomically (temporary name, then
-    rename) so a reader never sees half a file.
+    rename) so a reader never sees half a file.  ``last_hidden=True`` also writes
+    ``target_last_hidden_states [seq, hidden]``, the target's last hidden state after the final norm (HF
+    ``output_hidden_states[-1]``; checked on the first record: ``lm_head`` of it reproduces the logits), which
+    soft-label objectives (``lk-lambda``, ``soft-<name>``, ...) under ``strategy: dflash`` read.  SpecForge's
+    DFlash reader ignores the key, so one directory serves hard and soft objectives.
     """
     import torch
     from tqdm.auto import tqdm
 
+    if not isinstance(last_hidden, bool):
+        raise ValueError(f"last_hidden must be True or False, got {last_hidden!r}")
     model = load_target(target, dtype=dtype)
     layers = check_layer_ids(layer_ids, _num_layers(model))
     if max_length is not None and int(max_length) < 2:
@@ -196,12 +228,17 @@ def capture_offline_features(
             input_ids, loss_mask = input_ids[: int(max_length)], loss_mask[: int(max_length)]
         _check_record(input_ids, loss_mask, index)
         with torch.no_grad():
-            hidden = _forward_features(model, input_ids[None].to(device), layers)[0]
+            out = _forward_features(model, input_ids[None].to(device), layers, last_hidden)
+        hidden = out[0][0] if last_hidden else out[0]
         payload = {
             "input_ids": input_ids.clone(),
             "loss_mask": loss_mask.clone(),
             "hidden_states": hidden.to(device="cpu", dtype=store_dtype).contiguous(),
         }
+        if last_hidden:
+            if index == 0:
+                _check_last_hidden(model, input_ids[None].to(device), out[1])
+            payload[LAST_HIDDEN_KEY] = out[1][0].to(device="cpu", dtype=store_dtype).contiguous()
         path = os.path.join(out_dir, f"{prefix}_{index:08d}{FEATURE_SUFFIX}")
         temporary = path + ".tmp"
         torch.save(payload, temporary)
@@ -220,6 +257,7 @@ def read_feature_file(path: Union[str, os.PathLike]) -> dict:
 __all__ = [
     "FEATURE_FORMAT",
     "FEATURE_SUFFIX",
+    "LAST_HIDDEN_KEY",
     "capture_features",
     "capture_offline_features",
     "check_layer_ids",

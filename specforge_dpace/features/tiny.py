@@ -157,13 +157,23 @@ def make_tiny_offline_setup(
     sizes: TinySizes = TinySizes(),
     seed: int = 0,
     progress: bool = True,
+    last_hidden: Optional[bool] = None,
+    loss_type: Optional[str] = None,
 ) -> dict:
     """Build ``out_dir/{target, draft/config.json, features/}``; returns their paths.
 
     ``target`` is a ``save_pretrained`` directory (weights + tokenizer); ``features`` holds one
     ``specforge_hidden_states_v1`` file per sample, captured at ``sizes.target_layer_ids``.
+    ``last_hidden`` also stores the target's last hidden state (``target_last_hidden_states``, read by
+    soft-label objectives); ``None`` (default) turns it on exactly when ``loss_type`` (an objective spec)
+    needs it.
     """
     from .capture import capture_offline_features
+
+    if last_hidden is not None and not isinstance(last_hidden, bool):
+        raise ValueError(f"last_hidden must be True, False or None (from loss_type), got {last_hidden!r}")
+    if last_hidden is None:
+        last_hidden = needs_last_hidden(loss_type)
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     target_dir = os.path.join(out_dir, "target")
@@ -178,7 +188,9 @@ def make_tiny_offline_setup(
         json.dump(draft_config(target.config, tokenizer.mask_token_id, sizes), handle, indent=2)
     pairs = synthetic_pairs(num_samples, num_words=sizes.num_words, length=sample_length, seed=seed)
     records = records_from_pairs(tokenizer, pairs)
-    files = capture_offline_features(target, records, features_dir, sizes.target_layer_ids, progress=progress)
+    files = capture_offline_features(
+        target, records, features_dir, sizes.target_layer_ids, progress=progress, last_hidden=last_hidden
+    )
     return {
         "root": out_dir,
         "target": target_dir,
@@ -186,7 +198,18 @@ def make_tiny_offline_setup(
         "features": features_dir,
         "num_files": len(files),
         "mask_token_id": int(tokenizer.mask_token_id),
+        "last_hidden": last_hidden,
     }
+
+
+def needs_last_hidden(loss_type: Optional[str]) -> bool:
+    """Whether the objective spec ``loss_type`` reads the target distribution (``False`` for ``None``);
+    an unknown name or a malformed spec raises the registry's error."""
+    if loss_type is None:
+        return False
+    from specforge_dpace.losses import build_loss
+
+    return bool(getattr(build_loss(loss_type), "needs_target", False))
 
 
 __all__ = [
@@ -196,6 +219,7 @@ __all__ = [
     "build_tokenizer",
     "draft_config",
     "make_tiny_offline_setup",
+    "needs_last_hidden",
     "records_from_pairs",
     "synthetic_pairs",
 ]
