@@ -1,5 +1,6 @@
-"""Offline acceptance evaluator: DFlash speculative decoding with an HF target and a SpecForge
-``DFlashDraftModel`` (greedy or speculative sampling), measuring tau without SGLang or a GPU.
+"""Offline acceptance evaluator: DFlash-family speculative decoding with an HF target and a SpecForge
+``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel`` (greedy, or speculative sampling with
+the draft's proposals sampled or greedy), measuring tau without SGLang or a GPU.
 
 Exports are resolved lazily so that ``specforge-dpace --help`` does not import torch.
 """
@@ -25,6 +26,9 @@ _EXPORTS = {
     "autoregressive_reference": "._speculative",
     "verify_greedy": "._sampling",
     "verify_sampling": "._sampling",
+    "verify_target_only": "._sampling",
+    "propose_block": "._proposals",
+    "model_method": "._proposals",
     "tiny_target": "._tiny",
     "tiny_draft": "._tiny",
 }

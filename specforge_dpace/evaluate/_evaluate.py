@@ -16,7 +16,12 @@ class EvalConfig:
     ranges and order, see ``_sampling.filter_probs``); ``block_size`` None = the draft's own;
     ``seed`` seeds one generator per prompt (``seed + prompt index``) so results do not depend on
     the prompt order or count; ``prompt_seeds`` (one int per prompt) replaces those seeds, for
-    callers that evaluate a data set piece by piece (``bench --backend hf``)."""
+    callers that evaluate a data set piece by piece (``bench --backend hf``).
+
+    ``draft_sampling`` (temperature > 0 only; at 0 both are greedy verification): ``"sample"`` (the
+    default) draws each proposal from the draft's distribution q and verifies with standard speculative
+    sampling; ``"greedy"`` proposes the draft's argmax and verifies target-only, SGLang 0.5.14's DFlash
+    convention (``bench --backend hf`` uses it).  Both are lossless; tau differs."""
 
     temperature: float = 0.0
     max_new_tokens: int = 128
@@ -28,13 +33,15 @@ class EvalConfig:
     top_k: int = -1
     top_p: float = 1.0
     prompt_seeds: Optional[Sequence[int]] = None
+    draft_sampling: str = "sample"
 
     def validate(self) -> None:
-        from ._sampling import check_top_k_top_p
+        from ._sampling import check_draft_sampling, check_top_k_top_p
 
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} is invalid; accepted: >= 0 (0 = greedy)")
         check_top_k_top_p(self.top_k, self.top_p)
+        check_draft_sampling(self.draft_sampling)
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} is invalid; accepted: an int >= 1")
         if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 2):
@@ -54,18 +61,23 @@ def _progress(items, enabled: bool, desc: str):
 def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None) -> EvalResult:
     """Speculative-decode every prompt (batch 1) and measure acceptance.
 
-    ``target``: an HF causal LM; ``draft``: a SpecForge ``DFlashDraftModel`` fitting it;
+    ``target``: an HF causal LM; ``draft``: a SpecForge ``DFlashDraftModel``, ``DominoDraftModel``
+    or ``DSparkDraftModel`` fitting it (decoded as its class samples blocks);
     ``prompts``: token-id lists or 1-D LongTensors.  Raises ``ValueError`` when the pair does
-    not fit (hidden size, vocabulary, layer ids, mask token, block size)."""
+    not fit (hidden size, vocabulary, layer ids, mask token, block size, head fields)."""
     import torch
+
+    from specforge_dpace.draft_methods import ARCHITECTURES
 
     from ._checkpoint import validate_pair
     from ._prompts import load_prompts
+    from ._proposals import model_method
     from ._speculative import DFlashDecoder, autoregressive_reference
 
     config = config or EvalConfig()
     config.validate()
-    settings = validate_pair(target.config, draft.config, config.block_size or draft.block_size)
+    method = model_method(draft)
+    settings = validate_pair(target.config, draft.config, config.block_size or draft.block_size, method=method)
     prompt_ids = load_prompts(prompts)
     vocab = (target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config).vocab_size
     for i, ids in enumerate(prompt_ids):
@@ -82,6 +94,7 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
         temperature=config.temperature,
         top_k=config.top_k,
         top_p=config.top_p,
+        draft_sampling=config.draft_sampling,
     )
     target.eval()
     draft.eval()
@@ -115,6 +128,8 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
     run_settings.pop("prompt_seeds")  # each record has its own "seed"
     run_settings["stop_token_ids"] = [int(t) for t in config.stop_token_ids]
     run_settings["block_size"] = block_size
+    run_settings["method"] = method
+    run_settings["draft_architecture"] = ARCHITECTURES[method]
     overall = overall_metrics(records, block_size, run_settings)
     if config.baseline:
         base_s = sum(r["baseline_s"] for r in records)
@@ -134,7 +149,8 @@ def evaluate_paths(
     num_prompts: Optional[int] = None,
     device=None,
 ) -> EvalResult:
-    """Load a target (HF directory) and a servable DFlash draft directory, then evaluate.
+    """Load a target (HF directory) and a draft directory (servable DFlash, or a Domino / DSpark
+    export), then evaluate.  ``config.block_size`` overrides the draft's own, as in :func:`load_draft`.
 
     Prompts: a JSONL path (``"prompt"`` text or ``"input_ids"`` per line) or a list.  Text is
     encoded with the tokenizer in ``tokenizer_path`` or, by default, ``target_path``."""
@@ -145,7 +161,9 @@ def evaluate_paths(
     config.validate()
     target = load_target(target_path, device=device)
     validate_pair(target.config, read_draft_config(draft_path), config.block_size)
-    draft = load_draft(draft_path, target.config, dtype=next(target.parameters()).dtype, device=device)
+    draft = load_draft(
+        draft_path, target.config, dtype=next(target.parameters()).dtype, device=device, block_size=config.block_size
+    )
     is_path = isinstance(prompts_path_or_list, str) or hasattr(prompts_path_or_list, "__fspath__")
     items = read_prompt_records(prompts_path_or_list) if is_path else list(prompts_path_or_list)
     encode = None

@@ -113,3 +113,57 @@ def verify_sampling(
         choice = residual / total if total > 1e-12 else target_probs_[j].double()
         return j, _sample(choice, generator)
     return n_draft, _sample(target_probs_[n_draft].double(), generator)
+
+
+DRAFT_SAMPLING = ("sample", "greedy")
+
+
+def check_draft_sampling(value) -> str:
+    """``"sample"`` (standard speculative sampling: proposals drawn from q) or ``"greedy"`` (SGLang's
+    DFlash convention: argmax proposals, target-only verification)."""
+    if value not in DRAFT_SAMPLING:
+        raise ValueError(
+            f"draft_sampling={value!r} is invalid; accepted: 'sample' (proposals drawn from the draft's "
+            "distribution q, standard speculative sampling) or 'greedy' (argmax proposals, target-only "
+            "verification, as SGLang's DFlash does)"
+        )
+    return value
+
+
+def verify_target_only(
+    draft_tokens: torch.Tensor,
+    target_probs_: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[int, int]:
+    """SGLang's DFlash verification of greedy proposals at temperature > 0, lossless in distribution.
+
+    Drafted token ``x_j`` is accepted with probability ``p_j(x_j)`` (no draft distribution is used);
+    at the first rejection the next token is drawn from ``p_j`` with ``x_j`` removed, renormalized
+    (``relu(p_j - p_j(x_j) e_{x_j})``); if every drafted token is accepted the bonus token is drawn
+    from ``p_{K-1}``.  This is sgl_kernel's ``tree_speculative_sampling_target_only`` for a chain
+    (``compute_dflash_sampling_correct_drafts_and_bonus`` in ``sglang/srt/speculative/dflash_utils.py``
+    passes all-zero draft probabilities; the kernel accepts when ``coin <= p / threshold_acc`` or
+    ``p >= threshold_single`` and, on a rejection, copies ``p(x)`` into the draft probabilities before
+    sampling ``relu(p - draft)``) at the default thresholds ``--speculative-accept-threshold-single``
+    = ``--speculative-accept-threshold-acc`` = 1.0, the only setting under which it is lossless.
+    It equals :func:`verify_sampling` with q = the one-hot distribution of each proposal.
+    Returns ``(accepted, next_token)``."""
+    n_draft = int(draft_tokens.shape[0])
+    if target_probs_.shape[0] != n_draft + 1:
+        raise ValueError(
+            f"shapes do not match: draft_tokens {tuple(draft_tokens.shape)}, target_probs "
+            f"{tuple(target_probs_.shape)} (need K-1 and K rows)"
+        )
+    device = generator.device if generator is not None else target_probs_.device
+    uniforms = torch.rand(n_draft, generator=generator, dtype=torch.float64, device=device)
+    for j in range(n_draft):
+        token = int(draft_tokens[j].item())
+        if float(uniforms[j].item()) < float(target_probs_[j, token].item()):
+            continue
+        residual = target_probs_[j].double().clone()
+        residual[token] = 0.0
+        total = float(residual.sum().item())
+        # p(x) == 1 up to rounding leaves nothing else: a rejection then has probability ~0
+        choice = residual / total if total > 1e-12 else target_probs_[j].double()
+        return j, _sample(choice, generator)
+    return n_draft, _sample(target_probs_[n_draft].double(), generator)

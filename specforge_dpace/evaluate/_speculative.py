@@ -1,13 +1,20 @@
-"""DFlash speculative decoding of one prompt (batch 1) with an HF target and a SpecForge draft.
+"""DFlash-family speculative decoding of one prompt (batch 1) with an HF target and a SpecForge
+draft (``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel``).
 
 One verify step: the draft fills a block ``[last emitted token, mask, ..., mask]`` at positions
 ``S .. S+K-1`` (``S`` = tokens the target has processed), conditioned on the target's features
 at ``target_layer_ids`` for positions ``< S`` (the same "context strictly before the anchor"
-rule SpecForge trains with); the target's ``lm_head`` turns the draft's hidden states of slots
-``1..K-1`` into draft tokens; the target then scores the whole block in one forward pass over
-its KV cache; the accepted prefix plus one target token are emitted and the cache is cropped
-back to the kept tokens.  The draft keeps its own KV cache of context keys/values (context
-features never change once computed) and drops its block entries after each step.
+rule SpecForge trains with); the target's ``lm_head`` (and, for Domino / DSpark, the draft's logits
+head, see ``_proposals``) turns the draft's hidden states into draft tokens for slots ``1..K-1``;
+the target then scores the whole block in one forward pass over its KV cache; the accepted prefix
+plus one target token are emitted and the cache is cropped back to the kept tokens.  The draft keeps
+its own KV cache of context keys/values (context features never change once computed) and drops its
+block entries after each step.
+
+Verification: greedy at temperature 0 (output identical to the target's greedy decoding).  At
+temperature > 0, ``draft_sampling="sample"`` draws each proposal from the draft's distribution q and
+verifies with standard speculative sampling; ``draft_sampling="greedy"`` proposes the argmax and
+verifies target-only, as SGLang 0.5.14's DFlash does.  Both are lossless in distribution.
 """
 
 from __future__ import annotations
@@ -19,7 +26,15 @@ from typing import Optional, Sequence
 import torch
 
 from ._cache import cache_kwargs, crop_cache
-from ._sampling import check_top_k_top_p, sampling_probs, verify_greedy, verify_sampling
+from ._proposals import model_method, propose_block
+from ._sampling import (
+    check_draft_sampling,
+    check_top_k_top_p,
+    sampling_probs,
+    verify_greedy,
+    verify_sampling,
+    verify_target_only,
+)
 
 
 def context_features(hidden_states: Sequence[torch.Tensor], layer_ids: Sequence[int]) -> torch.Tensor:
@@ -49,16 +64,30 @@ def _sync(device: torch.device) -> None:
 
 
 class DFlashDecoder:
-    """Speculative decoding with a fixed (target, draft) pair; ``decode`` runs one prompt."""
+    """Speculative decoding with a fixed (target, draft) pair; ``decode`` runs one prompt.
+
+    ``draft`` is a SpecForge ``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel``; its
+    block is proposed as that class samples it (``method``).  ``draft_sampling`` ("sample" or
+    "greedy") chooses how proposals are made and verified at temperature > 0 (see the module)."""
 
     def __init__(
-        self, target, draft, *, block_size: int, temperature: float = 0.0, top_k: int = -1, top_p: float = 1.0
+        self,
+        target,
+        draft,
+        *,
+        block_size: int,
+        temperature: float = 0.0,
+        top_k: int = -1,
+        top_p: float = 1.0,
+        draft_sampling: str = "sample",
     ):
         if block_size < 2:
             raise ValueError(f"block size {block_size} is invalid; accepted: an int >= 2")
         if temperature < 0:
             raise ValueError(f"temperature {temperature} is invalid; accepted: >= 0 (0 = greedy)")
         check_top_k_top_p(top_k, top_p)
+        self.draft_sampling = check_draft_sampling(draft_sampling)
+        self.method = model_method(draft)
         self.top_k = int(top_k)
         self.top_p = float(top_p)
         self.target = target
@@ -81,8 +110,16 @@ class DFlashDecoder:
         probs = self._probs(logits)
         return int(torch.multinomial(probs.double(), 1, generator=generator).item())
 
+    def _choose(self, logits: torch.Tensor, generator) -> tuple:
+        """Proposals from draft logits ``[n, V]``: the argmax (temperature 0, or greedy draft sampling),
+        else one sample per row from q, the temperature / top-k / top-p distribution, returned with it."""
+        if self.temperature == 0 or self.draft_sampling == "greedy":
+            return logits.argmax(dim=-1), None
+        q = self._probs(logits)
+        return torch.multinomial(q.double(), 1, generator=generator).squeeze(-1), q
+
     def _propose(self, draft_cache, new_features, tokens: list, generator):
-        """Draft tokens for slots 1..K-1 and (when sampling) their distributions q.
+        """Draft tokens for slots 1..K-1 and (when sampling them) their distributions q.
 
         ``tokens`` = prompt + emitted tokens; its last one (at position ``start``) is the
         block's anchor and ``new_features`` the target features not yet in ``draft_cache``."""
@@ -102,12 +139,9 @@ class DFlashDecoder:
             is_causal=False,
         )
         crop_cache(draft_cache, start)  # keep context keys/values only; the block changes every step
-        logits = self.lm_head(hidden[:, 1:, :])[0]  # [K-1, V]
-        if self.temperature == 0:
-            return logits.argmax(dim=-1), None
-        q = self._probs(logits)
-        drafted = torch.multinomial(q.double(), 1, generator=generator).squeeze(-1)
-        return drafted, q
+        return propose_block(
+            self.draft, self.method, hidden, block, self.lm_head, self.embed, lambda x: self._choose(x, generator)
+        )
 
     @torch.inference_mode()
     def decode(
@@ -161,6 +195,9 @@ class DFlashDecoder:
             logits = out.logits[0]  # [K, V]
             if self.temperature == 0:
                 accepted, nxt = verify_greedy(draft_tokens, logits)
+            elif self.draft_sampling == "greedy":
+                p = self._probs(logits)
+                accepted, nxt = verify_target_only(draft_tokens, p, generator)
             else:
                 p = self._probs(logits)  # the same filtered p plain sampling draws from: lossless
                 accepted, nxt = verify_sampling(draft_tokens, q, p, generator)

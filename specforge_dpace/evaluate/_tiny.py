@@ -1,4 +1,5 @@
-"""Tiny real models built from configs (no download): a Qwen3 target and a SpecForge DFlash draft.
+"""Tiny real models built from configs (no download): a Qwen3 target and a SpecForge DFlash-family
+draft (``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel``).
 
 Used by the evaluator's tests, the demo and the benchmark's ``--backend hf`` tests.
 """
@@ -54,18 +55,31 @@ def tiny_draft(
     target_layer_ids: Optional[Sequence[int]] = None,
     mask_token_id: Optional[int] = None,
     seed: int = 1,
+    method: str = "dflash",
+    head: Optional[dict] = None,
     **config_overrides,
 ):
-    """A randomly initialised SpecForge ``DFlashDraftModel`` that fits ``target``.
+    """A randomly initialised SpecForge ``DFlashDraftModel`` that fits ``target``
+    (``method="domino"``: a ``DominoDraftModel``; ``"dspark"``: a ``DSparkDraftModel``).
 
     Shapes (hidden size, heads, head_dim, vocabulary) copy the target; ``target_layer_ids``
     default to the first and the last layer SGLang can capture (ids ``0`` and ``n - 2`` of an
     ``n``-layer target; just ``[0]`` for 2 layers); ``mask_token_id`` defaults to the last
     vocabulary id.  ``config_overrides`` go to the draft's ``Qwen3Config`` (``attention_bias=True``, say).
+    ``head``: the method's ``dflash_config`` head fields, over the defaults (Domino: ``emb_dim`` and
+    ``gru_hidden_dim`` = the hidden size; DSpark: a rank-16 vanilla Markov head and a confidence head).
     """
     import torch
     from specforge.modeling.draft.dflash import DFlashDraftModel
+    from specforge.modeling.draft.domino import DominoDraftModel
+    from specforge.modeling.draft.dspark import DSparkDraftModel
     from transformers import Qwen3Config
+
+    from specforge_dpace.draft_methods import ARCHITECTURES
+
+    classes = {"dflash": DFlashDraftModel, "domino": DominoDraftModel, "dspark": DSparkDraftModel}
+    if method not in classes:
+        raise ValueError(f"method={method!r} is invalid; accepted: {sorted(classes)}")
 
     tc = target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config
     n_target = tc.num_hidden_layers
@@ -84,15 +98,22 @@ def tiny_draft(
         tie_word_embeddings=False,
         **config_overrides,
     )
-    config.architectures = ["DFlashDraftModel"]
+    config.architectures = [ARCHITECTURES[method]]
     config.block_size = int(block_size)
     config.num_target_layers = n_target
+    defaults = {
+        "dflash": {},
+        "domino": {"emb_dim": tc.hidden_size, "gru_hidden_dim": tc.hidden_size},
+        "dspark": {"markov_rank": 16, "markov_head_type": "vanilla", "enable_confidence_head": True},
+    }[method]
     config.dflash_config = {
         "target_layer_ids": [int(i) for i in target_layer_ids],
         "mask_token_id": int(tc.vocab_size - 1 if mask_token_id is None else mask_token_id),
+        **defaults,
+        **(head or {}),
     }
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    draft = DFlashDraftModel(config)
+    draft = classes[method](config)
     draft = draft.to(dtype=next(target.parameters()).dtype)
     return draft.eval()
