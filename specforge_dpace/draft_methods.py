@@ -111,7 +111,8 @@ def draft_method(config: Any, *, where: str = "draft config") -> str:
 
 
 def sglang_serving_problem(method: str, version: Optional[str]) -> Optional[str]:
-    """Why SGLang ``version`` cannot serve a ``method`` drafter (None: it can).
+    """Why SGLang ``version`` cannot serve a ``method`` drafter (None: it can, or the method is DFlash,
+    whose checkpoint :mod:`servable` checks).
 
     ``version`` None means no SGLang could be found.  Only versions this module has read the source of
     (:data:`SGLANG_SERVES`) are known to serve DFlash; for any other version the DFlash rules of 0.5.14
@@ -124,14 +125,14 @@ def sglang_serving_problem(method: str, version: Optional[str]) -> Optional[str]
         "accepted: a DFlash drafter (architectures ['DFlashDraftModel'], --speculative-algorithm DFLASH); "
         "measure Domino / DSpark drafters offline with --backend hf (or specforge-dpace evaluate)"
     )
+    if method == DFLASH:
+        return None  # what SGLang >= 0.5.11 serves; servable's rules check the checkpoint itself
     if version is None:
         return (
             f"a {name} drafter (architectures [{arch!r}]) cannot be benchmarked with SGLang here: SGLang's version "
             f"could not be read (no sglang package is installed in this Python), and no SGLang version this runner "
             f"knows serves {name} ({known}, only through --speculative-algorithm DFLASH); {accepted}"
         )
-    if method == DFLASH:
-        return None
     served = SGLANG_SERVES.get(version)
     if served is not None:
         return (

@@ -1,4 +1,5 @@
-"""``specforge-dpace bench``: tau, throughput and speed-up of DFlash drafters, side by side."""
+"""``specforge-dpace bench``: tau, throughput and speed-up of DFlash drafters, side by side (Domino and
+DSpark drafters with ``--backend hf``; SGLang 0.5.14 serves DFlash only)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,20 @@ sha256, dataset file path + sha256, chat template, top-k/top-p/seed/max-new-toke
 versions, server launch or concurrency); a rerun whose settings differ from those OUT already
 holds is refused before anything is launched, with the list of what changed: use a new --out for
 new settings.  Adding drafters, datasets, temperatures or prompts to an OUT is fine.
+
+Drafters are validated before anything is launched against SGLang 0.5.14's DFlash loader rules
+(docs/bench.md, "What SGLang's DFlash loader accepts"), against the target when --target is a local
+directory: target layer ids 0..n-2 only for an n-layer target (SGLang never captures the last layer),
+config fields, weight names and shapes.  SGLang 0.5.14 serves DFlash drafters only
+(--speculative-algorithm DFLASH loads DFlashDraftModel): a Domino or DSpark drafter (architectures
+DominoDraftModel / DSparkDraftModel) is refused with --backend sglang, naming the SGLang version found,
+before anything is launched; --backend hf measures them, decoded as their SpecForge classes sample blocks.
+
+Draft sampling at temperature > 0: SGLang's DFlash proposes the draft's argmax and verifies it
+target-only (lossless); --backend hf does the same by default (--draft-sampling greedy), or samples the
+proposals from the draft's distribution q with --draft-sampling sample (standard speculative sampling,
+what `specforge-dpace evaluate` does by default).  tau at temperature > 0 differs between the two; the
+choice is part of the settings record.
 
 The real SGLang path needs a GPU machine with SGLang >= 0.5.11 installed.  On a CPU machine,
 --launcher "python -m specforge_dpace.bench.loopback" runs the whole pipeline against a loopback
@@ -54,13 +69,17 @@ def _pairs(values, flag: str) -> dict[str, str]:
 def configure(parser: argparse.ArgumentParser) -> None:
     p = parser
     p.add_argument(
-        "--target", required=True, help="target model directory (served by SGLang / loaded by the evaluator)"
+        "--target",
+        required=True,
+        help="target model directory (served by SGLang / loaded by the evaluator); when it is a local directory "
+        "the drafters are validated against it (target layer ids 0..n-2 only)",
     )
     p.add_argument(
         "--drafter",
         action="append",
         metavar="NAME=PATH",
-        help="a DFlash draft directory to benchmark (repeat for several; NAME labels it in the report)",
+        help="a draft directory to benchmark (repeat for several; NAME labels it in the report), validated "
+        "against SGLang 0.5.14's DFlash loader rules (docs/bench.md); Domino / DSpark drafters with --backend hf only",
     )
     p.add_argument(
         "--dataset",
@@ -158,6 +177,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="--backend hf only: prompts per evaluator call (results are saved per chunk; default 4)",
     )
+    p.add_argument(
+        "--draft-sampling",
+        choices=("greedy", "sample"),
+        default=None,
+        help="--backend hf only, temperature > 0: 'greedy' (the default; SGLang's DFlash convention: argmax "
+        "proposals, target-only verification) or 'sample' (proposals drawn from the draft's distribution q)",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
 
 
@@ -171,7 +197,7 @@ SERVER_ONLY = (
     ("health_timeout", "--health-timeout", 900.0),
     ("request_timeout", "--request-timeout", 600.0),
 )
-HF_ONLY = (("hf_chunk", "--hf-chunk", 4),)
+HF_ONLY = (("hf_chunk", "--hf-chunk", 4), ("draft_sampling", "--draft-sampling", "greedy"))
 
 
 def _backend_flags(args: argparse.Namespace) -> None:
@@ -186,7 +212,12 @@ def _backend_flags(args: argparse.Namespace) -> None:
     else:
         for attr, flag, _ in HF_ONLY:
             if getattr(args, attr) is not None:
-                raise ValueError(f"{flag} applies to --backend hf only; drop it, or use --backend hf")
+                why = (
+                    " (SGLang's DFlash always proposes the draft's argmax and verifies it target-only)"
+                    if attr == "draft_sampling"
+                    else ""
+                )
+                raise ValueError(f"{flag} applies to --backend hf only{why}; drop it, or use --backend hf")
     for attr, _, default in SERVER_ONLY + HF_ONLY:
         if getattr(args, attr) is None:
             setattr(args, attr, default)
@@ -273,6 +304,7 @@ def build_config(args: argparse.Namespace):
         backend=args.backend,
         datasets=identities,
         tokenizer=args.tokenizer,
+        draft_sampling=args.draft_sampling,
     )
 
 
@@ -283,14 +315,24 @@ def run(args: argparse.Namespace) -> int:
     from specforge_dpace.bench.datasets import make_renderer
     from specforge_dpace.bench.results import TAU_LEGEND, ResultStore, display_table, versions
     from specforge_dpace.bench.runner import BenchError, check_resume, config_summary, drafter_hashes, run_sglang
-    from specforge_dpace.bench.server import ServerError
+    from specforge_dpace.bench.server import ServerError, check_methods_served, sglang_version
     from specforge_dpace.bench.validate import validate_draft_dir
 
     cfg = build_config(args)
+    if cfg.backend == "sglang":
+        # SGLang 0.5.14 serves DFlash drafters only: a Domino / DSpark drafter is refused (a ValueError naming
+        # the method and the SGLang version found) before any server is launched or attached to
+        check_methods_served(cfg.drafters, sglang_version())
     for name, path in cfg.drafters.items():
         # SGLang's loader rules (specforge_dpace.servable), against the target when --target is a local
-        # directory; DraftValidationError (a ValueError) names every problem.
-        info = validate_draft_dir(path, target=cfg.target)
+        # directory; DraftValidationError (a ValueError) names every problem.  --backend hf also takes
+        # Domino / DSpark drafters (their heads checked by specforge_dpace.draft_methods).
+        if cfg.backend == "hf":
+            from specforge_dpace.bench.hf_backend import validate_hf_drafter
+
+            info = validate_hf_drafter(path, cfg.target)
+        else:
+            info = validate_draft_dir(path, target=cfg.target)
         for note in info.notes:
             print(f"specforge-dpace bench: note: drafter {name}: {note}", file=sys.stderr)
         cfg.block_sizes[name] = info.block_size

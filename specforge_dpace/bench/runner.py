@@ -52,6 +52,8 @@ class BenchConfig:
     datasets: dict[str, dict] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # tokenizer directory when it is not the target's
     drafter_hashes: dict[str, str] = field(default_factory=dict)  # filled by drafter_hashes()
+    # --backend hf: how the evaluator drafts at temperature > 0 ("greedy": SGLang's DFlash convention)
+    draft_sampling: str = "greedy"
     _settings: dict = field(default_factory=dict, repr=False)
 
     def servers(self) -> list[tuple[str, Optional[str]]]:
@@ -87,6 +89,8 @@ def run_settings(cfg: BenchConfig) -> dict[str, Any]:
     }
     if cfg.backend == "sglang":
         run["concurrency"] = cfg.concurrency
+    else:  # the evaluator's draft sampling changes tau at temperature > 0 (SGLang always drafts greedily)
+        run["sampling"]["draft_sampling"] = cfg.draft_sampling
     return run
 
 

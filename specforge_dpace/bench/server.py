@@ -20,10 +20,40 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 DEFAULT_LAUNCHER = (sys.executable, "-m", "sglang.launch_server")
 LAUNCHER_ENV = "SPECFORGE_DPACE_BENCH_LAUNCHER"
+
+
+def sglang_version() -> Optional[str]:
+    """The version of the SGLang installed in this Python (what ``python -m sglang.launch_server`` runs),
+    None when none is installed."""
+    from specforge_dpace._versions import package_version
+
+    return package_version("sglang")
+
+
+def check_methods_served(drafters: Mapping[str, str], version: Optional[str]) -> None:
+    """Refuse (``ValueError``), before anything is launched, every drafter whose method SGLang ``version``
+    cannot serve: SGLang 0.5.14 serves DFlash drafters only (``--speculative-algorithm DFLASH`` loads
+    ``DFlashDraftModel``), never Domino or DSpark (``specforge_dpace.draft_methods``).  The method comes from
+    each draft config's ``architectures``; a draft whose config cannot be read or names no DFlash-family
+    architecture is left to the validator, which says why."""
+    from specforge_dpace import draft_methods
+
+    problems = []
+    for name, path in drafters.items():
+        try:
+            config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+            method = draft_methods.draft_method(config)
+        except (OSError, ValueError):
+            continue
+        problem = draft_methods.sglang_serving_problem(method, version)
+        if problem:
+            problems.append(f"drafter {name!r} ({path}): {problem}")
+    if problems:
+        raise ValueError("SGLang cannot serve these drafters, so nothing was launched:\n  - " + "\n  - ".join(problems))
 
 
 class ServerError(RuntimeError):

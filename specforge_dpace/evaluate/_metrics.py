@@ -125,15 +125,17 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         return {"overall": dict(self.overall), "per_prompt": [dict(r) for r in self.per_prompt]}
 
-    def table(self, title: Optional[str] = "DFlash offline acceptance") -> str:
+    def table(self, title: Optional[str] = "DFlash-family offline acceptance") -> str:
         """Summary table, then acceptance per block slot (printed by the CLI and the demo)."""
         from ..report import format_table
 
         o = self.overall
         summary = {
+            "method": o.get("method"),
             "prompts": o.get("num_prompts"),
             "K": o.get("block_size"),
             "temp": o.get("temperature"),
+            "draft sampling": o.get("draft_sampling") if o.get("temperature") else "greedy (T=0)",
             "tokens": o.get("completion_tokens"),
             "verify steps": o.get("verify_steps"),
             "tok/s": o.get("tokens_per_s"),

@@ -1,13 +1,24 @@
-"""``specforge-dpace evaluate``: offline DFlash acceptance (tau) of a draft checkpoint."""
+"""``specforge-dpace evaluate``: offline acceptance (tau) of a DFlash, Domino or DSpark draft checkpoint."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "measure a DFlash drafter's acceptance length (tau) offline with an HF target (no SGLang, CPU ok)"
-DESCRIPTION = """Speculative decoding, batch 1, with an HF causal-LM target and a SpecForge DFlash draft
-checkpoint (the directory layout SGLang serves). Temperature 0 verifies greedily (output identical to
-the target's greedy decoding); temperature > 0 uses speculative sampling (lossless in distribution).
+HELP = "measure a DFlash/Domino/DSpark drafter's acceptance length (tau) offline with an HF target (no SGLang, CPU ok)"
+DESCRIPTION = """Speculative decoding, batch 1, with an HF causal-LM target and a SpecForge DFlash-family draft
+checkpoint: a DFlash draft in the directory layout SGLang serves, or a Domino / DSpark draft as SpecForge's
+HF export writes it (architectures DominoDraftModel / DSparkDraftModel), decoded the way its own SpecForge
+class samples a block.  Temperature 0 verifies greedily (output identical to the target's greedy decoding);
+temperature > 0 is lossless in distribution, with the proposals chosen by --draft-sampling: 'sample' (the
+default) draws each from the draft's distribution q and verifies with standard speculative sampling;
+'greedy' proposes the draft's argmax and verifies target-only, as SGLang 0.5.14's DFlash does (what
+`specforge-dpace bench --backend hf` uses).  tau at temperature > 0 differs between the two; eval.json
+records which one was used (draft_sampling).
+
+Drafters are validated before decoding against SGLang 0.5.14's DFlash loader rules (docs/bench.md, "What
+SGLang's DFlash loader accepts"), against the target (--target is a local directory): target layer ids
+0..n-2 only for an n-layer target (SGLang never captures the last layer), config fields, weight names and
+shapes; Domino / DSpark heads by the rules of their SpecForge classes.
 
 Prints tau (tokens per verify step, bonus token included) in two labelled conventions -- per verify
 step with the prefill token excluded ("tau"), and SGLang's completion_tokens / spec_verify_ct with the
@@ -20,14 +31,31 @@ without chat template by the tokenizer in --tokenizer or --target)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", required=True, metavar="PATH", help="HF model directory of the target (local)")
     parser.add_argument(
-        "--draft", required=True, metavar="PATH", help="DFlash draft directory (config.json + *.safetensors)"
+        "--target",
+        required=True,
+        metavar="PATH",
+        help="HF model directory of the target (local); the draft is validated against it (layer ids 0..n-2 only)",
+    )
+    parser.add_argument(
+        "--draft",
+        required=True,
+        metavar="PATH",
+        help="draft directory (config.json + *.safetensors): DFlash, validated against SGLang 0.5.14's DFlash "
+        "loader rules (docs/bench.md), or a Domino / DSpark export",
     )
     parser.add_argument("--prompts", required=True, metavar="FILE", help="prompts JSONL ('prompt' or 'input_ids')")
     parser.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer directory (default: --target)")
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="0 = greedy verification (default); > 0 = speculative sampling"
+    )
+    parser.add_argument(
+        "--draft-sampling",
+        choices=("sample", "greedy"),
+        default="sample",
+        help="temperature > 0: 'sample' (the default) draws the proposals from the draft's distribution q "
+        "(standard speculative sampling); 'greedy' proposes the draft's argmax and verifies target-only, as "
+        "SGLang's DFlash does (bench --backend hf uses it); both lossless",
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
     parser.add_argument(
@@ -133,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         top_k=args.top_k,
         top_p=args.top_p,
+        draft_sampling=args.draft_sampling,
     )
     result = evaluate_paths(
         args.target,
