@@ -12,7 +12,7 @@ with q = softmax(z / T) and p = softmax(z_p / T):
 * TV = 1 - alpha.
 
 The minimum sends ties q = p to the q side: d alpha / dz = q * (u - s) / T with u = 1[q <= p],
-s = sum_x q_x u_x. Gradients of the fused path use the same convention (:func:`stat_directions`).
+s = sum_x q_x u_x (the fused path uses the same convention).
 """
 
 from __future__ import annotations
@@ -72,6 +72,47 @@ def _log_probs(logits: Tensor, temperature: float) -> Tensor:
     return torch.log_softmax(work if temperature == 1.0 else work / temperature, dim=-1)
 
 
+class _SoftStatistics(torch.autograd.Function):
+    """``(log_alpha, kl)`` of draft logits against fixed target log-probabilities, with the gradient of
+    DESIGN.md 3.1 written out: two saved ``[.., V]`` tensors and a handful of element-wise passes,
+    where autograd through ``where``/``logsumexp`` chains costs several times more on CPU.
+
+    Backward combines both statistics into one upstream gradient over ``log q``,
+    ``G = g_la * min(p, q) / alpha * u - g_kl * p`` (u = 1[q <= p]: ties on the q side), and runs
+    the very kernel autograd uses for ``log_softmax`` on it, so with p = onehot(label) the gradient
+    is bit for bit cross-entropy's.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, log_p: Tensor, temperature: float):  # type: ignore[override]
+        log_q = _log_probs(logits, temperature)
+        log_alpha = torch.logsumexp(torch.minimum(log_q, log_p), dim=-1)
+        p = torch.exp(log_p)
+        finite_log_p = log_p.clamp_min(torch.finfo(log_p.dtype).min)  # 0 * log 0 terms are 0, not NaN
+        kl = (p * finite_log_p).sum(dim=-1) - (p * log_q).sum(dim=-1)
+        ctx.save_for_backward(log_q, log_p, log_alpha)
+        ctx.temperature = temperature
+        ctx.logits_dtype = logits.dtype
+        return log_alpha, kl
+
+    @staticmethod
+    def backward(ctx, grad_log_alpha: Tensor, grad_kl: Tensor):  # type: ignore[override]
+        log_q, log_p, log_alpha = ctx.saved_tensors
+        upstream = None
+        if grad_log_alpha is not None:
+            share = torch.exp(torch.minimum(log_q, log_p) - log_alpha.unsqueeze(-1))  # min(p, q) / alpha
+            upstream = share * (log_q <= log_p).to(share.dtype) * grad_log_alpha.unsqueeze(-1)
+        if grad_kl is not None:
+            kl_part = torch.exp(log_p) * grad_kl.unsqueeze(-1)
+            upstream = -kl_part if upstream is None else upstream - kl_part
+        if upstream is None:
+            return None, None, None
+        grad = torch._log_softmax_backward_data(upstream, log_q, -1, log_q.dtype)
+        if ctx.temperature != 1.0:
+            grad = grad / ctx.temperature
+        return grad.to(ctx.logits_dtype), None, None
+
+
 def soft_slot_stats(
     draft_logits: Tensor,
     temperature: float = 1.0,
@@ -95,19 +136,16 @@ def soft_slot_stats(
             f"soft_slot_stats: target shape {tuple(target.shape)} does not match draft logits "
             f"{tuple(draft_logits.shape)} ([..., V] both)"
         )
-    log_q = _log_probs(draft_logits, float(temperature))
     with torch.no_grad():
         if target_logits is not None:
             log_p = _log_probs(target_logits, float(temperature))
             teacher_ids = target_logits.argmax(dim=-1)
         else:
-            log_p = target_log_probs.to(log_q.dtype)
+            work = torch.float32 if draft_logits.dtype in (torch.bfloat16, torch.float16) else draft_logits.dtype
+            log_p = target_log_probs.to(work)
             teacher_ids = target_log_probs.argmax(dim=-1)
-        p = torch.exp(log_p)
         draft_ids = draft_logits.detach().argmax(dim=-1)
-    log_min = torch.where(log_q <= log_p, log_q, log_p)  # ties to the q side (u = 1[q <= p])
-    log_alpha = torch.logsumexp(log_min, dim=-1)
-    kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(log_q)).sum(dim=-1)
+    log_alpha, kl = _SoftStatistics.apply(draft_logits, log_p, float(temperature))
     return SoftSlots(float(temperature), log_alpha, kl, teacher_ids, draft_ids)
 
 
