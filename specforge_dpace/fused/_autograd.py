@@ -39,3 +39,37 @@ class ScaledSlotGrad(torch.autograd.Function):
 def attach_gradient(hidden: Tensor, num: Tensor, slot_grad: Tensor, dl_dhidden: Tensor) -> Tensor:
     """``num`` (detached values) carrying the precomputed gradient to ``hidden``."""
     return ScaledSlotGrad.apply(hidden, num, slot_grad, dl_dhidden)
+
+
+class DirectionGrads(torch.autograd.Function):
+    """``num`` whose gradient is a sum over gradient directions, each computed in the forward pass.
+
+    ``pairs`` alternate coefficients ``c_d [T, B, N, K]`` and buffers ``g_d [B, N, K, H]``
+    (``g_d`` = d stat_d / d hidden, or an already summed direction with ``c_d`` = ones): backward
+    returns ``sum_d (grad_num . c_d)[..., None] * g_d``.  Soft-label objectives use it
+    (:mod:`._soft`); hard ones keep :class:`ScaledSlotGrad` (one buffer).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, num: Tensor, *pairs: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(*pairs)
+        ctx.hidden_dtype, ctx.hidden_shape = hidden.dtype, hidden.shape
+        return num.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_num: Tensor):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        grad = None
+        for coefficients, buffer in zip(saved[0::2], saved[1::2]):
+            scale = torch.tensordot(grad_num.to(coefficients.dtype), coefficients, dims=1)  # [B, N, K]
+            term = buffer * scale.unsqueeze(-1)
+            grad = term if grad is None else grad.add_(term)
+        if grad is None:
+            grad = grad_num.new_zeros(ctx.hidden_shape)
+        return (grad.to(ctx.hidden_dtype), None, *([None] * len(saved)))
+
+
+def attach_directions(hidden: Tensor, num: Tensor, pairs: list) -> Tensor:
+    """``num`` carrying ``sum_d (grad_num . c_d) g_d`` to ``hidden`` (``pairs`` = [(c_d, g_d)])."""
+    flat = [tensor for pair in pairs for tensor in pair]
+    return DirectionGrads.apply(hidden, num, *flat)

@@ -8,6 +8,10 @@ at once (about 4*H*V flops a token); one ``[sub-chunk tokens, V]`` buffer serves
 and dies with the call.
 Values come from ``objective.chunk_terms`` on the detached per-slot cross-entropy (for the
 chain term the value is not linear in it), gradients from ``slot_grad``.
+
+Soft-label objectives (``needs_target``) take the target's hidden states of the same slots and run
+:mod:`._soft`: the target logits of each piece are formed there (forward only), and the gradient
+directions of DESIGN.md 3.1 come from the same buffers (one gradient product per direction).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from ..losses import acceptance_terms
-from ._autograd import attach_gradient
+from ..losses import SoftSlots, acceptance_terms, soft_slot_stats
+from ._autograd import attach_directions, attach_gradient
+from ._soft import SOFT_BUFFERS, SoftPass, soft_plan
 from ._subchunk import blocks_per_sub_chunk
 
 Tensor = torch.Tensor
@@ -42,6 +47,9 @@ class FusedTerms:
     metric_terms: dict[str, tuple[Tensor, Tensor]]  # acceptance_terms(...)
     neg_log_q: Tensor  # [B, N, K] fp32, detached (per-slot cross-entropy)
     correct: Tensor  # [B, N, K] bool
+    #: soft-label objectives only: temperature -> SoftSlots [B, N, K], detached. ``kl`` is NaN at
+    #: temperatures where the objective reads no KL (the fused path does not compute it there).
+    soft: Optional[dict] = None
 
 
 def _spec_of(objective: Any) -> str:
@@ -59,6 +67,8 @@ def supports_fused(objective: Any) -> bool:
     reason = None
     if not callable(probe):
         reason = "has no slot_grad"
+    elif getattr(objective, "needs_target", False):
+        reason = soft_plan(objective)[1] or None
     else:
         nlq = torch.full((1, 1, 2), 0.5)
         mask = torch.tensor([[[0.0, 1.0]]])
@@ -68,11 +78,15 @@ def supports_fused(objective: Any) -> bool:
             reason = "slot_grad is not implemented"
     if reason is None:
         return True
+    _log_fallback(objective, reason)
+    return False
+
+
+def _log_fallback(objective: Any, reason: str) -> None:
     spec = _spec_of(objective)
     if spec not in _fallback_logged:
         _fallback_logged.add(spec)
         logger.warning("specforge-dpace: objective %s %s; the fused path falls back to the plain path", spec, reason)
-    return False
 
 
 def _head_parameters(lm_head: Any) -> tuple[Tensor, Optional[Tensor]]:
@@ -159,15 +173,22 @@ def fused_objective_terms(
     weight_mask: Tensor,
     *,
     sub_chunk_tokens: Optional[int] = None,
+    target_hidden: Optional[Tensor] = None,
 ) -> FusedTerms:
     """Objective terms of a chunk of blocks ``hidden [B, N, K, H]`` with the gradient computed on the way.
 
     Equal (to rounding) to autograd through ``lm_head`` + ``F.cross_entropy`` +
     ``objective.chunk_terms``.  ``sub_chunk_tokens`` overrides the automatic sub-chunk size
     (rounded down to whole blocks).  Objectives without ``slot_grad`` run the plain path.
+    Soft-label objectives also need ``target_hidden [B, N, K, H]``: the target's hidden state whose
+    ``lm_head`` logits give p at each slot (the aligned ``target_last_hidden_states``).
     """
     weight, bias = _head_parameters(lm_head)
     _check_inputs(hidden, weight, target_ids, weight_mask)
+    if getattr(objective, "needs_target", False):
+        return _soft_terms(
+            objective, hidden, lm_head, weight, bias, target_ids, weight_mask, target_hidden, sub_chunk_tokens
+        )
     batch, blocks, slots, width = hidden.shape
     step = blocks_per_sub_chunk(weight.shape[0], slots, sub_chunk_tokens, hidden.device.type)
     if not supports_fused(objective):
@@ -211,22 +232,96 @@ def fused_objective_terms(
     return _finish(num, den.detach(), nlq, correct, weight_mask)
 
 
-def _finish(num: Tensor, den: Tensor, nlq: Tensor, correct: Tensor, weight_mask: Tensor) -> FusedTerms:
+def _soft_terms(
+    objective: Any,
+    hidden: Tensor,
+    lm_head: Any,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    target_ids: Tensor,
+    weight_mask: Tensor,
+    target_hidden: Optional[Tensor],
+    sub_chunk_tokens: Optional[int],
+) -> FusedTerms:
+    """Soft-label objectives: :class:`._soft.SoftPass`, or the plain path when there is no analytic gradient."""
+    if target_hidden is None:
+        raise ValueError(
+            f"fused path: {_spec_of(objective)} reads the target's distribution p at every slot; pass "
+            "target_hidden [B, N, K, H] (the target's last hidden state aligned to the slots)"
+        )
+    if target_hidden.shape != hidden.shape:
+        raise ValueError(
+            f"fused path: target_hidden shape {tuple(target_hidden.shape)} does not match hidden's "
+            f"{tuple(hidden.shape)} ([B, N, K, H] both)"
+        )
+    batch, blocks, slots, width = hidden.shape
+    step = blocks_per_sub_chunk(weight.shape[0], slots, sub_chunk_tokens, hidden.device.type, SOFT_BUFFERS)
+    plan, reason = (
+        soft_plan(objective) if callable(getattr(objective, "slot_grad", None)) else (None, "has no slot_grad")
+    )
+    if plan is None:
+        _log_fallback(objective, reason)
+        return _plain_terms(objective, hidden, lm_head, target_ids, weight_mask, step, target_hidden)
+    want_grad = torch.is_grad_enabled() and hidden.requires_grad
+    result = SoftPass(objective, plan, weight, bias, step, slots, want_grad).run(
+        hidden, target_hidden, target_ids, weight_mask
+    )
+    shape = (batch, blocks, slots)
+    nlq, correct = result.nlq.view(shape), result.correct.view(shape)
+    soft = {t: _reshape_slots(slots_t, shape) for t, slots_t in result.soft.items()}
+    with torch.no_grad():
+        num, den = objective.chunk_terms(nlq, weight_mask, correct, soft=soft)
+    if want_grad:
+        pairs = [(c.view(c.shape[0], *shape), g.view(*shape, width)) for c, g in result.buffers]
+        num = attach_directions(hidden, num, pairs)
+    return _finish(num, den.detach(), nlq, correct, weight_mask, soft)
+
+
+def _reshape_slots(slots: SoftSlots, shape: tuple) -> SoftSlots:
+    return SoftSlots(
+        slots.temperature,
+        slots.log_alpha.view(shape),
+        slots.kl.view(shape),
+        slots.teacher_ids.view(shape),
+        slots.draft_ids.view(shape),
+    )
+
+
+def _finish(
+    num: Tensor, den: Tensor, nlq: Tensor, correct: Tensor, weight_mask: Tensor, soft: Optional[dict] = None
+) -> FusedTerms:
     with torch.no_grad():
         correct_num = (correct & (weight_mask > 0.5)).sum().float()
         metrics = acceptance_terms(nlq, weight_mask, correct)
-    return FusedTerms(num, den, correct_num, weight_mask.sum(), metrics, nlq.detach(), correct)
+    return FusedTerms(num, den, correct_num, weight_mask.sum(), metrics, nlq.detach(), correct, soft)
 
 
-def _plain_chunk(lm_head: Any, hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+def _plain_chunk(lm_head: Any, hidden: Tensor, targets: Tensor, *rest: Any) -> tuple[Tensor, ...]:
+    """Per-slot CE and correctness of a sub-chunk; with ``(target_hidden, *temperatures)`` also
+    ``(teacher_ids, draft_ids, log_alpha_T, kl_T, ...)`` (target logits without grad)."""
     logits = lm_head(hidden.reshape(-1, hidden.shape[-1]))
     nlq = F.cross_entropy(logits.float(), targets.reshape(-1), reduction="none")
     correct = logits.detach().argmax(dim=-1) == targets.reshape(-1)
-    return nlq.view(targets.shape), correct.view(targets.shape)
+    out: tuple[Tensor, ...] = (nlq.view(targets.shape), correct.view(targets.shape))
+    if rest:
+        target_hidden, temperatures = rest[0], rest[1:]
+        with torch.no_grad():
+            target_logits = lm_head(target_hidden.reshape(-1, target_hidden.shape[-1]))
+        stats = [soft_slot_stats(logits, t, target_logits=target_logits) for t in temperatures]
+        out += (stats[0].teacher_ids.view(targets.shape), stats[0].draft_ids.view(targets.shape))
+        for slots in stats:
+            out += (slots.log_alpha.view(targets.shape), slots.kl.view(targets.shape))
+    return out
 
 
 def _plain_terms(
-    objective: Any, hidden: Tensor, lm_head: Any, target_ids: Tensor, weight_mask: Tensor, step: int
+    objective: Any,
+    hidden: Tensor,
+    lm_head: Any,
+    target_ids: Tensor,
+    weight_mask: Tensor,
+    step: int,
+    target_hidden: Optional[Tensor] = None,
 ) -> FusedTerms:
     """Fallback: autograd through the head, sub-chunk by sub-chunk under activation checkpointing."""
     from torch.utils.checkpoint import checkpoint
@@ -234,12 +329,24 @@ def _plain_terms(
     batch, blocks, slots, width = hidden.shape
     flat_hidden = hidden.reshape(batch * blocks, slots, width)
     flat_targets = target_ids.reshape(batch * blocks, slots)
+    temperatures = tuple(getattr(objective, "soft_temperatures", ())) if target_hidden is not None else ()
+    flat_target_hidden = None if target_hidden is None else target_hidden.detach().reshape(batch * blocks, slots, width)
     checkpointed = torch.is_grad_enabled() and hidden.requires_grad
     pieces = []
     for start in range(0, batch * blocks, step):
-        args = (lm_head, flat_hidden[start : start + step], flat_targets[start : start + step])
+        part = slice(start, start + step)
+        args = (lm_head, flat_hidden[part], flat_targets[part])
+        if temperatures:
+            args += (flat_target_hidden[part], *temperatures)
         pieces.append(checkpoint(_plain_chunk, *args, use_reentrant=False) if checkpointed else _plain_chunk(*args))
-    nlq = torch.cat([p[0] for p in pieces]).view(batch, blocks, slots)
-    correct = torch.cat([p[1] for p in pieces]).view(batch, blocks, slots)
-    num, den = objective.chunk_terms(nlq, weight_mask, correct)
-    return _finish(num, den.detach(), nlq, correct, weight_mask)
+    shape = (batch, blocks, slots)
+    joined = [torch.cat([p[i] for p in pieces]).view(shape) for i in range(len(pieces[0]))]
+    nlq, correct = joined[0], joined[1]
+    if not temperatures:
+        num, den = objective.chunk_terms(nlq, weight_mask, correct)
+        return _finish(num, den.detach(), nlq, correct, weight_mask)
+    teacher, draft = joined[2], joined[3]
+    soft = {t: SoftSlots(t, joined[4 + 2 * i], joined[5 + 2 * i], teacher, draft) for i, t in enumerate(temperatures)}
+    num, den = objective.chunk_terms(nlq, weight_mask, correct, soft=soft)
+    detached = {t: slots_t.detached() for t, slots_t in soft.items()}
+    return _finish(num, den.detach(), nlq, correct, weight_mask, detached)

@@ -1,7 +1,9 @@
 """How many tokens the fused path turns into logits at once.
 
 The fused path never keeps ``[tokens, V]`` logits beyond one sub-chunk, so the sub-chunk size
-sets its peak memory: about two fp32 ``[tokens, V]`` buffers.  Sub-chunks hold whole blocks
+sets its peak memory: one fp32 ``[tokens, V]`` buffer for hard objectives, up to
+:data:`~._soft.SOFT_BUFFERS` (1.875: draft logits, half-height target logits, column-tile scratch)
+for soft-label ones, which pass ``buffers`` so the byte budget covers all of them.  Sub-chunks hold whole blocks
 (the objective's per-slot weights depend on every slot of a block), so sizes are multiples of
 the block size.  Too small a sub-chunk starves the matrix product (the lm_head weight is
 streamed once per sub-chunk), so there is a floor in tokens as well as a byte budget.
@@ -20,22 +22,27 @@ MIN_TOKENS = {"cpu": 512, "cuda": 1024}
 _DEFAULT_MIN_TOKENS = 256
 
 
-def auto_sub_chunk_tokens(vocab_size: int, block_size: int, device_type: str = "cpu") -> int:
-    """Default sub-chunk size in tokens for a vocabulary: a byte budget, floored, whole blocks."""
+def auto_sub_chunk_tokens(vocab_size: int, block_size: int, device_type: str = "cpu", buffers: float = 1.0) -> int:
+    """Default sub-chunk size in tokens for a vocabulary: a byte budget over ``buffers`` fp32
+    ``[tokens, V]`` buffers, floored, whole blocks."""
     _check_positive("vocab_size", vocab_size)
     _check_positive("block_size", block_size)
     budget = LOGITS_BUDGET_BYTES.get(device_type, _DEFAULT_BUDGET)
     floor = MIN_TOKENS.get(device_type, _DEFAULT_MIN_TOKENS)
-    tokens = max(budget // (4 * vocab_size), floor)
+    tokens = max(int(budget // (4 * vocab_size * buffers)), floor)
     return max(block_size, tokens - tokens % block_size)
 
 
 def blocks_per_sub_chunk(
-    vocab_size: int, block_size: int, sub_chunk_tokens: Optional[int] = None, device_type: str = "cpu"
+    vocab_size: int,
+    block_size: int,
+    sub_chunk_tokens: Optional[int] = None,
+    device_type: str = "cpu",
+    buffers: float = 1.0,
 ) -> int:
     """Whole blocks per sub-chunk: the override (rounded down to whole blocks, at least one) or the default."""
     if sub_chunk_tokens is None:
-        return auto_sub_chunk_tokens(vocab_size, block_size, device_type) // block_size
+        return auto_sub_chunk_tokens(vocab_size, block_size, device_type, buffers) // block_size
     if isinstance(sub_chunk_tokens, bool) or not isinstance(sub_chunk_tokens, int) or sub_chunk_tokens < 1:
         raise ValueError(
             f"sub_chunk_tokens must be a positive int (tokens per fused sub-chunk, rounded down to whole "

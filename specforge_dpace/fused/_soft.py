@@ -1,0 +1,510 @@
+"""Soft-label objectives on the fused path: q against p and d objective / d hidden in one pass.
+
+A soft objective's numerator depends on a slot's hidden state only through that slot's per-slot
+statistics -- hard cross-entropy ``nlq`` (T = 1), ``log alpha`` / ``alpha`` and ``KL(p || q)`` at
+each temperature T -- so, with the head frozen, d num_t / d h = sum_stat c_t[stat] * (d stat / d z) W,
+where ``c = stat_grads(...)`` are the objective's analytic coefficients and the d/dz rows are those
+of DESIGN.md 3.1 (q = softmax(z / T), p = softmax(z_p / T), u = 1[q <= p], ties to the q side as in
+:func:`specforge_dpace.losses.soft_slot_stats`):
+
+* ``nlq``:        q1 - e_y (q1 = softmax(z))
+* ``log alpha``:  (u q / alpha - q r) / T,  r = sum_x u_x q_x / alpha  (``alpha`` folds into it: c * alpha)
+* ``KL``:         (q - p) / T
+
+So there are at most three *directions* per temperature (nlq, la@T, kl@T).  When the objective has
+a single numerator entry (every single-term objective: lk-alpha, kl, tv, every soft twin,
+lk-lambda(per_token=true)), the coefficients are known in the forward pass and the directions are
+summed per row before one gradient GEMM into one ``[tokens, H]`` buffer.  Objectives with several
+numerator entries (composites; ``lk-lambda`` with per-position lambda, whose lambda is only formed
+at reduce time) keep one ``[tokens, H]`` buffer per direction, with its ``[terms, B, N, K]``
+coefficients, and back-propagate ``sum_d (grad_num . c_d) * buffer_d`` (:class:`DirectionGrads`).
+
+Per sub-chunk of R tokens (whole blocks):
+
+1. one draft logits GEMM into ``A [R, V]``;
+2. per piece of R/2 tokens (whole blocks): one target logits GEMM into ``B [R/2, V]`` (forward
+   only, no grad), both argmaxes, ``log_softmax`` in place on both (log q, log p); a statistics
+   pass over column tiles (``log alpha = logsumexp(min(log q, log p))`` by an online logsumexp, so
+   it is exact however small alpha gets; ``r``; KL only where the objective reads it); the
+   objective's coefficients for the piece's blocks; a direction pass that turns ``A``'s rows in place
+   into the (summed, or first) direction; other directions go tile by tile into their buffers
+   (``addmm`` over column tiles, no ``[tokens, V]`` copy);
+3. one gradient GEMM ``A @ W`` into ``[R, H]``.
+
+So the flops per token are 2HV (draft) + 2HV (target) + 2HV per gradient GEMM: 6HV for one
+direction, the same as SpecForge's checkpointed hard path; 8HV for two (per-position lk-lambda),
+10HV for three (``dpace + 0.5*lk-lambda``: nlq, la, kl).
+
+Buffers: ``A`` is one fp32 ``[R, V]`` buffer, ``B`` half of one, and the column-tile scratch at most
+``6 x [R/2, V/8]`` (3/8 of one; the common single-temperature, single-entry case uses two tiles,
+1/8): 1.625 to 1.875 fp32 ``[R, V]`` buffers in all, against 1 for hard objectives (whose code path is
+unchanged).  :data:`SOFT_BUFFERS` is what :func:`~._subchunk.auto_sub_chunk_tokens` divides the byte
+budget by.  Low-precision heads add their own ``[R, V]`` GEMM output before the fp32 upcast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+
+from ..losses import SoftSlots, stat_grads
+
+Tensor = torch.Tensor
+NLQ = "nlq"
+Direction = Union[str, tuple[str, float]]
+
+#: fp32 ``[R, V]`` buffers the soft path holds at most per sub-chunk (see the module docstring).
+SOFT_BUFFERS = 1.875
+#: column tiles per statistics / direction pass (scratch tiles are ``[R/2, ceil(V / TILES)]``).
+TILES = 8
+#: below this log alpha, 1/alpha is close to fp32 overflow: the direction pass uses the log-space form.
+_FAST_LOG_ALPHA = -80.0
+
+
+@dataclass(frozen=True)
+class SoftPlan:
+    """What the fused path computes for one soft objective (from a probe on a tiny batch)."""
+
+    temperatures: tuple[float, ...]
+    kl_temperatures: frozenset  # temperatures whose KL is read (value or gradient); elsewhere kl is NaN
+    directions: tuple  # NLQ, ("la", T), ("kl", T); the first one lives in the logits buffer
+    terms: int  # leading size of the probe's coefficients (numerator entries at K = 2)
+
+    @property
+    def combined(self) -> bool:
+        """One numerator entry: directions are summed per row in the forward pass (one buffer)."""
+        return self.terms == 1
+
+
+def _probe_slots(temperatures, kl_value: float = 0.25, nan_at: Optional[float] = None) -> dict:
+    shape = (1, 1, 2)
+    return {
+        t: SoftSlots(
+            t,
+            torch.full(shape, -0.5),
+            torch.full(shape, math.nan if t == nan_at else kl_value),
+            torch.zeros(shape, dtype=torch.long),
+            torch.zeros(shape, dtype=torch.long),
+        )
+        for t in temperatures
+    }
+
+
+def soft_plan(objective: Any) -> tuple[Optional[SoftPlan], str]:
+    """The plan for a soft objective, or ``(None, reason)`` when it has no usable analytic gradient."""
+    temperatures = tuple(float(t) for t in getattr(objective, "soft_temperatures", ()))
+    if not temperatures:
+        return None, "reads the target but names no soft temperature"
+    nlq = torch.full((1, 1, 2), 0.5)
+    mask = torch.tensor([[[0.0, 1.0]]])
+    correct = torch.ones(1, 1, 2, dtype=torch.bool)
+    try:
+        grads = stat_grads(objective, nlq, mask, correct, _probe_slots(temperatures))
+    except NotImplementedError:
+        return None, "slot_grad is not implemented"
+    directions: list = []
+    sizes = set()
+    for key, value in grads.items():
+        sizes.add(int(value.shape[0]))
+        if key == NLQ:
+            direction: Direction = NLQ
+        elif (
+            isinstance(key, tuple)
+            and len(key) == 2
+            and key[0] in ("alpha", "log_alpha", "kl")
+            and float(key[1]) in temperatures
+        ):
+            direction = ("kl" if key[0] == "kl" else "la", float(key[1]))
+        else:
+            return None, f"slot_grad returns a statistic the fused path does not know ({key!r})"
+        if direction not in directions:
+            directions.append(direction)
+    if len(sizes) > 1:
+        return None, f"slot_grad returns coefficients with different numbers of terms {sorted(sizes)}"
+    kl_temperatures = {d[1] for d in directions if d != NLQ and d[0] == "kl"}
+    with torch.no_grad():
+        for t in temperatures:  # does the value read KL at t? (NaN there propagates into the numerator)
+            if t not in kl_temperatures:
+                num, _ = objective.chunk_terms(nlq, mask, correct, soft=_probe_slots(temperatures, nan_at=t))
+                if bool(torch.isnan(num).any()):
+                    kl_temperatures.add(t)
+    # soft directions first (the first one is formed in place in the logits buffer), nlq last
+    directions.sort(key=lambda d: (d == NLQ, 0 if d == NLQ else (d[0] != "la", d[1])))
+    terms = sizes.pop() if sizes else 1
+    return SoftPlan(temperatures, frozenset(kl_temperatures), tuple(directions), terms), ""
+
+
+@dataclass
+class SoftResult:
+    """Per-slot outputs of the soft fused pass, flat over ``B*N*K`` rows."""
+
+    nlq: Tensor
+    correct: Tensor
+    soft: dict  # temperature -> SoftSlots (flat, detached)
+    buffers: list  # [(coefficients [terms, rows], d stat / d hidden [rows, H])] per gradient buffer
+
+
+class _Scratch:
+    """Column-tile scratch buffers, allocated on first use, viewed contiguous per tile."""
+
+    def __init__(self, rows: int, width: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.rows, self.width, self.dtype, self.device = rows, width, dtype, device
+        self._store: dict[str, Tensor] = {}
+
+    def get(self, name: str, rows: int, width: int) -> Tensor:
+        store = self._store.get(name)
+        if store is None:
+            store = self._store[name] = torch.empty(self.rows * self.width, dtype=self.dtype, device=self.device)
+        return store[: rows * width].view(rows, width)
+
+
+class SoftPass:
+    """The soft objective's fused pass over a chunk of blocks (see the module docstring)."""
+
+    def __init__(
+        self,
+        objective: Any,
+        plan: SoftPlan,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        step: int,
+        slots: int,
+        want_grad: bool,
+    ) -> None:
+        self.objective, self.plan = objective, plan
+        self.weight, self.bias = weight, bias
+        self.work = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        self.vocab = weight.shape[0]
+        self.slots = slots
+        self.step = step  # blocks per sub-chunk
+        self.piece = max(1, step // 2)  # blocks per target piece
+        self.want_grad = want_grad and bool(plan.directions)
+        self.tile = -(-self.vocab // TILES)
+        single = len(plan.temperatures) == 1
+        self.temperature = plan.temperatures[0]
+        # B holds log p_T in place when one temperature is read; A holds log q_T in place when that
+        # temperature is 1 or when no nlq direction needs q at T = 1.
+        self.b_inplace = single
+        self.a_inplace = single and (self.temperature == 1.0 or NLQ not in plan.directions)
+        self.fast = self.a_inplace and self.b_inplace and plan.combined
+
+    # ------------------------------------------------------------------ GEMMs
+    def _logits(self, rows: Tensor, out: Tensor) -> None:
+        """``out = rows @ W^T (+ bias)`` in the work dtype."""
+        weight = self.weight
+        rows = rows if rows.dtype == weight.dtype else rows.to(weight.dtype)
+        if weight.dtype == out.dtype:
+            if self.bias is None:
+                torch.mm(rows, weight.t(), out=out)
+            else:
+                torch.addmm(self.bias, rows, weight.t(), out=out)
+            return
+        logits = torch.mm(rows, weight.t()) if self.bias is None else torch.addmm(self.bias, rows, weight.t())
+        out.copy_(logits)
+
+    def _gradient(self, direction: Tensor, out: Tensor) -> None:
+        """``out = direction @ W`` (``direction`` [rows, V] in the work dtype)."""
+        weight = self.weight
+        if weight.dtype == direction.dtype:
+            torch.mm(direction, weight, out=out)
+        else:
+            out.copy_(torch.mm(direction.to(weight.dtype), weight))
+
+    def _accumulate(self, out: Tensor, tile: Tensor, start: int) -> None:
+        """``out += tile @ W[start : start + width]`` (a direction that is not in the logits buffer)."""
+        part = self.weight[start : start + tile.shape[1]]
+        if part.dtype == tile.dtype:
+            out.addmm_(tile, part)
+        else:
+            out.add_(torch.mm(tile.to(part.dtype), part))
+
+    # ------------------------------------------------------------------ driver
+    @torch.no_grad()
+    def run(self, hidden: Tensor, target_hidden: Tensor, target_ids: Tensor, weight_mask: Tensor) -> SoftResult:
+        batch, blocks, slots, width = hidden.shape
+        total, plan, device = batch * blocks, self.plan, hidden.device
+        rows_total = total * slots
+        flat_hidden = hidden.detach().reshape(rows_total, width)
+        flat_target = target_hidden.detach().reshape(rows_total, width)
+        self.ids = target_ids.reshape(rows_total)
+        self.mask = weight_mask.reshape(total, slots)
+
+        def new() -> Tensor:
+            return torch.empty(rows_total, dtype=self.work, device=device)
+
+        self.nlq, self.correct = new(), torch.empty(rows_total, dtype=torch.bool, device=device)
+        self.draft = torch.empty(rows_total, dtype=torch.long, device=device)
+        self.teacher = torch.empty(rows_total, dtype=torch.long, device=device)
+        self.log_alpha = {t: new() for t in plan.temperatures}
+        self.kl = {t: (new() if t in plan.kl_temperatures else None) for t in plan.temperatures}
+        self.buffers: list = []
+        if self.want_grad:
+            count = 1 if plan.combined else len(plan.directions)
+            self.dl = [torch.zeros(rows_total, width, dtype=self.work, device=device) for _ in range(count)]
+            # one summed direction with unit coefficients, or per direction [terms, rows] (allocated
+            # at the first piece: the number of terms can depend on K, e.g. lk-lambda's 2K)
+            self.coef = [torch.ones(1, rows_total, dtype=self.work, device=device)] if plan.combined else None
+        step_rows = min(self.step, total) * slots
+        piece_rows = min(self.piece, total) * slots
+        logits = torch.empty(step_rows, self.vocab, dtype=self.work, device=device)
+        target = torch.empty(piece_rows, self.vocab, dtype=self.work, device=device)
+        self.scratch = _Scratch(piece_rows, self.tile, self.work, device)
+        for start in range(0, total, self.step):
+            stop = min(start + self.step, total)
+            r0, r1 = start * slots, stop * slots
+            a_rows = logits[: r1 - r0]
+            self._logits(flat_hidden[r0:r1], a_rows)
+            for p_start in range(start, stop, self.piece):
+                p_stop = min(p_start + self.piece, stop)
+                p0, p1 = p_start * slots, p_stop * slots
+                b_rows = target[: p1 - p0]
+                self._logits(flat_target[p0:p1], b_rows)
+                self._piece(a_rows[p0 - r0 : p1 - r0], b_rows, p0, p1, p_start, p_stop)
+            if self.want_grad:
+                self._gradient(a_rows, self.dl[0][r0:r1])
+        soft = {}
+        for t in plan.temperatures:
+            kl = self.kl[t] if self.kl[t] is not None else torch.full_like(self.log_alpha[t], math.nan)
+            soft[t] = SoftSlots(t, self.log_alpha[t], kl, self.teacher, self.draft)
+        if self.want_grad:
+            self.buffers = list(zip(self.coef, self.dl))
+        return SoftResult(self.nlq, self.correct, soft, self.buffers)
+
+    # ------------------------------------------------------------------ one piece
+    def _piece(self, a: Tensor, b: Tensor, p0: int, p1: int, block0: int, block1: int) -> None:
+        plan, ids = self.plan, self.ids[p0:p1]
+        torch.argmax(a, dim=-1, out=self.draft[p0:p1])
+        torch.argmax(b, dim=-1, out=self.teacher[p0:p1])
+        torch.log_softmax(a, -1, out=a)  # log q at T = 1 (the same kernel as F.cross_entropy)
+        nlq = a.gather(1, ids.unsqueeze(1)).squeeze(1).neg_()
+        self.nlq[p0:p1] = nlq
+        self.correct[p0:p1] = self.draft[p0:p1] == ids
+        t_one = self.temperature
+        if self.a_inplace and t_one != 1.0:
+            a.div_(t_one)
+            torch.log_softmax(a, -1, out=a)
+        if self.b_inplace:
+            if t_one != 1.0:
+                b.div_(t_one)
+            torch.log_softmax(b, -1, out=b)
+        # per-row normalizers for temperatures computed on the fly (log q_T / log p_T tiles)
+        self.lq, self.lp = {}, {}
+        for t in plan.temperatures:
+            if not (self.a_inplace or t == 1.0):
+                self.lq[t] = self._lse(a, t, a.gather(1, self.draft[p0:p1].unsqueeze(1)))
+            if not self.b_inplace:
+                self.lp[t] = self._lse(b, t, b.gather(1, self.teacher[p0:p1].unsqueeze(1)))
+        store_u = self.fast and ("la", t_one) in plan.directions and ("kl", t_one) not in plan.directions
+        stats = {}
+        for t in plan.temperatures:
+            stats[t] = self._stats(a, b, t, t in plan.kl_temperatures, store_u and self.want_grad)
+            self.log_alpha[t][p0:p1] = stats[t][0]
+            if self.kl[t] is not None:
+                self.kl[t][p0:p1] = stats[t][2]
+        if not self.want_grad:
+            return
+        coef = self._coefficients(p0, p1, block0, block1)
+        if self.fast and not (coef.get(("la", t_one)) is not None and float(stats[t_one][0].min()) < _FAST_LOG_ALPHA):
+            self._directions_fast(a, b, stats[t_one], coef, ids, store_u)
+        else:
+            self._directions_general(a, b, stats, coef, ids, p0, p1, store_u)
+
+    def _tiles(self):
+        for start in range(0, self.vocab, self.tile):
+            yield start, min(self.tile, self.vocab - start)
+
+    def _lse(self, x: Tensor, t: float, row_max: Tensor) -> Tensor:
+        """Per-row ``logsumexp(x / t)`` over column tiles (``row_max`` = max of x per row, [rows, 1])."""
+        shift = row_max / t
+        total = torch.zeros(x.shape[0], dtype=self.work, device=x.device)
+        for start, width in self._tiles():
+            s = self.scratch.get("s1", x.shape[0], width)
+            torch.add(-shift, x[:, start : start + width], alpha=1.0 / t, out=s)
+            total += s.exp_().sum(-1)
+        return (shift.squeeze(1) + total.log()).unsqueeze(1)
+
+    def _log_q(self, a: Tensor, t: float, start: int, width: int) -> Tensor:
+        tile = a[:, start : start + width]
+        if self.a_inplace or t == 1.0:
+            return tile
+        out = self.scratch.get("lq", a.shape[0], width)
+        return torch.add(-self.lq[t], tile, alpha=1.0 / t, out=out)
+
+    def _log_p(self, b: Tensor, t: float, start: int, width: int) -> Tensor:
+        tile = b[:, start : start + width]
+        if self.b_inplace:
+            return tile
+        out = self.scratch.get("lp", b.shape[0], width)
+        return torch.add(-self.lp[t], tile, alpha=1.0 / t, out=out)
+
+    def _stats(self, a: Tensor, b: Tensor, t: float, want_kl: bool, store_u: bool):
+        """``(log alpha, r = s / alpha, kl or None)`` per row: one pass over column tiles.
+
+        ``store_u`` (single temperature, B holds log p): B's tiles are replaced by u = 1[log q <= log p]
+        once read, for the direction pass."""
+        rows = a.shape[0]
+        running = torch.full((rows, 1), -math.inf, dtype=self.work, device=a.device)
+        total = torch.zeros(rows, 1, dtype=self.work, device=a.device)
+        q_side = torch.zeros(rows, 1, dtype=self.work, device=a.device)
+        kl = torch.zeros(rows, dtype=self.work, device=a.device) if want_kl else None
+        for start, width in self._tiles():
+            log_q, log_p = self._log_q(a, t, start, width), self._log_p(b, t, start, width)
+            s1 = self.scratch.get("s1", rows, width)
+            s2 = self.scratch.get("s2", rows, width)
+            if want_kl:
+                torch.sub(log_p, log_q, out=s1)
+                kl += s1.mul_(torch.exp(log_p, out=s2)).sum(-1)
+            torch.minimum(log_q, log_p, out=s1)
+            tile_max = s1.amax(-1, keepdim=True)
+            s1.sub_(tile_max).exp_()
+            u = torch.le(log_q, log_p, out=log_p if store_u else s2)
+            tile_total = s1.sum(-1, keepdim=True)
+            tile_q = s1.mul_(u).sum(-1, keepdim=True)
+            new_max = torch.maximum(running, tile_max)
+            old_scale, tile_scale = torch.exp(running - new_max), torch.exp(tile_max - new_max)
+            total.mul_(old_scale).add_(tile_total * tile_scale)
+            q_side.mul_(old_scale).add_(tile_q * tile_scale)
+            running = new_max
+        log_alpha = (running + total.log()).squeeze(1)
+        return log_alpha, (q_side / total).squeeze(1), kl
+
+    def _coefficients(self, p0: int, p1: int, block0: int, block1: int) -> dict:
+        """Per-direction coefficients of the piece's rows: ``[terms, rows]`` (with 1/T and alpha folded in)."""
+        plan, k = self.plan, self.slots
+        blocks = block1 - block0
+        shape = (1, blocks, k)
+        soft = {
+            t: SoftSlots(
+                t,
+                self.log_alpha[t][p0:p1].view(shape),
+                (self.kl[t][p0:p1] if self.kl[t] is not None else torch.full_like(self.nlq[p0:p1], math.nan)).view(
+                    shape
+                ),
+                self.teacher[p0:p1].view(shape),
+                self.draft[p0:p1].view(shape),
+            )
+            for t in plan.temperatures
+        }
+        grads = stat_grads(
+            self.objective,
+            self.nlq[p0:p1].view(shape),
+            self.mask[block0:block1].unsqueeze(0),
+            self.correct[p0:p1].view(shape),
+            soft,
+        )
+        coef: dict = {}
+        for key, value in grads.items():
+            value = value.reshape(value.shape[0], p1 - p0).to(self.work)
+            if key == NLQ:
+                direction, value = NLQ, value
+            else:
+                kind, t = key[0], float(key[1])
+                direction = ("kl" if kind == "kl" else "la", t)
+                if kind == "alpha":
+                    value = value * torch.exp(self.log_alpha[t][p0:p1])
+                value = value / t
+            coef[direction] = value if direction not in coef else coef[direction] + value
+        if not plan.combined:
+            if self.coef is None:
+                terms, rows_total = next(iter(coef.values())).shape[0], self.nlq.shape[0]
+                self.coef = [torch.zeros(terms, rows_total, dtype=self.work, device=self.nlq.device) for _ in self.dl]
+            for index, direction in enumerate(plan.directions):
+                if direction in coef:
+                    self.coef[index][:, p0:p1] = coef[direction]
+        return coef
+
+    # ------------------------------------------------------------------ directions
+    def _directions_fast(self, a: Tensor, b: Tensor, stats, coef: dict, ids: Tensor, u_stored: bool) -> None:
+        """One temperature, one numerator entry, log q / log p in place: ``a`` becomes the summed direction."""
+        t = self.temperature
+        log_alpha, ratio, _ = stats
+        la, kl, cn = (coef.get(d) for d in (("la", t), ("kl", t), NLQ))
+        rows = a.shape[0]
+        base = torch.zeros(rows, dtype=self.work, device=a.device)
+        for part in (kl, cn):
+            if part is not None:
+                base += part[0]
+        if la is not None:
+            base -= la[0] * ratio
+            over_alpha = (la[0] * torch.exp(-log_alpha)).unsqueeze(1)
+        base = base.unsqueeze(1)
+        minus_kl = None if kl is None else (-kl[0]).unsqueeze(1)
+        for start, width in self._tiles():
+            q, log_p = a[:, start : start + width], b[:, start : start + width]
+            p = None
+            if la is not None:
+                u = log_p if u_stored else torch.le(q, log_p, out=self.scratch.get("s2", rows, width))
+                if kl is not None:
+                    p = torch.exp(log_p, out=self.scratch.get("s1", rows, width))
+                q.exp_()
+                q.mul_(torch.addcmul(base, u, over_alpha, out=u))  # q * (c0 + c_la u / alpha)
+            else:
+                if kl is not None:
+                    p = torch.exp(log_p, out=self.scratch.get("s1", rows, width))
+                q.exp_().mul_(base)
+            if p is not None:
+                q.addcmul_(p, minus_kl)
+        if cn is not None:
+            a.index_put_((torch.arange(rows, device=a.device), ids), -cn[0], accumulate=True)
+
+    def _directions_general(
+        self, a: Tensor, b: Tensor, stats: dict, coef: dict, ids: Tensor, p0: int, p1: int, u_stored: bool
+    ) -> None:
+        """Any plan: unit directions per column tile (log-space alpha term, no overflow however small
+        alpha is), summed with their coefficients (one entry) or one per buffer (several entries)."""
+        plan, rows = self.plan, a.shape[0]
+        combined = plan.combined
+        primary = plan.directions[0]
+        for start, width in self._tiles():
+
+            def get(name: str, width: int = width) -> Tensor:
+                return self.scratch.get(name, rows, width)
+
+            out = get("s1") if combined else None
+            wrote = False
+            label_rows = ((ids >= start) & (ids < start + width)).nonzero().squeeze(1)
+            for index, direction in enumerate(plan.directions):
+                column = coef.get(direction)
+                if combined and column is None:
+                    continue
+                target = get("s1") if (not combined and direction == primary) else get("s2")
+                if direction == NLQ:
+                    torch.exp(a[:, start : start + width], out=target)  # q at T = 1
+                    if label_rows.numel():
+                        target.index_put_(
+                            (label_rows, ids[label_rows] - start),
+                            torch.full((label_rows.numel(),), -1.0, dtype=self.work, device=a.device),
+                            accumulate=True,
+                        )
+                else:
+                    kind, t = direction
+                    log_q = self._log_q(a, t, start, width)
+                    log_alpha, ratio, _ = stats[t]
+                    if kind == "la":
+                        if u_stored:
+                            u = b[:, start : start + width]
+                        else:
+                            u = torch.le(log_q, self._log_p(b, t, start, width), out=get("u"))
+                        torch.sub(log_q, log_alpha.unsqueeze(1), out=target).clamp_(max=0.0).exp_().mul_(u)
+                        target.addcmul_(torch.exp(log_q, out=get("q")), -ratio.unsqueeze(1))  # u q/alpha - q r
+                    else:
+                        torch.exp(log_q, out=target)
+                        target.sub_(torch.exp(self._log_p(b, t, start, width), out=get("q")))  # q - p
+                if combined:
+                    if wrote:
+                        out.addcmul_(target, column[0].unsqueeze(1))
+                    else:
+                        torch.mul(target, column[0].unsqueeze(1), out=out)
+                        wrote = True
+                elif direction != primary:
+                    self._accumulate(self.dl[index][p0:p1], target, start)
+            if combined:
+                if wrote:
+                    a[:, start : start + width].copy_(out)
+                else:
+                    a[:, start : start + width].zero_()
+            else:
+                a[:, start : start + width].copy_(get("s1"))
