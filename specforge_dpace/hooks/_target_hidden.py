@@ -108,10 +108,10 @@ def strategy_class():
     global _strategy_class
     if _strategy_class is not None:
         return _strategy_class
-    from specforge.training.strategies.base import DFlashTrainStrategy, StepOutput
+    from specforge.training.strategies.base import DFlashTrainStrategy
 
     class TargetHiddenDFlashTrainStrategy(DFlashTrainStrategy):
-        """SpecForge's DFlash step (``forward_loss`` as in 0.2.0) plus the target's last hidden state."""
+        """SpecForge's DFlash step, its model call also handed the target's last hidden state."""
 
         required_features = {*DFlashTrainStrategy.required_features, TARGET_HIDDEN_KEY}
 
@@ -124,27 +124,32 @@ def strategy_class():
             super().validate_batch(batch)
 
         def forward_loss(self, batch, ctx=None):
-            self.validate_batch(batch)
-            t = batch.tensors
-            device = self._device()
-            loss, accuracy, model_metrics = self.dflash_model(
-                input_ids=t["input_ids"].to(device),
-                hidden_states=t["hidden_states"].to(device),
-                loss_mask=t["loss_mask"].to(device),
-                target_last_hidden_states=t[TARGET_HIDDEN_KEY].to(device),
-            )
-            metrics = {"accuracy": accuracy.detach()}
-            if "accuracy_denom" in model_metrics:
-                metrics["accuracy_denom"] = model_metrics["accuracy_denom"]
-            return StepOutput(
-                loss=loss,
-                metrics=metrics,
-                ratio_metrics=model_metrics.get("ratio_metrics", {}),
-                loss_terms=model_metrics.get("loss_terms"),
-            )
+            """SpecForge's own DFlash step; only the model call also gets the target's last hidden state."""
+            self.validate_batch(batch)  # names the key when it is missing, before SpecForge's own check
+            model = self.dflash_model
+            self.dflash_model = _PassTargetHidden(model, batch.tensors[TARGET_HIDDEN_KEY])
+            try:
+                return super().forward_loss(batch, ctx)
+            finally:
+                self.dflash_model = model
 
     _strategy_class = TargetHiddenDFlashTrainStrategy
     return _strategy_class
+
+
+class _PassTargetHidden:
+    """The wrapped model, called with ``target_last_hidden_states`` added (on the batch's device)."""
+
+    def __init__(self, model: Any, target_hidden: Any) -> None:
+        self._model = model
+        self._target_hidden = target_hidden
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        device = kwargs["input_ids"].device if "input_ids" in kwargs else self._target_hidden.device
+        return self._model(*args, **kwargs, target_last_hidden_states=self._target_hidden.to(device))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 def build_step(wrapped_model: Any, *, target_head: Any = None, **_options: Any):
