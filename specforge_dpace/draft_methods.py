@@ -357,8 +357,8 @@ def check_head_weights(
     if any(settings.get(k) is None for k in (("emb_dim", "gru_hidden_dim") if method == DOMINO else ("markov_rank",))):
         return errors, notes  # the config errors already say why the head cannot be sized
     expected = expected_head_shapes(method, settings, hidden=hidden, vocab=vocab)
-    missing = [n for n in expected if n not in found]
-    unknown = [n for n in found if n not in expected]
+    missing = sorted(n for n in expected if n not in found)
+    unknown = sorted(n for n in found if n not in expected)
     if missing:
         errors.append(f"{name} head weights missing (they would be untrained): {_listed(missing)}")
     if unknown:
