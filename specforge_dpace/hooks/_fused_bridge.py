@@ -15,16 +15,27 @@ def fused_totals(
     sub_chunk: Optional[int],
     target_hidden: Any = None,
 ) -> tuple:
-    """Totals in the order of ``_blocks.objective_chunk_terms``."""
+    """Totals in the order of ``_blocks.objective_chunk_terms``: the 10 hard totals, then, for
+    soft-label objectives (which read p from ``target_hidden``, the aligned target states), the soft
+    metric terms of :func:`._blocks.soft_metric_terms`."""
     from ..fused import fused_objective_terms
 
-    if getattr(objective, "needs_target", False):
-        raise NotImplementedError(
-            f"{objective.spec()}: soft-label objectives do not run on the fused path yet; set loss_options.fused: false"
-        )
-
-    terms = fused_objective_terms(objective, hidden, lm_head, target_ids, weight_mask, sub_chunk_tokens=sub_chunk)
+    soft = getattr(objective, "needs_target", False)
+    terms = fused_objective_terms(
+        objective,
+        hidden,
+        lm_head,
+        target_ids,
+        weight_mask,
+        sub_chunk_tokens=sub_chunk,
+        target_hidden=target_hidden if soft else None,
+    )
     metric = terms.metric_terms
+    extra: tuple = ()
+    if soft:
+        from ._blocks import soft_metric_terms
+
+        extra = soft_metric_terms(terms.soft, weight_mask, target_ids)
     return (
         terms.num,
         terms.den,
@@ -33,4 +44,5 @@ def fused_totals(
         *metric["sim_tau"],
         *metric["surrogate"],
         *metric["accept_pos"],
+        *extra,
     )

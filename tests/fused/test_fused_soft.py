@@ -1,0 +1,258 @@
+"""Soft-label objectives on the fused path equal the plain path (hooks/_blocks.objective_chunk_terms:
+autograd through lm_head, the target logits and the soft statistics)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from test_fused_path import make_batch, rel_err
+
+from specforge_dpace.fused import fused_objective_terms, supports_fused
+from specforge_dpace.fused._soft import SOFT_BUFFERS, TILES, SoftPass, soft_plan
+from specforge_dpace.hooks._blocks import objective_chunk_terms
+from specforge_dpace.hooks._fused_bridge import fused_totals
+from specforge_dpace.losses import HARD_NAMES, SOFT_NAMES, SoftObjective, build_loss
+
+TWINS = tuple(f"soft-{name}" for name in HARD_NAMES)
+MIXED = (
+    "dpace + 0.5*lk-lambda",  # nlq + la + kl, 1 + 2K numerator entries: three buffers
+    "kl(temperature=0.5) + tv",  # two temperatures
+    "lk-lambda(per_token=true)",  # la + kl summed in the forward pass (one entry)
+    "lk-lambda(eta=1,gamma=7)",
+    "lk-alpha(temperature=2)",
+    "dpace + lk-alpha(temperature=2)",  # nlq at T = 1 beside log alpha at T = 2
+    "soft-dpace(alpha=0.3,temperature=0.7) + 0.3*soft-first-error-focal",
+    "chain + 0.2*tv",
+)
+SPECS = SOFT_NAMES + TWINS + MIXED
+
+
+def target_states(hidden, seed=3, spread=0.7):
+    """The target's hidden states: close to the drafter's (alpha neither 0 nor 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    return hidden.detach() + spread * torch.randn(hidden.shape, generator=gen).to(hidden.dtype)
+
+
+def run_both(spec, dtype=torch.float32, sub_chunk_tokens=None, mask_fn=None, **batch_kwargs):
+    objective = build_loss(spec)
+    head, hidden, target, mask = make_batch(dtype, **batch_kwargs)
+    if mask_fn is not None:
+        mask = mask_fn(mask)
+    states = target_states(hidden)
+    plain = objective_chunk_terms(objective, head, hidden, target, mask, states)
+    plain_value = objective.reduce(plain[0], plain[1], hidden.shape[0])
+    fused = fused_totals(objective, head, hidden, target, mask, sub_chunk_tokens, states)
+    fused_value = objective.reduce(fused[0], fused[1], hidden.shape[0])
+    # random cotangents on every numerator entry: checks d num_t / d hidden for each t
+    cot = torch.rand(plain[0].shape[0], generator=torch.Generator().manual_seed(7), dtype=dtype) + 0.5
+    (plain_grad,) = torch.autograd.grad((plain[0] * cot).sum(), hidden, retain_graph=True)
+    (fused_grad,) = torch.autograd.grad((fused[0] * cot).sum(), hidden, retain_graph=True)
+    (plain_loss_grad,) = torch.autograd.grad(plain_value.loss, hidden)
+    (fused_loss_grad,) = torch.autograd.grad(fused_value.loss, hidden)
+    return plain, fused, plain_value, fused_value, (plain_grad, fused_grad, plain_loss_grad, fused_loss_grad), mask
+
+
+def check_totals(plain, fused, tol):
+    assert len(fused) == len(plain)
+    for index, (f, p) in enumerate(zip(fused, plain)):
+        assert f.shape == p.shape, index
+        assert torch.allclose(f.detach().double(), p.detach().double(), rtol=tol, atol=tol), (index, f, p)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("sub_chunk_tokens", [None, 8, 32])
+def test_fp32_equals_plain_path(spec, sub_chunk_tokens):
+    plain, fused, plain_value, fused_value, grads, _ = run_both(spec, sub_chunk_tokens=sub_chunk_tokens)
+    plain_grad, fused_grad, plain_loss_grad, fused_loss_grad = grads
+    assert len(plain) > 10  # the soft metric terms are there ...
+    check_totals(plain, fused, 1e-5)  # ... and equal, with every other total
+    assert not fused[1].requires_grad
+    assert rel_err(fused[0].detach(), plain[0].detach()) <= 1e-5
+    assert float(fused_grad.abs().sum()) > 0
+    assert rel_err(fused_grad, plain_grad) <= 1e-5
+    assert abs(float(fused_value.loss) - float(plain_value.loss)) <= 1e-5 * max(1.0, abs(float(plain_value.loss)))
+    assert rel_err(fused_loss_grad, plain_loss_grad) <= 1e-5
+
+
+@pytest.mark.parametrize("spec", ["lk-alpha", "lk-lambda", "kl(temperature=0.5) + tv", "dpace + 0.5*lk-lambda"])
+def test_fp64_equals_plain_path_tightly(spec):
+    plain, fused, _, _, grads, _ = run_both(spec, dtype=torch.float64, sub_chunk_tokens=24)
+    check_totals(plain, fused, 1e-12)
+    assert rel_err(grads[1], grads[0]) <= 1e-12 and rel_err(grads[3], grads[2]) <= 1e-12
+
+
+@pytest.mark.parametrize("spec", ["lk-alpha", "lk-lambda", "soft-dpace", "dpace + 0.5*lk-lambda"])
+def test_gradient_zero_on_masked_slots_and_blocks(spec):
+    _, _, _, _, grads, mask = run_both(spec, sub_chunk_tokens=16)
+    _, fused_grad, _, _ = grads
+    assert float(fused_grad[0, 1].abs().max()) == 0.0  # a fully masked block
+    dead = (mask == 0).unsqueeze(-1).expand_as(fused_grad)
+    assert float(fused_grad[dead].abs().max()) == 0.0
+    assert float(fused_grad[~dead].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("spec", ["lk-alpha", "dpace + 0.5*lk-lambda", "kl(temperature=0.5) + tv"])
+def test_fully_masked_chunk(spec):
+    plain, fused, _, _, grads, _ = run_both(spec, mask_fn=torch.zeros_like)
+    check_totals(plain, fused, 1e-6)
+    assert float(fused[0].detach().abs().sum()) == 0.0
+    assert float(grads[1].abs().max()) == 0.0 == float(grads[0].abs().max())
+
+
+def test_larger_vocabulary_and_blocks_of_sixteen():
+    for spec in ("lk-alpha", "lk-lambda", "soft-chain"):
+        plain, fused, _, _, grads, _ = run_both(spec, slots=16, blocks=5, vocab=3000, width=48, sub_chunk_tokens=64)
+        check_totals(plain, fused, 1e-5)
+        assert rel_err(grads[1], grads[0]) <= 1e-5
+
+
+def test_tiny_alpha_stays_exact():
+    """Drafter and target peaked on different tokens: log alpha far below -80 (1/alpha overflows fp32),
+    where the direction pass switches to its log-space form; values and gradients stay finite and equal."""
+    objective = build_loss("lk-alpha")
+    head, hidden, target, mask = make_batch(bias=False)
+    with torch.no_grad():
+        hidden.mul_(60.0)
+    states = -hidden.detach()
+    plain = objective_chunk_terms(objective, head, hidden, target, mask, states)
+    fused = fused_totals(objective, head, hidden, target, mask, 16, states)
+    terms = fused_objective_terms(objective, hidden, head, target, mask, target_hidden=states)
+    assert float(terms.soft[1.0].log_alpha.min()) < -80.0  # the log-space branch runs
+    assert math.isfinite(float(fused[0]))
+    check_totals(plain[:2], fused[:2], 1e-5)
+    (plain_grad,) = torch.autograd.grad(plain[0].sum(), hidden)
+    (fused_grad,) = torch.autograd.grad(fused[0].sum(), hidden)
+    assert bool(torch.isfinite(fused_grad).all())
+    assert rel_err(fused_grad, plain_grad) <= 1e-5
+
+
+@pytest.mark.parametrize("spec", ["lk-alpha", "lk-lambda", "dpace + 0.5*lk-lambda"])
+def test_bf16_within_one_percent(spec):
+    plain, fused, _, _, grads, _ = run_both(spec, dtype=torch.bfloat16, sub_chunk_tokens=16)
+    assert grads[1].dtype == torch.bfloat16
+    assert rel_err(fused[0].detach(), plain[0].detach()) <= 1e-2
+    assert rel_err(grads[1], grads[0]) <= 2e-2
+
+
+def test_without_grad_only_values():
+    objective = build_loss("lk-lambda")
+    head, hidden, target, mask = make_batch()
+    states = target_states(hidden)
+    with torch.no_grad():
+        fused = fused_objective_terms(objective, hidden, head, target, mask, target_hidden=states)
+        plain = objective_chunk_terms(objective, head, hidden, target, mask, states)
+    assert fused.num.grad_fn is None
+    assert rel_err(fused.num, plain[0]) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "spec, buffers",
+    [
+        ("lk-alpha", 1),
+        ("lk-lambda(per_token=true)", 1),
+        ("soft-chain", 1),
+        ("lk-lambda", 2),
+        ("dpace + 0.5*lk-lambda", 3),
+    ],
+)
+def test_one_hidden_sized_buffer_per_direction_and_no_logits(spec, buffers):
+    """Single-entry objectives sum their directions in the forward pass (one [B,N,K,H] buffer);
+    per-position lk-lambda keeps KL and alpha apart (two), the composite adds cross-entropy's (three).
+    Nothing of size [tokens, V] is saved for backward."""
+    objective = build_loss(spec)
+    head, hidden, target, mask = make_batch(vocab=4096)
+    fused = fused_objective_terms(objective, hidden, head, target, mask, target_hidden=target_states(hidden))
+    saved = fused.num.grad_fn.saved_tensors
+    hidden_sized = [t for t in saved if t.shape == hidden.shape]
+    assert len(hidden_sized) == buffers
+    assert all(t.numel() < hidden.numel() for t in saved if t.shape != hidden.shape)  # coefficients only
+
+
+@pytest.mark.parametrize(
+    "spec, tiles", [("lk-alpha", 2), ("kl", 2), ("lk-lambda(per_token=true)", 2), ("lk-lambda", 6)]
+)
+def test_scratch_stays_within_the_documented_buffers(spec, tiles):
+    """Peak [tokens, V] memory: the draft logits, half-height target logits and a few column tiles."""
+    objective = build_loss(spec)
+    head, hidden, target, mask = make_batch(vocab=800)
+    plan, _ = soft_plan(objective)
+    soft_pass = SoftPass(objective, plan, head.weight, head.bias, step=4, slots=8, want_grad=True)
+    soft_pass.run(hidden, target_states(hidden), target, mask)
+    used = len(soft_pass.scratch._store)
+    assert used <= tiles
+    piece_rows, step_rows = 2 * 8, 4 * 8
+    held = step_rows + piece_rows + used * piece_rows * math.ceil(800 / TILES) / 800
+    assert held / step_rows <= SOFT_BUFFERS
+
+
+def test_plan_names_directions():
+    plan, _ = soft_plan(build_loss("dpace + 0.5*lk-lambda"))
+    assert plan.directions == (("la", 1.0), ("kl", 1.0), "nlq") and not plan.combined
+    plan, _ = soft_plan(build_loss("tv"))
+    assert plan.directions == (("la", 1.0),) and plan.combined and not plan.kl_temperatures
+    plan, _ = soft_plan(build_loss("kl(temperature=0.5) + tv"))
+    assert plan.temperatures == (0.5, 1.0) and plan.kl_temperatures == {0.5}
+
+
+def test_kl_is_not_computed_where_unread():
+    objective = build_loss("soft-dpace")
+    head, hidden, target, mask = make_batch()
+    fused = fused_objective_terms(objective, hidden, head, target, mask, target_hidden=target_states(hidden))
+    assert bool(torch.isnan(fused.soft[1.0].kl).all())  # documented: NaN where no KL is read
+    fused = fused_objective_terms(build_loss("kl"), hidden, head, target, mask, target_hidden=target_states(hidden))
+    assert bool(torch.isfinite(fused.soft[1.0].kl).all())
+
+
+def test_every_soft_spec_supports_fused():
+    for spec in SPECS:
+        assert supports_fused(build_loss(spec)), spec
+
+
+def test_missing_or_misshapen_target_hidden_is_refused():
+    objective = build_loss("lk-alpha")
+    head, hidden, target, mask = make_batch()
+    with pytest.raises(ValueError, match="target_hidden"):
+        fused_objective_terms(objective, hidden, head, target, mask)
+    with pytest.raises(ValueError, match=r"target_hidden shape \(2, 6, 8, 16\)"):
+        fused_objective_terms(objective, hidden, head, target, mask, target_hidden=hidden[..., :16])
+
+
+def test_hard_objectives_ignore_target_hidden_bitwise():
+    for spec in ("dflash", "dpace", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"):
+        objective = build_loss(spec)
+        head, hidden, target, mask = make_batch()
+        without = fused_totals(objective, head, hidden, target, mask, 16)
+        with_states = fused_totals(objective, head, hidden, target, mask, 16, target_states(hidden))
+        assert len(without) == len(with_states) == 10
+        assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(without, with_states))
+        (g1,) = torch.autograd.grad(without[0].sum(), hidden)
+        (g2,) = torch.autograd.grad(with_states[0].sum(), hidden)
+        assert torch.equal(g1, g2)
+
+
+class _SoftValuesOnly(SoftObjective):
+    """A third-party soft objective with values only (no analytic gradient)."""
+
+    name = "third-party-soft-square"
+
+    def _soft_terms(self, slots, mask):
+        return (slots.log_alpha.square() * mask).sum(), mask.sum()
+
+
+def test_soft_objective_without_gradient_falls_back(caplog):
+    objective = _SoftValuesOnly()
+    head, hidden, target, mask = make_batch()
+    states = target_states(hidden)
+    with caplog.at_level(logging.WARNING, logger="specforge_dpace"):
+        assert supports_fused(objective) is False
+        fused = fused_totals(objective, head, hidden, target, mask, 16, states)
+    lines = [r for r in caplog.records if "falls back to the plain path" in r.getMessage()]
+    assert len(lines) == 1 and objective.name in lines[0].getMessage()  # logged once per spec
+    plain = objective_chunk_terms(objective, head, hidden, target, mask, states)
+    check_totals(plain, fused, 1e-5)
+    (plain_grad,) = torch.autograd.grad(plain[0].sum(), hidden)
+    (fused_grad,) = torch.autograd.grad(fused[0].sum(), hidden)
+    assert rel_err(fused_grad, plain_grad) <= 1e-5
