@@ -54,3 +54,21 @@ class OracleDecoder(DFlashDecoder):
             drafted[slot - 1] = (drafted[slot - 1] + 1) % vocab
         self.step += 1
         return drafted, None
+
+
+def exact_marginals(target, prompt, temperature, top_k=-1, top_p=1.0):
+    """Exact marginals of the first three tokens plain sampling draws from ``target`` at ``temperature``
+    (top-k / top-p applied in every context), by enumerating the vocab^2 contexts."""
+    from specforge_dpace.evaluate._sampling import sampling_probs
+
+    def dist(logits):
+        return sampling_probs(logits, temperature, top_k, top_p).double()
+
+    with torch.no_grad():
+        vocab = target.config.vocab_size
+        p0 = dist(target(input_ids=torch.tensor([prompt])).logits[0, -1])
+        p1 = dist(target(input_ids=torch.tensor([prompt + [a] for a in range(vocab)])).logits[:, -1])
+        ctx2 = torch.tensor([prompt + [a, b] for a in range(vocab) for b in range(vocab)])
+        p2 = dist(target(input_ids=ctx2).logits[:, -1]).view(vocab, vocab, vocab)
+    joint01 = p0[:, None] * p1
+    return p0, joint01.sum(0), (joint01[..., None] * p2).sum((0, 1))

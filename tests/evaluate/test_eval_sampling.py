@@ -171,3 +171,79 @@ def test_speculative_sampling_with_top_k_top_p_is_lossless_per_position():
         counts[torch.arange(n_pos), torch.tensor(seq)] += 1
     assert min(chi2_gof_pvalue(counts[i], p_table[i]) for i in range(n_pos)) > 1e-3
     assert max(chi2_gof_pvalue(counts[i], raw_p[i]) for i in range(n_pos)) < 1e-6
+
+
+# -- target-only verification of greedy proposals (SGLang's DFlash convention) -------------------
+
+
+def test_verify_target_only_hand_cases():
+    from specforge_dpace.evaluate import verify_target_only
+
+    gen = torch.Generator().manual_seed(5)
+    p = torch.zeros(3, 4, dtype=torch.float64)
+    p[0, 2], p[1, 1], p[2] = 1.0, 1.0, torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    for _ in range(50):  # p(x) = 1: always accepted; the bonus token comes from the last row
+        accepted, token = verify_target_only(torch.tensor([2, 1]), p, gen)
+        assert accepted == 2 and token in (0, 1, 2, 3)
+    q = torch.zeros(3, 4, dtype=torch.float64)
+    q[:, :3] = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    counts = torch.zeros(4)
+    for _ in range(3000):  # p(x) = 0: always rejected, and the residual never emits x
+        accepted, token = verify_target_only(torch.tensor([3, 3]), q, gen)
+        assert accepted == 0
+        counts[token] += 1
+    assert counts[3] == 0 and chi2_gof_pvalue(counts, q[0]) > 1e-3
+    with pytest.raises(ValueError, match="shapes do not match"):
+        verify_target_only(torch.tensor([1, 2]), torch.full((2, 4), 0.25))
+
+
+def _simulate_greedy(p_table, q_table, block, n_tokens, gen, rule="target-only"):
+    """As ``_simulate``, with the drafter proposing the argmax of its q (SGLang's DFlash drafts greedily)."""
+    from specforge_dpace.evaluate import verify_target_only
+
+    out: list[int] = []
+    while len(out) < n_tokens:
+        pos = len(out)
+        drafted = q_table[pos : pos + block - 1].argmax(dim=-1)
+        p = p_table[pos : pos + block]
+        if rule == "target-only":
+            accepted, nxt = verify_target_only(drafted, p, gen)
+        else:  # "no-residual": on a rejection sample p itself, so x comes out too often -- lossy
+            accepted, nxt = verify_target_only(drafted, p, gen)
+            if accepted < len(drafted):
+                nxt = int(torch.multinomial(p[accepted], 1, generator=gen))
+        out.extend(drafted[:accepted].tolist() + [nxt])
+    return out[:n_tokens]
+
+
+def test_target_only_verification_of_greedy_proposals_is_lossless_per_position():
+    vocab, block, n_pos, samples = 8, 3, 5, 3000
+    gen = torch.Generator().manual_seed(6)
+    p_table = _random_dist(gen, n_pos + block, vocab)
+    q_table = _random_dist(gen, n_pos + block, vocab)
+    counts = torch.zeros(n_pos, vocab)
+    for _ in range(samples):
+        seq = _simulate_greedy(p_table, q_table, block, n_pos, gen)
+        counts[torch.arange(n_pos), torch.tensor(seq)] += 1
+    assert min(chi2_gof_pvalue(counts[i], p_table[i]) for i in range(n_pos)) > 1e-3
+
+
+def test_target_only_rule_without_the_residual_is_detected():
+    vocab, block, n_pos, samples = 8, 3, 3, 3000
+    gen = torch.Generator().manual_seed(7)
+    p_table = _random_dist(gen, n_pos + block, vocab)
+    q_table = _random_dist(gen, n_pos + block, vocab)
+    counts = torch.zeros(n_pos, vocab)
+    for _ in range(samples):
+        seq = _simulate_greedy(p_table, q_table, block, n_pos, gen, rule="no-residual")
+        counts[torch.arange(n_pos), torch.tensor(seq)] += 1
+    assert min(chi2_gof_pvalue(counts[i], p_table[i]) for i in range(n_pos)) < 1e-6
+
+
+def test_draft_sampling_values_are_checked():
+    from specforge_dpace.evaluate._sampling import check_draft_sampling
+
+    assert check_draft_sampling("greedy") == "greedy" and check_draft_sampling("sample") == "sample"
+    for bad in ("argmax", None, "Greedy"):
+        with pytest.raises(ValueError, match=r"draft_sampling=.* is invalid; accepted: 'sample' .* or 'greedy'"):
+            check_draft_sampling(bad)
