@@ -2,15 +2,20 @@
 
 One small module per patched target (Liger-Kernel's lesson, without its monolith):
 
-============================  ================================================  ============
-target                        SpecForge module                                  layout
-============================  ================================================  ============
-``unified-model``             ``specforge.algorithms.common.dflash_family_model``  unified
-``unified-schema``            ``specforge.config.schema``                       unified
-``unified-providers``         ``specforge.algorithms.model_providers``          unified
-``unified-composition``       ``specforge.application.composition``             unified
-``legacy-model``              ``specforge.core.dflash``                         legacy
-============================  ================================================  ============
+================================  ================================================  ============
+target                            SpecForge module                                  layout
+================================  ================================================  ============
+``unified-model``                 ``specforge.algorithms.common.dflash_family_model``  unified
+``unified-schema``                ``specforge.config.schema``                       unified
+``unified-providers``             ``specforge.algorithms.model_providers``          unified
+``unified-composition``           ``specforge.application.composition``             unified
+``unified-domino-providers``      ``specforge.algorithms.domino.providers``         unified
+``unified-dspark-providers``      ``specforge.algorithms.dspark.providers``         unified
+``legacy-model``                  ``specforge.core.dflash``                         legacy
+================================  ================================================  ============
+
+``unified-model`` patches the three DFlash-family models of that module (``OnlineDFlashModel``,
+``OnlineDominoModel``, ``OnlineDSparkModel``; see ``_family``).
 
 ``install()`` detects the layout by import and applies its targets; ``uninstall()`` restores
 every patched attribute to the very object it was.  Installing twice is a no-op.  The
@@ -39,7 +44,7 @@ class HookTarget:
 
 
 TARGETS = (
-    HookTarget("unified-model", "specforge.algorithms.common.dflash_family_model", f"{__name__}._unified", UNIFIED),
+    HookTarget("unified-model", "specforge.algorithms.common.dflash_family_model", f"{__name__}._family", UNIFIED),
     HookTarget("unified-schema", "specforge.config.schema", f"{__name__}._schema", UNIFIED, required=False),
     HookTarget(
         "unified-providers", "specforge.algorithms.model_providers", f"{__name__}._providers", UNIFIED, required=False
@@ -48,6 +53,20 @@ TARGETS = (
         "unified-composition",
         "specforge.application.composition",
         f"{__name__}._composition",
+        UNIFIED,
+        required=False,
+    ),
+    HookTarget(
+        "unified-domino-providers",
+        "specforge.algorithms.domino.providers",
+        f"{__name__}._method_providers",
+        UNIFIED,
+        required=False,
+    ),
+    HookTarget(
+        "unified-dspark-providers",
+        "specforge.algorithms.dspark.providers",
+        f"{__name__}._method_providers",
         UNIFIED,
         required=False,
     ),

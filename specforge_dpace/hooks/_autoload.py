@@ -21,6 +21,8 @@ WATCHED = {
     "specforge.config.schema": "unified-schema",
     "specforge.algorithms.model_providers": "unified-providers",
     "specforge.application.composition": "unified-composition",
+    "specforge.algorithms.domino.providers": "unified-domino-providers",
+    "specforge.algorithms.dspark.providers": "unified-dspark-providers",
     "specforge.core.dflash": "legacy-model",
 }
 ENV_VAR = "SPECFORGE_DPACE_AUTOLOAD"

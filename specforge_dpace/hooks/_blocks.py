@@ -119,13 +119,28 @@ def objective_chunk_terms(
     (``target_hidden`` = the aligned target states of the chunk), :func:`soft_metric_terms`.
     """
     neg_log_q, logits = per_slot_cross_entropy(lm_head, hidden, target_ids)
-    correct = None
-    if objective.needs_correct:
-        with torch.no_grad():
-            correct = logits.argmax(dim=-1) == target_ids
     soft = None
     if getattr(objective, "needs_target", False):
         soft = soft_statistics(objective, lm_head, logits, target_hidden)
+    return slot_terms(objective, neg_log_q, target_ids, weight_mask, logits=logits, soft=soft)
+
+
+def slot_terms(
+    objective: Any,
+    neg_log_q: Tensor,
+    target_ids: Tensor,
+    weight_mask: Tensor,
+    *,
+    logits: Optional[Tensor] = None,
+    correct: Optional[Tensor] = None,
+    soft: Optional[dict] = None,
+) -> tuple[Tensor, ...]:
+    """:func:`objective_chunk_terms` from per-slot tensors the caller formed (e.g. logits after a draft-side
+    head): ``correct`` (detached argmax == label) is taken as given or derived from ``logits``."""
+    if correct is None and objective.needs_correct:
+        with torch.no_grad():
+            correct = logits.argmax(dim=-1) == target_ids
+    if getattr(objective, "needs_target", False):
         num, den = objective.chunk_terms(neg_log_q, weight_mask, correct, soft=soft)
     else:
         num, den = objective.chunk_terms(neg_log_q, weight_mask, correct)

@@ -1,7 +1,13 @@
-"""Hook for ``specforge.algorithms.model_providers``: pass ``training.loss_options`` to the model.
+"""Hook for ``specforge.algorithms.model_providers``: the DFlash-family builders read the objective.
 
 SpecForge's ``build_dflash_model`` forwards ``loss_type`` and ``dpace_alpha`` from the config;
 the patched builder also forwards ``loss_options`` (present once the schema hook is active).
+``build_domino_model`` and ``build_dspark_model`` forward none of them upstream (their models
+hard-code their loss); the patched builders pass ``loss_type``, ``dpace_alpha`` and
+``loss_options`` to ``OnlineDominoModel`` / ``OnlineDSparkModel`` (patched by ``_family``), which
+record the canonical spec as their ``loss_type`` for the resume contracts
+(:mod:`._method_providers`).  ``loss_type`` left at ``dflash`` without ``loss_options`` calls
+SpecForge's own builder.
 """
 
 from __future__ import annotations
@@ -39,6 +45,50 @@ def _make_builder(module: Any, original: Any):
     return build_dflash_model
 
 
+def _method_kwargs(method: str, cfg: Any, draft_model: Any) -> dict:
+    """SpecForge's own constructor arguments of each method's model (as its builder passes them)."""
+    if method == "domino":
+        return {"shift_label": bool(getattr(draft_model, "shift_label", False))}
+    return {
+        "dspark_ce_loss_alpha": cfg.training.dspark_ce_loss_alpha,
+        "dspark_l1_loss_alpha": cfg.training.dspark_l1_loss_alpha,
+        "dspark_confidence_head_alpha": cfg.training.dspark_confidence_head_alpha,
+    }
+
+
+def _make_method_builder(module: Any, original: Any, method: str, class_name: str):
+    @functools.wraps(original)
+    def builder(cfg, draft_model, _draft_config, _target_config, tokenizer):
+        training = cfg.training
+        options = getattr(training, "loss_options", None)
+        if training.loss_type == "dflash" and not options:
+            return original(cfg, draft_model, _draft_config, _target_config, tokenizer)
+        from specforge.algorithms.common import dflash_family_model
+
+        model_class = getattr(dflash_family_model, class_name)
+        return module._build_dflash_family_model(
+            cfg,
+            draft_model,
+            tokenizer,
+            lambda common: model_class(
+                **common,
+                **_method_kwargs(method, cfg, draft_model),
+                loss_type=training.loss_type,
+                dpace_alpha=training.dpace_alpha,
+                loss_options=dict(options or {}),
+            ),
+        )
+
+    setattr(builder, MARKER, True)
+    return builder
+
+
+METHOD_BUILDERS = {
+    "build_domino_model": ("domino", "OnlineDominoModel"),
+    "build_dspark_model": ("dspark", "OnlineDSparkModel"),
+}
+
+
 def apply(module: Any) -> PatchSet:
     patches = PatchSet(TARGET_MODULE)
     original = module.build_dflash_model
@@ -50,4 +100,7 @@ def apply(module: Any) -> PatchSet:
             "revision is not supported for loss_options (loss_type specs still work)"
         )
     patches.set(module, "build_dflash_model", _make_builder(module, original))
+    for name, (method, class_name) in METHOD_BUILDERS.items():
+        if hasattr(module, name):
+            patches.set(module, name, _make_method_builder(module, getattr(module, name), method, class_name))
     return patches

@@ -5,6 +5,13 @@ SpecForge's ``TrainingConfig`` is strict (``extra="forbid"``) with ``loss_type``
 (unknown names still fail, listing the registered ones), adds ``training.loss_options``, and
 rebuilds the models that embed ``TrainingConfig``.  Reverting restores the original field
 objects and rebuilds again.
+
+The objective is checked with the strategy it is for (:mod:`._methods`): ``domino`` and ``dspark``
+take any spec too (refusing ``fused`` and, for DSpark, CE/L1 weights beside a plugin objective);
+a strategy that never reads ``loss_type`` (``eagle3``, ``peagle``) refuses a value other than the
+default and any ``loss_options`` instead of ignoring them.  ``loss_options`` is validated even when
+left at its default, because its validator sees every other field (it comes last) and so runs the
+cross-field checks.
 """
 
 from __future__ import annotations
@@ -17,23 +24,21 @@ TARGET_MODULE = "specforge.config.schema"
 
 
 def _validate_spec(value: Any, info: Any) -> Any:
+    from ._methods import check_strategy
     from ._plan import plan_objective
 
-    plan_objective(value, dpace_alpha=(info.data or {}).get("dpace_alpha", 0.5))
+    data = info.data or {}
+    plan_objective(value, dpace_alpha=data.get("dpace_alpha", 0.5))
+    check_strategy(data.get("strategy"), value, None)
     return value
 
 
 def _validate_options(value: Any, info: Any) -> Any:
-    from ._plan import plan_objective
+    from ._methods import check_training
 
     data = info.data or {}
-    if value and "loss_type" in data:  # loss_type failed already when absent from data
-        plan_objective(
-            data["loss_type"],
-            dpace_alpha=data.get("dpace_alpha", 0.5),
-            loss_decay_gamma=data.get("loss_decay_gamma"),
-            loss_options=value,
-        )
+    if "loss_type" in data:  # loss_type failed already when absent from data
+        check_training({**data, "loss_options": value})
     return value
 
 
@@ -65,7 +70,8 @@ def apply(module: Any) -> PatchSet:
     loss_type = FieldInfo.from_annotated_attribute(Annotated[str, AfterValidator(_validate_spec)], original.default)
     loss_type.description = "objective name or composite spec (specforge-dpace)"
     loss_options = FieldInfo.from_annotated_attribute(
-        Annotated[Optional[dict[str, Any]], AfterValidator(_validate_options)], Field(default_factory=dict)
+        Annotated[Optional[dict[str, Any]], AfterValidator(_validate_options)],
+        Field(default_factory=dict, validate_default=True),
     )
     loss_options.description = "options of a single-term loss_type and path options (specforge-dpace)"
     patches.set(_FieldDict(fields), "loss_type", loss_type)

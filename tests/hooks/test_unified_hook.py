@@ -48,7 +48,14 @@ def test_install_is_idempotent_and_uninstall_restores_identity():
 
     field_before = schema.TrainingConfig.model_fields["loss_type"]
     applied = specforge_dpace.install()
-    assert applied == ["unified-model", "unified-schema", "unified-providers", "unified-composition"]
+    assert applied == [
+        "unified-model",
+        "unified-schema",
+        "unified-providers",
+        "unified-composition",
+        "unified-domino-providers",
+        "unified-dspark-providers",
+    ]
     patched = _originals()
     assert all(patched[name] is not before[name] for name in before)
     assert specforge_dpace.install() == applied  # second install: no-op
