@@ -79,7 +79,8 @@ MODEL = (
     _F(
         "--loss-decay-gamma",
         None,
-        "DFlash slot decay exp(-(k-1)/gamma); dflash objective only (7 for K=16)",
+        "DFlash slot decay exp(-(k-1)/gamma) of the dflash objective (7 for K=16); with --strategy domino/dspark "
+        "also the method's own decay (Domino's base term, DSpark's confidence loss)",
         "training.loss_decay_gamma",
         float,
     ),
@@ -206,6 +207,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     objective = parser.add_argument_group("objective (specforge-dpace)")
     objective.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=None,
+        help="unified runtime: SpecForge's DFlash-family method (training.strategy; default dflash). domino and "
+        "dspark take --loss-type too (it replaces Domino's final-logits CE / DSpark's CE+L1 terms) and need a draft "
+        "config of that method (--draft-config-path); dspark features also carry target_last_hidden_states",
+    )
+    objective.add_argument(
         "--loss-type",
         type=loss_spec_type(),
         default=None,
@@ -315,11 +324,22 @@ def value(args: argparse.Namespace, flag: Flag) -> Any:
     return getattr(args, flag.dest) if given(args, flag) else flag.default
 
 
+#: ``--strategy`` choices: SpecForge's DFlash-family methods (the legacy layout has DFlash only).
+STRATEGIES = ("dflash", "domino", "dspark")
+
+
+def strategy_of(args: argparse.Namespace) -> str:
+    """The method ``--strategy`` names (``dflash`` when not given)."""
+    strategy = getattr(args, "strategy", None)
+    return "dflash" if strategy is None else strategy
+
+
 def objective_of(args: argparse.Namespace) -> tuple[str, Optional[float], dict]:
     """``(loss_type, dpace_alpha or None, loss_options)`` with warnings for ignored combinations."""
     loss_type = "dflash" if args.loss_type is None else args.loss_type
     options = dict(args.loss_options or {})
-    if args.loss_decay_gamma is not None:
+    # Domino and DSpark apply loss_decay_gamma in their own terms whatever the objective.
+    if args.loss_decay_gamma is not None and strategy_of(args) == "dflash":
         from ..losses import parse_spec
 
         names = {term.name for term in parse_spec(loss_type)}

@@ -17,7 +17,8 @@ DESCRIPTION = """Train a DFlash drafter with the familiar legacy scripts/train_d
 
 The objective is one flag: --loss-type takes any registered objective or composite spec
 ('dpace', 'dflash(gamma=10) + 0.3*first-error-focal + 40*chain'); --loss-option KEY=VALUE
-sets options of a single-term objective; --dpace-alpha keeps working.
+sets options of a single-term objective; --dpace-alpha keeps working.  --strategy domino|dspark
+(unified runtime) trains SpecForge's Domino or DSpark drafter with the same objective flags.
 
 Runtimes (--runtime auto picks):
   legacy   a SpecForge checkout of the legacy layout (--specforge-root PATH, or importable):

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .args import LEGACY_FLAGS, UNIFIED_ONLY, given, is_set, legacy_value_errors, objective_of
+from .args import LEGACY_FLAGS, UNIFIED_ONLY, given, is_set, legacy_value_errors, objective_of, strategy_of
 
 LEGACY_MODULE = os.path.join("specforge", "core", "dflash.py")
 UNIFIED_MODULE = os.path.join("specforge", "algorithms", "common", "dflash_family_model.py")
@@ -120,6 +120,14 @@ def run_legacy(args: argparse.Namespace, root: Path) -> int:
     from ..hooks._legacy import objective_defaults, soft_objective_error
     from .legacy_args import widened_loss_type_choices
 
+    strategy = strategy_of(args)
+    if strategy != "dflash":
+        print(
+            f"error: --strategy {strategy}: {root} is a legacy checkout, whose script trains DFlash only "
+            "(Domino and DSpark exist in SpecForge's unified runtime: --runtime unified)",
+            file=sys.stderr,
+        )
+        return 2
     unified_only = [name for name in UNIFIED_ONLY if is_set(getattr(args, name, None))]
     if unified_only:
         flags = ", ".join(UNIFIED_ONLY[name] for name in unified_only)

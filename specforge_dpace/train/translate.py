@@ -7,7 +7,8 @@ never silently dropped, and :func:`validate` maps SpecForge's own schema errors 
 With ``--draft-config-path`` the draft config's ``block_size`` and ``num_hidden_layers`` win unless
 ``--block-size`` / ``--num-draft-layers`` are given (the legacy defaults only fill a generated config).
 The objective lands in ``training.loss_type`` (any spec) and ``training.loss_options`` -- keys
-SpecForge's schema accepts once the specforge-dpace hook is installed.
+SpecForge's schema accepts once the specforge-dpace hook is installed -- for the method ``--strategy``
+names (``training.strategy``: ``dflash``, ``domino`` or ``dspark``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import warnings
 from typing import Any, Optional
 
-from .args import DRAFT_CONFIG_FIELDS, LEGACY_FLAGS, given, objective_of, read_draft_config, value
+from .args import DRAFT_CONFIG_FIELDS, LEGACY_FLAGS, given, objective_of, read_draft_config, strategy_of, value
 
 
 class TranslationError(ValueError):
@@ -39,6 +40,7 @@ _NON_EMPTY = {
 
 #: Config fields the wrapper fills from its own flags (dotted path -> flag), for schema error messages.
 _WRAPPER_FIELDS = {
+    "training.strategy": "--strategy",
     "training.loss_type": "--loss-type",
     "training.dpace_alpha": "--dpace-alpha",
     "training.loss_options": "--loss-option",
@@ -78,7 +80,7 @@ def _draft_field(args: argparse.Namespace, flag: Any, draft: Optional[dict]) -> 
 def unified_config(args: argparse.Namespace) -> dict:
     """The config mapping for ``args`` (raises :class:`TranslationError` listing every bad flag)."""
     errors: list[str] = []
-    config: dict = {"model": {}, "data": {}, "training": {"strategy": "dflash"}}
+    config: dict = {"model": {}, "data": {}, "training": {"strategy": strategy_of(args)}}
     draft = read_draft_config(args.draft_config_path)
     for flag in LEGACY_FLAGS:
         if flag.yaml is None:
