@@ -142,3 +142,15 @@ def test_hf_backend_refuses_a_domino_drafter_without_its_head_fields(tmp_path, c
     err = capsys.readouterr().err
     assert "Domino draft" in err and "dflash_config.gru_hidden_dim is missing; accepted: an int >= 1" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_help_states_the_rules_and_the_draft_sampling_each_backend_uses():
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "specforge_dpace", "bench", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    text = " ".join(out.split())
+    assert "SGLang 0.5.14's DFlash loader rules" in text and "target layer ids 0..n-2 only" in text
+    assert "SGLang 0.5.14 serves DFlash drafters only" in text and "--backend hf measures them" in text
+    assert "--draft-sampling {greedy,sample}" in text and "'greedy' (the default; SGLang's DFlash convention" in text

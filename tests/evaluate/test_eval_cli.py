@@ -244,3 +244,68 @@ def test_load_prompts_forms_and_errors(tmp_path):
         load_prompts(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="no prompts"):
         load_prompts([])
+
+
+def test_cli_draft_sampling_is_applied_recorded_and_documented(checkpoint_dirs, tmp_path, capsys):
+    """--draft-sampling: 'sample' (the default) and 'greedy' (SGLang's convention) give different decodes
+    of the same seeds at temperature > 0, eval.json records which one ran, --help states the default, and a
+    value outside the two is refused by the parser."""
+    root = checkpoint_dirs
+    base = [
+        "evaluate",
+        "--target",
+        str(root / "target"),
+        "--draft",
+        str(root / "draft"),
+        "--prompts",
+        str(root / "prompts.jsonl"),
+        "--temperature",
+        "0.9",
+        "--max-new-tokens",
+        "12",
+        "--no-progress",
+    ]
+    runs = {}
+    for mode in (None, "sample", "greedy"):
+        out = tmp_path / str(mode)
+        assert main(base + ["--output-dir", str(out)] + (["--draft-sampling", mode] if mode else [])) == 0
+        runs[mode] = json.loads((out / "eval.json").read_text())
+    assert (
+        runs[None]["overall"]["draft_sampling"] == "sample" and runs["greedy"]["overall"]["draft_sampling"] == "greedy"
+    )
+    assert [r["output_ids"] for r in runs[None]["per_prompt"]] == [
+        r["output_ids"] for r in runs["sample"]["per_prompt"]
+    ]
+    assert [r["output_ids"] for r in runs["greedy"]["per_prompt"]] != [
+        r["output_ids"] for r in runs["sample"]["per_prompt"]
+    ]
+    assert "draft sampling" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + ["--draft-sampling", "argmax"])
+    assert exit_info.value.code == 2 and "invalid choice: 'argmax'" in capsys.readouterr().err
+    help_text = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "specforge_dpace", "evaluate", "--help"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert "--draft-sampling {sample,greedy}" in help_text and "'sample' (the default)" in help_text
+    assert "SGLang 0.5.14's DFlash loader rules" in help_text and "0..n-2" in help_text
+
+
+def test_evaluate_paths_honours_a_given_block_size_for_a_draft_without_one(checkpoint_dirs, tmp_path):
+    """A draft whose config gives no block size loads with the one the caller gives (it is refused, naming
+    the field, without one)."""
+    from specforge_dpace.evaluate import EvalConfig, evaluate_paths
+
+    root = checkpoint_dirs
+    bare = tmp_path / "draft"
+    bare.mkdir()
+    config = json.loads((root / "draft" / "config.json").read_text())
+    config.pop("block_size")
+    config["dflash_config"].pop("block_size", None)
+    (bare / "config.json").write_text(json.dumps(config))
+    (bare / "model.safetensors").write_bytes((root / "draft" / "model.safetensors").read_bytes())
+    result = evaluate_paths(root / "target", bare, [[1, 2, 3]], EvalConfig(block_size=3, show_progress=False))
+    assert result.overall["block_size"] == 3 and len(result.overall["accept_hist"]) == 3
+    with pytest.raises(ValueError, match=r"block_size is missing \(SGLang looks for dflash_config.block_size"):
+        evaluate_paths(root / "target", bare, [[1, 2, 3]], EvalConfig(show_progress=False))
