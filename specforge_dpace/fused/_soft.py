@@ -453,58 +453,93 @@ class SoftPass:
     def _directions_general(
         self, a: Tensor, b: Tensor, stats: dict, coef: dict, ids: Tensor, p0: int, p1: int, u_stored: bool
     ) -> None:
-        """Any plan: unit directions per column tile (log-space alpha term, no overflow however small
-        alpha is), summed with their coefficients (one entry) or one per buffer (several entries)."""
+        """Any plan: unit directions per column tile, summed with their coefficients (one numerator
+        entry) or one per buffer (several).  The first direction is written into ``a`` (its GEMM runs
+        per sub-chunk); with one temperature the second goes into ``b`` in place (one GEMM per piece),
+        any further one tile by tile (``addmm``).  Where some row's log alpha is below -80 the alpha
+        term uses its log-space form ``u exp(min(log q - log alpha, 0))`` (no 1/alpha overflow)."""
         plan, rows = self.plan, a.shape[0]
-        combined = plan.combined
-        primary = plan.directions[0]
+        combined, primary = plan.combined, plan.directions[0]
+        robust = {t: float(stats[t][0].min()) < _FAST_LOG_ALPHA for t in plan.temperatures}
+        inv_alpha = {t: torch.exp(-stats[t][0]).unsqueeze(1) for t in plan.temperatures if not robust[t]}
+        in_b = None if (combined or u_stored or not self.b_inplace or len(plan.directions) < 2) else plan.directions[1]
+        order = [d for d in plan.directions if d != primary] + [primary]
         for start, width in self._tiles():
+            tile_a = a[:, start : start + width]
+
+            cache: dict = {}
 
             def get(name: str, width: int = width) -> Tensor:
                 return self.scratch.get(name, rows, width)
 
-            out = get("s1") if combined else None
+            if in_b is not None:  # b's tile is overwritten by a direction: read what it holds first
+                self._ingredients(cache, a, b, self.temperature, start, width, u_stored)
+            label_rows = None
+            if NLQ in coef or (not combined and NLQ in plan.directions):
+                label_rows = ((ids >= start) & (ids < start + width)).nonzero().squeeze(1)
+            acc = get("s1") if combined else None
             wrote = False
-            label_rows = ((ids >= start) & (ids < start + width)).nonzero().squeeze(1)
-            for index, direction in enumerate(plan.directions):
+            for direction in order:
                 column = coef.get(direction)
                 if combined and column is None:
                     continue
-                target = get("s1") if (not combined and direction == primary) else get("s2")
+                if combined:
+                    out = get("s2")
+                elif direction == primary:
+                    out = tile_a
+                elif direction == in_b:
+                    out = b[:, start : start + width]
+                else:
+                    out = get("s2")
                 if direction == NLQ:
-                    torch.exp(a[:, start : start + width], out=target)  # q at T = 1
+                    torch.exp(tile_a, out=out)  # q at T = 1 (a holds log q1 whenever nlq is a direction)
                     if label_rows.numel():
-                        target.index_put_(
-                            (label_rows, ids[label_rows] - start),
-                            torch.full((label_rows.numel(),), -1.0, dtype=self.work, device=a.device),
-                            accumulate=True,
-                        )
+                        minus_one = torch.full((label_rows.numel(),), -1.0, dtype=self.work, device=a.device)
+                        out.index_put_((label_rows, ids[label_rows] - start), minus_one, accumulate=True)
                 else:
                     kind, t = direction
-                    log_q = self._log_q(a, t, start, width)
+                    log_q, q, u = self._ingredients(cache, a, b, t, start, width, u_stored)
                     log_alpha, ratio, _ = stats[t]
-                    if kind == "la":
-                        if u_stored:
-                            u = b[:, start : start + width]
+                    if kind == "la":  # u q / alpha - q r
+                        if robust[t]:
+                            torch.sub(log_q, log_alpha.unsqueeze(1), out=out).clamp_(max=0.0).exp_().mul_(u)
+                            out.addcmul_(q, -ratio.unsqueeze(1))
                         else:
-                            u = torch.le(log_q, self._log_p(b, t, start, width), out=get("u"))
-                        torch.sub(log_q, log_alpha.unsqueeze(1), out=target).clamp_(max=0.0).exp_().mul_(u)
-                        target.addcmul_(torch.exp(log_q, out=get("q")), -ratio.unsqueeze(1))  # u q/alpha - q r
-                    else:
-                        torch.exp(log_q, out=target)
-                        target.sub_(torch.exp(self._log_p(b, t, start, width), out=get("q")))  # q - p
+                            torch.addcmul(-ratio.unsqueeze(1), u, inv_alpha[t], out=out).mul_(q)
+                    else:  # q - p
+                        torch.exp(self._log_p(b, t, start, width), out=out)
+                        torch.sub(q, out, out=out)
                 if combined:
                     if wrote:
-                        out.addcmul_(target, column[0].unsqueeze(1))
+                        acc.addcmul_(out, column[0].unsqueeze(1))
                     else:
-                        torch.mul(target, column[0].unsqueeze(1), out=out)
+                        torch.mul(out, column[0].unsqueeze(1), out=acc)
                         wrote = True
-                elif direction != primary:
-                    self._accumulate(self.dl[index][p0:p1], target, start)
+                elif direction not in (primary, in_b):
+                    self._accumulate(self.dl[plan.directions.index(direction)][p0:p1], out, start)
             if combined:
                 if wrote:
-                    a[:, start : start + width].copy_(out)
+                    tile_a.copy_(acc)
                 else:
-                    a[:, start : start + width].zero_()
-            else:
-                a[:, start : start + width].copy_(get("s1"))
+                    tile_a.zero_()
+        if in_b is not None:
+            self._gradient(b, self.dl[plan.directions.index(in_b)][p0:p1])
+
+    def _ingredients(
+        self, cache: dict, a: Tensor, b: Tensor, t: float, start: int, width: int, u_stored: bool
+    ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(log q, q, u)`` of one column tile at temperature ``t``, cached for one t at a time
+        (``u`` = 1[log q <= log p] only where an alpha direction needs it)."""
+        if cache.get("t") != t:
+            cache.clear()
+            cache["t"] = t
+            rows = a.shape[0]
+            log_q = cache["log_q"] = self._log_q(a, t, start, width)
+            cache["q"] = torch.exp(log_q, out=self.scratch.get("q", rows, width))
+            if ("la", t) in self.plan.directions:
+                if u_stored:
+                    cache["u"] = b[:, start : start + width]
+                else:
+                    log_p = self._log_p(b, t, start, width)
+                    cache["u"] = torch.le(log_q, log_p, out=self.scratch.get("u", rows, width))
+        return cache["log_q"], cache["q"], cache.get("u")
