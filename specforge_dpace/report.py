@@ -156,6 +156,20 @@ def _wrap_label(label: str, width: int = 22) -> str:
     return "\n".join(textwrap.wrap(str(label), width=width, break_on_hyphens=False)) or str(label)
 
 
+def _save_figure(fig, path: Path | str) -> Path:
+    """Write a matplotlib figure atomically (a temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def grouped_bar_plot(
     path: Path | str,
     groups: Sequence[str],
@@ -217,11 +231,38 @@ def multi_panel_bar_plot(
         if len(names) > 1:
             ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_figure(fig, path)
+
+
+def calibration_plot(
+    path: Path | str,
+    panels: Iterable[tuple[str, Mapping[str, Sequence[tuple[float, float, str]]]]],
+) -> Path:
+    """Predicted vs measured scatter, one panel per ``(title, {series: [(predicted, measured, label)]})``,
+    with the line predicted = measured; points are labelled (e.g. by objective)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    panels = list(panels)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4.6))
+    axes = [axes] if len(panels) <= 1 else list(axes)
+    markers = "osD^vP*X"
+    for ax, (title, series) in zip(axes, panels):
+        values = [v for points in series.values() for p, m, _ in points for v in (p, m) if v is not None]
+        for i, (name, points) in enumerate(series.items()):
+            points = [(p, m, label) for p, m, label in points if p is not None and m is not None]
+            ax.scatter([p for p, _, _ in points], [m for _, m, _ in points], label=name, marker=markers[i % 8], s=28)
+            for p, m, label in points:
+                ax.annotate(_wrap_label(label, 14), (p, m), xytext=(3, 2), textcoords="offset points", fontsize=5)
+        if values:
+            low, high = min(values), max(values)
+            pad = 0.05 * (high - low or 1.0)
+            ax.plot([low - pad, high + pad], [low - pad, high + pad], color="grey", linestyle="--", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("predicted tau (teacher-forced, held-out)")
+        ax.set_ylabel("measured tau (evaluator)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return _save_figure(fig, path)

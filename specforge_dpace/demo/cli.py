@@ -81,6 +81,14 @@ def configure(parser) -> None:
         "--eval-temperature", type=float, default=None, help="evaluation temperature (default 0 = greedy verification)"
     )
     parser.add_argument(
+        "--eval-draft-sampling",
+        choices=("sample", "greedy"),
+        default=None,
+        help="at --eval-temperature > 0, how the drafter proposes: 'sample' draws from q and verifies with standard "
+        "speculative sampling (default; the LK paper's setting), 'greedy' proposes q's argmax and verifies "
+        "target-only, as SGLang 0.5.14's DFlash does; both are lossless, tau differs",
+    )
+    parser.add_argument(
         "--retrain-target",
         action="store_true",
         help="train the tokenizer and target from scratch into OUTPUT_DIR/target instead of using "
@@ -111,6 +119,7 @@ _OVERRIDES = (
     "eval_prompts",
     "eval_max_new_tokens",
     "eval_temperature",
+    "eval_draft_sampling",
     "target_steps",
     "target_dir",
 )

@@ -59,6 +59,7 @@ class DemoConfig:
     eval_prompt_len: int = 32
     eval_max_new_tokens: int = 64
     eval_temperature: float = 0.0
+    eval_draft_sampling: str = "sample"  # at T > 0: "sample" (standard speculative sampling) or "greedy" (SGLang's)
     # target
     retrain_target: bool = False
     target_steps: Optional[int] = None
@@ -97,6 +98,12 @@ class DemoConfig:
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} is invalid; accepted: an int >= {low}")
+        for name, value in (("data_temperature", self.data_temperature), ("eval_temperature", self.eval_temperature)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name}={value!r} is invalid; accepted: a finite number >= 0 (0 = greedy)")
+        from specforge_dpace.evaluate._sampling import check_draft_sampling
+
+        check_draft_sampling(self.eval_draft_sampling)
         from specforge_dpace.losses import build_loss
 
         for spec in self.objectives:
@@ -379,25 +386,35 @@ class DemoPipeline:
         c = self.config
         return sample_prompts(self._documents("heldout"), c.eval_prompts, c.eval_prompt_len, c.seed + 10_000)
 
-    def evaluate(self, objective: str, draft) -> dict:
+    def evaluate(
+        self, objective: str, draft, *, temperature: Optional[float] = None, draft_sampling: Optional[str] = None
+    ) -> dict:
+        """The evaluator's record of ``draft`` on the held-out prompts at the configured temperature and
+        draft sampling, or at the ones given (the acceptance experiment evaluates several)."""
         from specforge_dpace.evaluate import EvalConfig, evaluate_drafter
 
         c = self.config
+        temperature = c.eval_temperature if temperature is None else temperature
+        draft_sampling = c.eval_draft_sampling if draft_sampling is None else draft_sampling
         directory = self.drafter_dir(objective)
-        key = _key(
+        parts = [
             "eval",
             directory.name,
             _cache.content_digest(directory, exclude=("train_log.json",)),  # the weights evaluated, not the timing
             c.eval_prompts,
             c.eval_prompt_len,
             c.eval_max_new_tokens,
-            c.eval_temperature,
-        )
+            temperature,
+        ]
+        if temperature > 0 and draft_sampling != "sample":  # greedy verification ignores it; old keys stay valid
+            parts.append(draft_sampling)
+        key = _key(*parts)
         path = self.out / "eval" / f"{slugify(objective)}-{key}.json"
+        label = f"evaluate {objective} T={temperature:g}" + (f" {draft_sampling}" if temperature > 0 else "")
         if path.is_file():
             cached = self._reuse_file(path, lambda: _eval_record(json.loads(path.read_text(encoding="utf-8"))))
             if cached is not None:
-                self._event(f"evaluate {objective}", "cached")
+                self._event(label, "cached")
                 return cached
         seed_everything(c.seed, c.threads)
         result = evaluate_drafter(
@@ -405,17 +422,83 @@ class DemoPipeline:
             draft,
             self.eval_prompts(),
             EvalConfig(
-                temperature=c.eval_temperature,
+                temperature=temperature,
                 max_new_tokens=c.eval_max_new_tokens,
                 block_size=None,
                 stop_token_ids=(),
                 seed=c.seed,
                 show_progress=self.show_progress,
+                draft_sampling=draft_sampling,
             ),
         )
         record = result.to_dict()
+        record["settings"] = {"temperature": temperature, "draft_sampling": draft_sampling}
         _cache.write_file(lambda p: p.write_text(json.dumps(record)), path)
-        self._event(f"evaluate {objective}", "ran")
+        self._event(label, "ran")
+        return record
+
+    # -- teacher-forced metrics on held-out data (the acceptance experiment's predictors) ------
+    def heldout_key(self) -> str:
+        c = self.config
+        return _key(
+            "heldout",
+            self.target_key,
+            c.seed,
+            c.eval_prompts,
+            c.eval_prompt_len,
+            c.eval_max_new_tokens,
+            list(c.target_layer_ids),
+        )
+
+    def heldout(self) -> dict:
+        """The held-out prompts continued greedily by the target, with features and last hidden states."""
+        from .capture import capture_features
+        from .data import generate
+
+        c = self.config
+
+        def compute():
+            ids, mask = generate(
+                self.target, self.eval_prompts(), c.eval_max_new_tokens, seed=c.seed, show_progress=False
+            )
+            features, last = capture_features(
+                self.target, ids, list(c.target_layer_ids), show_progress=False, last_hidden=True
+            )
+            return {"input_ids": ids, "loss_mask": mask, "features": features, "target_last_hidden_states": last}
+
+        return self._cached_tensors(self.out / "cache" / f"heldout-{self.heldout_key()}.pt", "heldout", compute)
+
+    def predicted(self, objective: str, draft, temperatures: Sequence[float]) -> dict:
+        """Teacher-forced acceptance metrics of ``draft`` on :meth:`heldout` (see ``teacher_forced``)."""
+        from .teacher_forced import teacher_forced_metrics
+
+        directory = self.drafter_dir(objective)
+        temperatures = sorted({float(t) for t in temperatures if t > 0})
+        key = _key(
+            "predicted",
+            directory.name,
+            _cache.content_digest(directory, exclude=("train_log.json",)),
+            self.heldout_key(),
+            temperatures,
+        )
+        path = self.out / "predicted" / f"{slugify(objective)}-{key}.json"
+        if path.is_file():
+            cached = self._reuse_file(path, lambda: json.loads(path.read_text(encoding="utf-8")))
+            if isinstance(cached, dict) and "sim_tau" in cached:
+                self._event(f"predict {objective}", "cached")
+                return cached
+        held = self.heldout()
+        seed_everything(self.config.seed, self.config.threads)
+        record = teacher_forced_metrics(
+            self.target,
+            draft,
+            held,
+            temperatures,
+            mask_token_id=self.special["mask"],
+            block_size=self.config.block_size,
+        )
+        _cache.write_file(lambda p: p.write_text(json.dumps(record)), path)
+        self._event(f"predict {objective}", "ran")
         return record
 
     # -- all phases --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Flag handling of ``specforge-dpace demo`` and the arithmetic of scripts/bench_acceptance.py."""
+"""Flag handling of ``specforge-dpace demo`` and of scripts/bench_acceptance.py."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ def _bench_module():
     return module
 
 
+def test_bench_flags_reach_the_experiment_config_and_bad_values_are_refused(capsys):
+    bench = _bench_module()
+    config = bench.config_from_args(bench.parse_args(["--quick", "--seeds", "3", "4", "--steps", "0"]))
+    assert config.seeds == (3, 4) and config.steps == 0
+    assert bench.main(["--quick", "--steps", "0", "--output-dir", "/nonexistent/never-written"]) == 2
+    assert "steps=0 is invalid" in capsys.readouterr().err
+    assert bench.main(["--arms", "dpace", "lk-lambda"]) == 2  # the baseline is not an arm
+    assert "baseline='dflash(gamma=7)' is not one of the arms" in capsys.readouterr().err
+
+
 def test_quick_and_overrides():
     args = build_parser().parse_args(["demo", "--quick", "--steps", "7", "--objectives", "dpace", "dflash"])
     config = config_from_args(args)
@@ -38,19 +48,9 @@ def test_baseline_is_first_plain_dflash():
     assert relative_change(None, 2.0) is None
 
 
-def test_bench_summary_uses_per_seed_gains():
-    bench = _bench_module()
-    per_seed = {0: {"dflash": 2.0, "dpace": 2.2}, 1: {"dflash": 4.0, "dpace": 4.0}, 2: {"dflash": 3.0, "dpace": 3.3}}
-    rows = {r["objective"]: r for r in bench.summarize(per_seed, ["dflash", "dpace"], "dflash")}
-    assert rows["dflash"]["gain_mean_%"] == 0.0
-    assert rows["dpace"]["gain_mean_%"] == pytest.approx(100 * (0.1 + 0.0 + 0.1) / 3)
-    assert rows["dpace"]["tau_mean"] == pytest.approx(3.1666667)
-    assert rows["dpace"]["gain_min_%"] == pytest.approx(0.0)
-
-
 def test_bench_help_documents_flags():
     out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
-    for flag in ("--seeds", "--steps", "--objectives", "--output-dir", "--num-train-seqs", "--eval-prompts"):
+    for flag in ("--seeds", "--steps", "--arms", "--output-dir", "--num-train-seqs", "--eval-prompts", "--quick"):
         assert flag in out
 
 

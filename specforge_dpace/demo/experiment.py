@@ -1,0 +1,421 @@
+"""The acceptance experiment: does objective X raise tau over objective Y, and can training metrics tell?
+
+Arms (objective specs) are compared *paired by seed*: every arm of a seed shares that seed's
+regenerated data, its captured features, the drafter's initialization and the batch order (the
+demo pipeline seeds each phase), so the per-seed relative change of an arm against the baseline
+cancels what the seed changes for everyone. Every drafter is evaluated on the same held-out
+prompts in three settings: T = 0 (greedy verification), T = 1 with sampled proposals (standard
+speculative sampling, where alpha = sum min(p, q) is the acceptance rate) and T = 1 with greedy
+proposals verified target-only (SGLang 0.5.14's DFlash). Next to each measured tau stand the
+predictors the plugin logs during training (``sim_tau``, the surrogate, ``soft_tau`` at T = 1),
+computed teacher-forced on held-out data, plus ``greedy_draft_tau`` (see ``teacher_forced``).
+
+Every cell (data, features, drafter, evaluation, prediction) is a cached demo artefact, so a killed
+run resumes where it stopped and reproduces the same numbers; the analysis is recomputed from the
+cells every time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from specforge_dpace import report as rpt
+from specforge_dpace import stats
+
+from ._util import default_threads, progress
+
+BASELINE = "dflash(gamma=7)"
+THREE_INTERVENTIONS = "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"
+DEFAULT_ARMS = (
+    BASELINE,
+    "kl(gamma=7)",
+    "lk-alpha",
+    "lk-lambda",
+    "dpace",
+    "soft-dpace",
+    "dpace + 0.5*lk-lambda",
+    THREE_INTERVENTIONS,
+    "tv",  # negative control: trains poorly from scratch in the LK paper
+)
+QUICK_ARMS = (BASELINE, "lk-lambda", "dpace")
+
+
+@dataclass(frozen=True)
+class EvalSetting:
+    name: str
+    temperature: float
+    draft_sampling: str  # "sample" or "greedy"; ignored at temperature 0
+
+    @property
+    def label(self) -> str:
+        if self.temperature == 0:
+            return "T=0"
+        return f"T={self.temperature:g} ({self.draft_sampling} draft)"
+
+
+SETTINGS = (
+    EvalSetting("T0", 0.0, "sample"),
+    EvalSetting("T1", 1.0, "sample"),
+    EvalSetting("T1-greedy-draft", 1.0, "greedy"),
+)
+#: Predictors of tau (teacher-forced, held-out), by name in ``teacher_forced_metrics``' output.
+PREDICTORS = ("sim_tau", "surrogate_tau", "soft_tau@T1", "greedy_draft_tau@T1")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that determines the experiment's numbers (per seed, a demo configuration)."""
+
+    arms: Sequence[str] = DEFAULT_ARMS
+    seeds: Sequence[int] = (0, 1, 2, 3, 4)
+    baseline: str = BASELINE
+    data_temperature: float = 0.0
+    steps: int = 600
+    num_train_seqs: int = 512
+    gen_len: int = 96
+    block_size: int = 8
+    batch_size: int = 8
+    lr: float = 2e-3
+    num_anchors: int = 32
+    draft_layers: int = 1
+    eval_prompts: int = 48
+    eval_max_new_tokens: int = 64
+    confidence: float = 0.95
+    threads: int = field(default_factory=default_threads)
+
+    @classmethod
+    def quick(cls, **overrides) -> "ExperimentConfig":
+        """2 seeds x 3 arms on a tiny budget (minutes): the suite's run, not a measurement."""
+        base = dict(
+            arms=QUICK_ARMS,
+            seeds=(0, 1),
+            steps=30,
+            num_train_seqs=32,
+            gen_len=24,
+            eval_prompts=3,
+            eval_max_new_tokens=16,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self) -> None:
+        arms = list(self.arms)
+        if len(arms) < 2:
+            raise ValueError(f"arms={arms!r}: an experiment needs the baseline and at least one more arm")
+        if len(set(arms)) != len(arms):
+            raise ValueError(f"arms={arms!r} repeats an arm; accepted: distinct objective specs")
+        if self.baseline not in arms:
+            raise ValueError(f"baseline={self.baseline!r} is not one of the arms {arms}")
+        seeds = list(self.seeds)
+        if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+            raise ValueError(f"seeds={seeds!r}: accepted: one or more distinct integers")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence={self.confidence!r}: accepted: a number in (0, 1)")
+        for seed in seeds:
+            self.demo_config(seed).validate()  # every demo setting checked (names the bad one)
+
+    def demo_config(self, seed: int):
+        from .pipeline import DemoConfig
+
+        return DemoConfig(
+            objectives=tuple(self.arms),
+            seed=seed,
+            threads=self.threads,
+            num_train_seqs=self.num_train_seqs,
+            gen_len=self.gen_len,
+            data_temperature=self.data_temperature,
+            block_size=self.block_size,
+            draft_layers=self.draft_layers,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            num_anchors=self.num_anchors,
+            eval_prompts=self.eval_prompts,
+            eval_max_new_tokens=self.eval_max_new_tokens,
+        )
+
+
+def run_experiment(
+    output_dir: Path | str,
+    config: ExperimentConfig,
+    *,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train and evaluate every (seed, arm) cell (cached), then analyse and write the report."""
+    from ._deps import check_dependencies
+    from .pipeline import DemoPipeline
+
+    config.validate()
+    check_dependencies(show_progress=show_progress)
+    out = Path(output_dir)
+    t0 = time.perf_counter()
+    cells = []
+    bar = progress(total=len(config.seeds) * len(config.arms), desc="experiment cells", enabled=show_progress)
+    for seed in config.seeds:
+        pipeline = DemoPipeline(
+            out / f"seed-{seed}", config.demo_config(seed), show_progress=False, log=lambda _message: None
+        )
+        pipeline.load_target()
+        data = pipeline.data()
+        features = pipeline.features(data)
+        for arm in config.arms:
+            draft, train_log = pipeline.train(arm, data, features)
+            predicted = pipeline.predicted(arm, draft, [s.temperature for s in SETTINGS])
+            for setting in SETTINGS:
+                record = pipeline.evaluate(
+                    arm, draft, temperature=setting.temperature, draft_sampling=setting.draft_sampling
+                )
+                overall = record["overall"]
+                cells.append(
+                    {
+                        "seed": seed,
+                        "arm": arm,
+                        "setting": setting.name,
+                        "tau": overall["tau"],
+                        "tau_sglang": overall.get("tau_sglang"),
+                        "predicted": {name: predicted.get(name) for name in PREDICTORS},
+                        "teacher_agreement": predicted.get("teacher_agreement"),
+                        "train_s": train_log.get("train_s"),
+                    }
+                )
+            taus = ", ".join(f"{c['setting']} {c['tau']:.3f}" for c in cells[-len(SETTINGS) :])
+            if not show_progress:
+                log(f"[experiment] seed {seed} {arm}: tau {taus}")
+            bar.update(1)
+    bar.close()
+    result = analyse(cells, config)
+    result["wall_s"] = time.perf_counter() - t0
+    write_report(out, result)
+    return result
+
+
+# --- analysis ------------------------------------------------------------------------------
+
+
+def _by(cells, **match) -> list[dict]:
+    return [c for c in cells if all(c[k] == v for k, v in match.items())]
+
+
+def analyse(cells: Sequence[dict], config: ExperimentConfig) -> dict:
+    """Paired statistics per arm and setting, and how well each predictor tracks the measured tau."""
+    seeds = list(config.seeds)
+    rows, calibration, verdicts = [], [], {}
+    for setting in SETTINGS:
+        base = {c["seed"]: c["tau"] for c in _by(cells, setting=setting.name, arm=config.baseline)}
+        for arm in config.arms:
+            taus = {c["seed"]: c["tau"] for c in _by(cells, setting=setting.name, arm=arm)}
+            paired = [s for s in seeds if s in taus and s in base]
+            tau_interval = stats.mean_interval([taus[s] for s in paired], config.confidence)
+            row = {
+                "setting": setting.name,
+                "label": setting.label,
+                "arm": arm,
+                "seeds": paired,
+                "taus": [taus[s] for s in paired],
+                "tau_mean": tau_interval.mean,
+                "tau_ci": [tau_interval.low, tau_interval.high],
+            }
+            if arm != config.baseline:
+                changes = stats.paired_relative_changes([taus[s] for s in paired], [base[s] for s in paired])
+                interval = stats.mean_interval(changes, config.confidence)
+                boot = stats.bootstrap_mean_interval(changes, config.confidence, resamples=4000, seed=0)
+                row.update(
+                    change=interval.mean,
+                    change_ci=[interval.low, interval.high],
+                    change_bootstrap_ci=[boot.low, boot.high],
+                    excludes_zero=interval.excludes_zero,
+                    per_seed_change=changes,
+                )
+            rows.append(row)
+        verdicts[setting.name] = _calibrate(cells, config, setting, calibration)
+    return {
+        "config": asdict(config),
+        "settings": [asdict(s) | {"label": s.label} for s in SETTINGS],
+        "predictors": list(PREDICTORS),
+        "cells": list(cells),
+        "rows": rows,
+        "calibration": calibration,
+        "verdicts": verdicts,
+    }
+
+
+def _calibrate(cells, config, setting: EvalSetting, out: list) -> dict:
+    """Per predictor: predicted vs measured per arm, rank correlations, and the error; returns the verdict."""
+    scores = []
+    for predictor in PREDICTORS:
+        pairs = [
+            (c["predicted"][predictor], c["tau"], c["arm"])
+            for c in _by(cells, setting=setting.name)
+            if c["predicted"].get(predictor) is not None and c["tau"] is not None
+        ]
+        if len(pairs) < 2:
+            continue
+        per_arm = []
+        for arm in config.arms:
+            mine = [(p, m) for p, m, a in pairs if a == arm]
+            if not mine:
+                continue
+            predicted = sum(p for p, _ in mine) / len(mine)
+            measured = sum(m for _, m in mine) / len(mine)
+            per_arm.append((arm, predicted, measured))
+            out.append(
+                {
+                    "setting": setting.name,
+                    "predictor": predictor,
+                    "arm": arm,
+                    "predicted": predicted,
+                    "measured": measured,
+                    "ratio": predicted / measured if measured else None,
+                }
+            )
+        rho_arms = stats.spearman([p for _, p, _ in per_arm], [m for _, _, m in per_arm]) if len(per_arm) > 1 else None
+        rho_drafters = stats.spearman([p for p, _, _ in pairs], [m for _, m, _ in pairs])
+        error = sum(abs(p / m - 1.0) for p, m, _ in pairs) / len(pairs)
+        scores.append(
+            {
+                "predictor": predictor,
+                "spearman_arms": rho_arms,
+                "spearman_drafters": rho_drafters,
+                "kendall_drafters": stats.kendall_tau([p for p, _, _ in pairs], [m for _, m, _ in pairs]),
+                "mean_abs_relative_error": error,
+            }
+        )
+    if not scores:
+        return {"best": None, "scores": []}
+
+    def rank_key(score):  # how well it ranks the arms first, then the drafters, then the error
+        arms, drafters = score["spearman_arms"], score["spearman_drafters"]
+        return (
+            -(arms if arms is not None else -2.0),
+            -(drafters if drafters is not None else -2.0),
+            score["mean_abs_relative_error"],
+        )
+
+    best = sorted(scores, key=rank_key)[0]
+    return {"best": best["predictor"], "scores": scores}
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def _pct(value: Optional[float]) -> str:
+    return "" if value is None else f"{100 * value:+.1f}"
+
+
+def main_table(result: dict) -> list[dict]:
+    """One row per arm, per setting: mean tau and the paired change with its interval (* = excludes 0)."""
+    arms = result["config"]["arms"]
+    table = []
+    for arm in arms:
+        row = {"objective": arm}
+        for setting in result["settings"]:
+            found = [r for r in result["rows"] if r["arm"] == arm and r["setting"] == setting["name"]]
+            if not found:
+                continue
+            r = found[0]
+            row[f"{setting['label']} tau"] = f"{r['tau_mean']:.3f}"
+            if "change" in r:
+                low, high = r["change_ci"]
+                mark = " *" if r["excludes_zero"] else ""
+                row[f"{setting['label']} vs baseline, % [CI]"] = (
+                    f"{_pct(r['change'])} [{_pct(low)}, {_pct(high)}]{mark}"
+                )
+            else:
+                row[f"{setting['label']} vs baseline, % [CI]"] = "baseline"
+        table.append(row)
+    return table
+
+
+def calibration_table(result: dict) -> list[dict]:
+    rows = []
+    for setting in result["settings"]:
+        verdict = result["verdicts"].get(setting["name"], {})
+        for score in verdict.get("scores", []):
+            rows.append(
+                {
+                    "setting": setting["label"],
+                    "predictor": score["predictor"],
+                    "spearman (arms)": score["spearman_arms"],
+                    "spearman (drafters)": score["spearman_drafters"],
+                    "mean |pred/meas - 1|": score["mean_abs_relative_error"],
+                    "best": "yes" if score["predictor"] == verdict.get("best") else "",
+                }
+            )
+    return rows
+
+
+def verdict_lines(result: dict) -> list[str]:
+    lines = []
+    for setting in result["settings"]:
+        verdict = result["verdicts"].get(setting["name"], {})
+        best = next((s for s in verdict.get("scores", []) if s["predictor"] == verdict.get("best")), None)
+        if best is None:
+            continue
+        rho = best["spearman_drafters"]
+        rho_text = "n/a" if rho is None else f"{rho:.2f}"
+        arms = best["spearman_arms"]
+        arms_text = "n/a" if arms is None else f"{arms:.2f}"
+        lines.append(
+            f"{setting['label']}: trust {best['predictor']} (rank correlation with measured tau over arms "
+            f"{arms_text}, over drafters {rho_text}; off by {100 * best['mean_abs_relative_error']:.1f}% on average)"
+        )
+    return lines
+
+
+def title(result: dict) -> str:
+    c = result["config"]
+    return (
+        f"tau per objective, {len(c['seeds'])} paired seeds, {c['steps']} steps, block {c['block_size']}, "
+        f"{c['eval_prompts']} held-out prompts x {c['eval_max_new_tokens']} tokens, data T={c['data_temperature']:g}; "
+        f"change vs {c['baseline']} with {100 * c['confidence']:.0f}% t-interval over seeds (* excludes 0)"
+    )
+
+
+def write_report(out_dir: Path | str, result: dict) -> None:
+    out = Path(out_dir)
+    table = main_table(result)
+    cal = calibration_table(result)
+    verdicts = verdict_lines(result)
+    rpt.write_json(out / "experiment.json", result)
+    text = [
+        "# Acceptance experiment",
+        "",
+        title(result),
+        "",
+        rpt.markdown_table(table),
+        "",
+        "## Predicted (teacher-forced, held-out) vs measured tau",
+        "",
+        rpt.markdown_table(cal, floatfmt=".3f"),
+        "",
+        *[f"- {line}" for line in verdicts],
+        "",
+    ]
+    rpt.write_text(out / "experiment.md", "\n".join(text))
+    arms = result["config"]["arms"]
+    panels = []
+    for setting in result["settings"]:
+        mine = {r["arm"]: r for r in result["rows"] if r["setting"] == setting["name"]}
+        means = [mine[a]["tau_mean"] if a in mine else None for a in arms]
+        halves = [(mine[a]["tau_ci"][1] - mine[a]["tau_ci"][0]) / 2 if a in mine else None for a in arms]
+        base = mine.get(result["config"]["baseline"])
+        panels.append(
+            (setting["label"], "tau (mean over seeds)", {"tau": means}, {"tau": halves}, base and base["tau_mean"])
+        )
+    rpt.multi_panel_bar_plot(out / "experiment.png", arms, panels)
+    scatter = []
+    for setting in result["settings"]:
+        series = {}
+        for row in result["calibration"]:
+            if row["setting"] == setting["name"]:
+                series.setdefault(row["predictor"], []).append((row["predicted"], row["measured"], row["arm"]))
+        scatter.append((setting["label"], series))
+    rpt.calibration_plot(out / "calibration.png", scatter)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(ExperimentConfig)]
