@@ -21,11 +21,20 @@ Sections (``--sections``, comma separated; default all):
   fused path, at real sizes: time ratio, peak-memory ratio, numerical error.
 * ``fused-step`` (issue 7): the tiny training step with ``loss_options={"fused": True}`` vs
   upstream, next to the share the objective path takes in the step.
+* ``soft`` (issue 11): soft-label objectives (``--soft-objectives``) on the plain path (SpecForge's
+  ``checkpointed_chunk_reduce`` over the hook's chunk function, which forms the target logits inside
+  it) and on the fused path, side by side with upstream's hard ``dflash`` in the same run: time and
+  peak-memory ratios vs upstream ``dflash``, the flop floor of each ratio, and fused-vs-plain errors.
 
 Flop arithmetic (why 0.67x is the floor of ``fused``): per token, the upstream path runs the
 lm_head product without grad (2*H*V flops), again when the checkpoint recomputes it in backward
 (2*H*V) and the gradient product (2*H*V): 6*H*V.  The fused path runs the product once and the
-gradient product once: 4*H*V, so 4/6 = 0.67x when the products dominate.
+gradient product once: 4*H*V, so 4/6 = 0.67x when the products dominate.  Soft-label objectives
+also need the target's logits: the plain path forms them in the checkpointed forward and again in the
+recomputation (10*H*V a token, floor 1.67x); the fused path forms them once and runs one gradient
+product per gradient direction it keeps (4*H*V + 2*H*V per direction: 1.00x for one direction --
+lk-alpha, kl, tv, every soft twin, lk-lambda(per_token=true) -- 1.33x for per-position lk-lambda's
+two, 1.67x for dpace + 0.5*lk-lambda's three).
 """
 
 from __future__ import annotations
@@ -40,10 +49,13 @@ import time
 import types
 from typing import Any, Callable, Optional
 
-SECTIONS = ("overhead", "real", "step", "fused", "fused-step")
+SECTIONS = ("overhead", "real", "step", "fused", "fused-step", "soft")
 from specforge_dpace.losses import HARD_NAMES as OBJECTIVES  # noqa: E402  (every built-in objective)
 
 COMPOSITE = "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"
+#: soft-label objectives of the ``soft`` section (issue 11), ';'-separated on the command line
+SOFT_OBJECTIVES = ("lk-alpha", "lk-lambda", "kl", "tv", "soft-dpace", "dpace + 0.5*lk-lambda")
+SOFT_TARGETS = {"fused_time": 1.1, "fused_mem": 0.6, "plain_time": 1.8}
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -108,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fused-objectives", default="dflash,dpace", help="objectives in the fused section (upstream names)"
+    )
+    parser.add_argument(
+        "--soft-objectives",
+        default=";".join(SOFT_OBJECTIVES),
+        help="';'-separated specs of the soft section (default: %(default)s)",
     )
     parser.add_argument("--tiny-hidden", type=int, default=64, help="H of the tiny lm_head in the overhead section")
     parser.add_argument("--tiny-vocab", type=int, default=256, help="V of the tiny lm_head in the overhead section")
@@ -188,6 +205,17 @@ def peak_memory_bytes(fn: Callable[[], Any], device: str = "cpu") -> Optional[in
         return (_status_kb("VmHWM") - base) * 1024
     except OSError:
         return None
+
+
+def peak_memory_and_result(fn: Callable[[], Any], device: str = "cpu") -> tuple[Optional[int], Any]:
+    """``peak_memory_bytes`` of one call, and what the call returned."""
+    box: dict[str, Any] = {}
+
+    def call():
+        box["out"] = fn()
+
+    mem = peak_memory_bytes(call, device)
+    return mem, box["out"]
 
 
 def median_ms(values: list[float]) -> float:
@@ -292,6 +320,46 @@ def _backward_case(loss_fn: Callable[[], Any], hidden, device: str) -> Callable[
         return loss.detach(), grad
 
     return run
+
+
+def plain_soft_loss(objective, lm_head, hidden, target, mask, states, chunk_blocks: int):
+    """The plain path of a soft objective as the patched SpecForge model runs it: the hook's chunk
+    function (draft logits, target logits without grad, soft statistics, metrics) under SpecForge's
+    checkpointed chunk reduction."""
+    from specforge.core.chunking import checkpointed_chunk_reduce
+
+    from specforge_dpace.hooks._blocks import objective_chunk_terms
+
+    chunk = functools.partial(objective_chunk_terms, objective, lm_head)
+    totals = checkpointed_chunk_reduce(chunk, hidden, target, mask, states, chunk_size=chunk_blocks, dim=1)
+    return objective.reduce(totals[0], totals[1], hidden.shape[0]).loss
+
+
+def fused_soft_loss(objective, lm_head, hidden, target, mask, states, sub_chunk_tokens):
+    """The fused path of a soft objective as the hook runs it (``loss_options: {fused: true}``)."""
+    from specforge_dpace.hooks._fused_bridge import fused_totals
+
+    totals = fused_totals(objective, lm_head, hidden, target, mask, sub_chunk_tokens, states)
+    return objective.reduce(totals[0], totals[1], hidden.shape[0]).loss
+
+
+def target_states(hidden, seed: int = 1):
+    """The target's last hidden states of the slots (frozen): correlated with the drafter's, so alpha is
+    neither 0 nor 1."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(hidden.shape, generator=gen).to(device=hidden.device, dtype=hidden.dtype)
+    return (0.8 * hidden.detach() + 0.6 * noise).requires_grad_(False)
+
+
+def fused_gemm_floor(objective) -> tuple[int, float]:
+    """Gradient buffers the fused path keeps for ``objective`` and its flop floor vs upstream (6HV)."""
+    from specforge_dpace.fused._soft import soft_plan
+
+    plan, _ = soft_plan(objective)
+    buffers = 1 if plan.combined else len(plan.directions)
+    return buffers, (4 + 2 * buffers) / 6
 
 
 # --------------------------------------------------------------------------- sections
@@ -482,6 +550,112 @@ def section_fused(args) -> list[dict]:
     )
     _emit(args, title, rows)
     return rows
+
+
+def section_soft(args) -> list[dict]:
+    """Issue 11: soft objectives, plain and fused, vs upstream's hard dflash, at real sizes."""
+    import torch
+
+    from specforge_dpace.fused import auto_sub_chunk_tokens
+    from specforge_dpace.fused._soft import SOFT_BUFFERS
+    from specforge_dpace.losses import build_loss
+
+    specs = [spec.strip() for spec in args.soft_objectives.split(";") if spec.strip()]
+    rows = []
+    for vocab, blocks in _sizes(args):
+        head, hidden, target, mask = random_chunk(
+            args.batch, blocks, args.block_size, args.hidden_size, vocab, _dtype(args), args.device
+        )
+        states = target_states(hidden)
+        cases = {
+            "upstream dflash": _backward_case(
+                functools.partial(
+                    upstream_loss,
+                    "dflash",
+                    upstream_host(head, "dflash", args.block_size),
+                    hidden,
+                    target,
+                    mask,
+                    args.chunk_blocks,
+                ),
+                hidden,
+                args.device,
+            )
+        }
+        objectives = {spec: build_loss(spec) for spec in specs}
+        for spec, objective in objectives.items():
+            cases[f"plain {spec}"] = _backward_case(
+                functools.partial(plain_soft_loss, objective, head, hidden, target, mask, states, args.chunk_blocks),
+                hidden,
+                args.device,
+            )
+            cases[f"fused {spec}"] = _backward_case(
+                functools.partial(
+                    fused_soft_loss, objective, head, hidden, target, mask, states, args.sub_chunk_tokens
+                ),
+                hidden,
+                args.device,
+            )
+        times = alternate(cases, args.reps, args.warmup, f"soft V={vocab} N={blocks}")
+        base_ms = median_ms(times["upstream dflash"])
+        base_mem, _ = peak_memory_and_result(cases["upstream dflash"], args.device)
+        sub_chunk = args.sub_chunk_tokens or auto_sub_chunk_tokens(
+            vocab, args.block_size, args.device.split(":")[0], SOFT_BUFFERS
+        )
+        for spec, objective in objectives.items():
+            plain_mem, (plain_loss, plain_grad) = peak_memory_and_result(cases[f"plain {spec}"], args.device)
+            fused_mem, (fused_loss, fused_grad) = peak_memory_and_result(cases[f"fused {spec}"], args.device)
+            plain_ms, fused_ms = median_ms(times[f"plain {spec}"]), median_ms(times[f"fused {spec}"])
+            buffers, floor = fused_gemm_floor(objective)
+            row = {
+                "V": vocab,
+                "N": blocks,
+                "objective": spec,
+                "upstream_ms": base_ms,
+                "plain_ms": plain_ms,
+                "fused_ms": fused_ms,
+                "plain_x": plain_ms / base_ms,
+                "fused_x": fused_ms / base_ms,
+                "fused_floor_x": floor,
+                "grad_buffers": buffers,
+                "upstream_MiB": None if base_mem is None else base_mem / 2**20,
+                "plain_MiB": None if plain_mem is None else plain_mem / 2**20,
+                "fused_MiB": None if fused_mem is None else fused_mem / 2**20,
+                "plain_mem_x": None if not base_mem or plain_mem is None else plain_mem / base_mem,
+                "fused_mem_x": None if not base_mem or fused_mem is None else fused_mem / base_mem,
+                "loss_rel_err": abs(float(fused_loss) - float(plain_loss)) / max(abs(float(plain_loss)), 1e-30),
+                "grad_rel_err": rel_err(fused_grad, plain_grad),
+                "sub_chunk": sub_chunk,
+            }
+            row["meets"] = _soft_verdict(row)
+            rows.append(row)
+            _progress(row)
+            del plain_grad, fused_grad
+        del head, hidden, target, mask, states, cases
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    targets = SOFT_TARGETS
+    title = (
+        f"[soft] soft-label objective path fwd+bwd vs upstream hard dflash (checkpointed_chunk_reduce, "
+        f"{args.chunk_blocks} blocks), H={args.hidden_size}, K={args.block_size}, B={args.batch}, {args.dtype}, "
+        f"{args.device}; medians of {args.reps}; targets: fused <= {targets['fused_time']}x time and <= "
+        f"{targets['fused_mem']}x peak memory, plain <= {targets['plain_time']}x time; floors: fused "
+        "(4+2*grad_buffers)/6, plain 10/6"
+    )
+    _emit(args, title, rows)
+    return rows
+
+
+def _soft_verdict(row: dict) -> str:
+    """Which of issue 11's targets a row meets: T = fused time, M = fused memory, P = plain time."""
+    mem = row["fused_mem_x"]
+    checks = [
+        ("T", row["fused_x"] <= SOFT_TARGETS["fused_time"]),
+        ("M", None if mem is None else mem <= SOFT_TARGETS["fused_mem"]),  # None: peak memory not measurable
+        ("P", row["plain_x"] <= SOFT_TARGETS["plain_time"]),
+    ]
+    return " ".join(name if ok else (f"{name}?" if ok is None else f"no-{name}") for name, ok in checks)
 
 
 # --------------------------------------------------------------------------- whole training steps
@@ -710,6 +884,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "step": section_step,
         "fused": section_fused,
         "fused-step": section_fused_step,
+        "soft": section_soft,
     }
     print(
         f"bench_loss_path: torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "

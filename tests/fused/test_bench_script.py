@@ -30,7 +30,14 @@ def test_help_documents_every_flag(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--sections", "--quick", "--sub-chunk-tokens", "--fused-objectives", "--markdown"):
+    for flag in (
+        "--sections",
+        "--quick",
+        "--sub-chunk-tokens",
+        "--fused-objectives",
+        "--soft-objectives",
+        "--markdown",
+    ):
         assert flag in text
     assert "0.67x" in text  # the flop-floor note is part of the help
 
@@ -74,3 +81,20 @@ def test_step_sections_with_the_hook(bench, tmp_path):
     assert data["step"][0]["case"] == "unpatched dflash" and len(data["step"]) == 9
     for row in data["fused-step"]:
         assert 0 < row["objective_share"] and row["step_ratio"] > 0
+
+
+def test_soft_section(bench, tmp_path):
+    """Soft objectives, plain and fused, beside upstream dflash: every row, its ratios, floors and errors."""
+    pytest.importorskip("specforge")
+    out = tmp_path / "bench.json"
+    specs = "lk-alpha;lk-lambda;dpace + 0.5*lk-lambda"
+    assert bench.main(["--sections", "soft", *TOY, "--soft-objectives", specs, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["soft"]
+    assert [row["objective"] for row in rows] == specs.split(";")
+    floors = {row["objective"]: (row["grad_buffers"], row["fused_floor_x"]) for row in rows}
+    assert floors == {"lk-alpha": (1, 1.0), "lk-lambda": (2, 8 / 6), "dpace + 0.5*lk-lambda": (3, 10 / 6)}
+    for row in rows:
+        assert row["grad_rel_err"] <= 1e-5 and row["loss_rel_err"] <= 1e-5
+        assert row["fused_x"] > 0 and row["plain_x"] > 0 and row["upstream_ms"] > 0
+        assert row["fused_x"] == pytest.approx(row["fused_ms"] / row["upstream_ms"])
+        assert len(row["meets"].split()) == 3
