@@ -5,7 +5,8 @@ registration: ``resolve_run`` (``specforge train`` in the launcher and in every 
 ``resolve_offline_capture`` and ``build_application_run`` all go through it.  The patched
 ``bind_run`` swaps the DFlash registration for one that carries ``target_last_hidden_states``
 (:func:`specforge_dpace.hooks._target_hidden.with_target_hidden`) when, and only when,
-``training.strategy`` is ``dflash`` and ``training.loss_type`` reads the target distribution; for
+``training.strategy`` is ``dflash`` or ``domino`` (that strategy's own registration) and
+``training.loss_type`` reads the target distribution (DSpark's registration carries the key already); for
 offline runs it also checks, before anything is launched, that the feature files carry the key.
 Every other run gets SpecForge's registration object itself, so hard objectives and built-in names
 run exactly as before.
@@ -29,10 +30,10 @@ MARKER = "__specforge_dpace_patched__"
 
 
 def registration_for(cfg: Any, algorithm: Any) -> Any:
-    """``algorithm`` itself, or its target-hidden variant when ``cfg``'s DFlash objective is soft-label."""
+    """``algorithm`` itself, or its target-hidden variant when ``cfg``'s DFlash / Domino objective is soft-label."""
     from . import _target_hidden
 
-    if algorithm.name != _target_hidden.STRATEGY or cfg.training.strategy != _target_hidden.STRATEGY:
+    if algorithm.name not in _target_hidden.STRATEGIES or cfg.training.strategy != algorithm.name:
         return algorithm
     if _target_hidden.soft_spec(cfg.training) is None:
         return algorithm

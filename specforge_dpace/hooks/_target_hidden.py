@@ -1,7 +1,8 @@
-"""DFlash's data path with the target's last hidden state, for soft-label objectives (unified runtime).
+"""DFlash's (and Domino's) data path with the target's last hidden state, for soft-label objectives.
 
 SpecForge 0.2.0's DFlash registration (``specforge.algorithms.dflash.providers``) reads, captures,
-collates and feeds ``input_ids``, ``loss_mask`` and ``hidden_states`` only.  DSpark already carries
+collates and feeds ``input_ids``, ``loss_mask`` and ``hidden_states`` only; so does Domino's
+(``specforge.algorithms.domino.providers``: DFlash's features, reader, normalizer and collator).  DSpark already carries
 the target's last hidden state (post final norm) end to end under the key
 ``target_last_hidden_states``: offline feature files, the server-capture layout's
 ``last_hidden_feature``, its reader, normalizer and collator.  A soft-label objective (LK losses,
@@ -23,6 +24,12 @@ Everything else (algorithm name ``dflash``, draft and model providers, resume co
 options) is the DFlash registration's own, and the result goes through SpecForge's own
 ``make_registration`` checks.  Hard objectives never see any of this: the composition hook hands
 them SpecForge's registration object unchanged.
+
+The same derivation serves Domino (``strategy: domino``, :data:`STRATEGIES`): its registration gets
+the key the same way, strategy name ``domino`` for the reader, and its step is SpecForge's
+``DominoTrainStrategy`` (``lambda_base`` schedule and step options unchanged) whose model call also
+gets the key, read by ``OnlineDominoModel.forward`` once the plugin patches it.  DSpark needs none
+of this: its own registration carries the key already.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ TARGET_HIDDEN_KEY = "target_last_hidden_states"
 #: Target representation of that feature, as DSpark's contracts declare it.
 TARGET_REPRESENTATION = "hidden_state"
 STRATEGY = "dflash"
+#: Strategies whose SpecForge registration lacks the key and gets it derived here (DSpark has its own).
+STRATEGIES = ("dflash", "domino")
+#: SpecForge's step-strategy class and its attribute holding the training model, per strategy.
+_STEP_CLASSES = {"dflash": ("DFlashTrainStrategy", "dflash_model"), "domino": ("DominoTrainStrategy", "domino_model")}
 NORMALIZER_ID = "specforge_dpace_dflash_target_hidden_offline_v1"
 MARKER = "__specforge_dpace_target_hidden__"
 
@@ -100,41 +111,47 @@ def build_offline_normalizer(max_len: int, **_topology: Any):
     return partial(normalize_offline_sample, max_len=max_len)
 
 
-_strategy_class = None
+_strategy_classes: dict = {}
 
 
-def strategy_class():
-    """``DFlashTrainStrategy`` that also feeds ``target_last_hidden_states`` to the model (built once)."""
-    global _strategy_class
-    if _strategy_class is not None:
-        return _strategy_class
-    from specforge.training.strategies.base import DFlashTrainStrategy
+def strategy_class(strategy: str = STRATEGY):
+    """SpecForge's step strategy of ``strategy`` (``DFlashTrainStrategy`` / ``DominoTrainStrategy``) that also
+    feeds ``target_last_hidden_states`` to the model (built once per strategy)."""
+    cached = _strategy_classes.get(strategy)
+    if cached is not None:
+        return cached
+    from specforge.training.strategies import base
 
-    class TargetHiddenDFlashTrainStrategy(DFlashTrainStrategy):
-        """SpecForge's DFlash step, its model call also handed the target's last hidden state."""
+    class_name, model_attr = _STEP_CLASSES[strategy]
+    upstream = getattr(base, class_name)
 
-        required_features = {*DFlashTrainStrategy.required_features, TARGET_HIDDEN_KEY}
+    class TargetHiddenTrainStrategy(upstream):
+        """SpecForge's step, its model call also handed the target's last hidden state."""
+
+        required_features = {*upstream.required_features, TARGET_HIDDEN_KEY}
 
         def validate_batch(self, batch):
             if TARGET_HIDDEN_KEY not in batch.tensors:
                 raise ValueError(
-                    f"dflash batch has no {TARGET_HIDDEN_KEY!r} (present: {sorted(batch.tensors)}), which the "
-                    f"soft-label objective {getattr(self.dflash_model, 'loss_type', '?')!r} needs; {CAPTURE_HINT}"
+                    f"{strategy} batch has no {TARGET_HIDDEN_KEY!r} (present: {sorted(batch.tensors)}), which the "
+                    f"soft-label objective {getattr(getattr(self, model_attr), 'loss_type', '?')!r} needs; "
+                    f"{CAPTURE_HINT}"
                 )
             super().validate_batch(batch)
 
         def forward_loss(self, batch, ctx=None):
-            """SpecForge's own DFlash step; only the model call also gets the target's last hidden state."""
+            """SpecForge's own step; only the model call also gets the target's last hidden state."""
             self.validate_batch(batch)  # names the key when it is missing, before SpecForge's own check
-            model = self.dflash_model
-            self.dflash_model = _PassTargetHidden(model, batch.tensors[TARGET_HIDDEN_KEY])
+            model = getattr(self, model_attr)
+            setattr(self, model_attr, _PassTargetHidden(model, batch.tensors[TARGET_HIDDEN_KEY]))
             try:
                 return super().forward_loss(batch, ctx)
             finally:
-                self.dflash_model = model
+                setattr(self, model_attr, model)
 
-    _strategy_class = TargetHiddenDFlashTrainStrategy
-    return _strategy_class
+    TargetHiddenTrainStrategy.__name__ = TargetHiddenTrainStrategy.__qualname__ = f"TargetHidden{class_name}"
+    _strategy_classes[strategy] = TargetHiddenTrainStrategy
+    return TargetHiddenTrainStrategy
 
 
 class _PassTargetHidden:
@@ -157,7 +174,15 @@ def build_step(wrapped_model: Any, *, target_head: Any = None, **_options: Any):
     return strategy_class()(wrapped_model)
 
 
-setattr(build_step, MARKER, True)
+def build_domino_step(wrapped_model: Any, *, target_head: Any = None, lambda_start=1.0, decay_ratio=0.5):
+    """SpecForge's Domino ``build_step`` (same options: the ``lambda_base`` schedule) with the key fed."""
+    del target_head
+    return strategy_class("domino")(wrapped_model, lambda_start=lambda_start, decay_ratio=decay_ratio)
+
+
+STEP_BUILDERS = {"dflash": build_step, "domino": build_domino_step}
+for _builder in STEP_BUILDERS.values():
+    setattr(_builder, MARKER, True)
 
 
 # -- the derived registration ------------------------------------------------------------------
@@ -178,12 +203,15 @@ def _contract(contract: Any) -> Any:
 
 
 def with_target_hidden(registration: Any) -> Any:
-    """A registration like SpecForge's DFlash one that also carries ``target_last_hidden_states``."""
+    """A registration like SpecForge's DFlash (or Domino) one that also carries ``target_last_hidden_states``."""
     from specforge.algorithms.common.dflash_family_data import build_dspark_collator, build_dspark_offline_reader
     from specforge.algorithms.common.providers import make_registration
 
-    if registration.name != STRATEGY:
-        raise ValueError(f"with_target_hidden derives from the {STRATEGY!r} registration, got {registration.name!r}")
+    name = registration.name
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"with_target_hidden derives from the {' or '.join(map(repr, STRATEGIES))} registration, got {name!r}"
+        )
     if carries_target_hidden(registration):
         return registration
     spec = dataclasses.replace(
@@ -194,7 +222,7 @@ def with_target_hidden(registration: Any) -> Any:
         dataclasses.replace(
             provider,
             normalizer_id=NORMALIZER_ID,
-            build_reader=partial(build_dspark_offline_reader, STRATEGY),
+            build_reader=partial(build_dspark_offline_reader, name),
             build_normalizer=build_offline_normalizer,
             build_collator=build_dspark_collator,
             capture_layout=None
@@ -212,7 +240,7 @@ def with_target_hidden(registration: Any) -> Any:
         )
         for provider in providers.server_streaming
     )
-    step = dataclasses.replace(providers.step, build=build_step)
+    step = dataclasses.replace(providers.step, build=STEP_BUILDERS[name])
     return make_registration(
         spec, dataclasses.replace(providers, step=step, offline=offline, server_streaming=streaming)
     )
@@ -250,7 +278,9 @@ def check_offline_features(cfg: Any, spec: str) -> None:
 __all__ = [
     "CAPTURE_HINT",
     "NORMALIZER_ID",
+    "STRATEGIES",
     "TARGET_HIDDEN_KEY",
+    "build_domino_step",
     "build_step",
     "carries_target_hidden",
     "check_offline_features",

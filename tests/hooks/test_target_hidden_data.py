@@ -175,8 +175,8 @@ def test_hard_objectives_get_specforges_own_registration_object(loss_type, featu
     assert resolved.algorithm is plain  # features without the key are fine: nothing asks for it
 
 
-@pytest.mark.parametrize("strategy", ["domino", "dspark"])  # eagle3 refuses a DFlash loss_type at validation
-def test_other_strategies_are_left_alone(strategy):
+@pytest.mark.parametrize("strategy", ["dspark"])  # eagle3 refuses a DFlash loss_type at validation; domino:
+def test_other_strategies_are_left_alone(strategy):  # tests/hooks/test_method_data.py
     registry = _registry()
     own = registry.resolve(strategy)
     assert _composition.registration_for(_config("lk-lambda", strategy=strategy), own) is own
