@@ -144,53 +144,85 @@ def run_experiment(
     *,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> dict:
-    """Train and evaluate every (seed, arm) cell (cached), then analyse and write the report."""
+    """Train and evaluate every (seed, arm) cell (cached), then analyse and write the report.
+
+    ``jobs`` > 1 runs seeds in that many worker processes (each with ``config.threads`` threads);
+    the numbers do not depend on it, since every phase of a seed is seeded on its own."""
     from ._deps import check_dependencies
-    from .pipeline import DemoPipeline
 
     config.validate()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} is invalid; accepted: an int >= 1 (worker processes, one seed each)")
     check_dependencies(show_progress=show_progress)
     out = Path(output_dir)
     t0 = time.perf_counter()
-    cells = []
     bar = progress(total=len(config.seeds) * len(config.arms), desc="experiment cells", enabled=show_progress)
-    for seed in config.seeds:
-        pipeline = DemoPipeline(
-            out / f"seed-{seed}", config.demo_config(seed), show_progress=False, log=lambda _message: None
-        )
-        pipeline.load_target()
-        data = pipeline.data()
-        features = pipeline.features(data)
-        for arm in config.arms:
-            draft, train_log = pipeline.train(arm, data, features)
-            predicted = pipeline.predicted(arm, draft, [s.temperature for s in SETTINGS])
-            for setting in SETTINGS:
-                record = pipeline.evaluate(
-                    arm, draft, temperature=setting.temperature, draft_sampling=setting.draft_sampling
-                )
-                overall = record["overall"]
-                cells.append(
-                    {
-                        "seed": seed,
-                        "arm": arm,
-                        "setting": setting.name,
-                        "tau": overall["tau"],
-                        "tau_sglang": overall.get("tau_sglang"),
-                        "predicted": {name: predicted.get(name) for name in PREDICTORS},
-                        "teacher_agreement": predicted.get("teacher_agreement"),
-                        "train_s": train_log.get("train_s"),
-                    }
-                )
-            taus = ", ".join(f"{c['setting']} {c['tau']:.3f}" for c in cells[-len(SETTINGS) :])
-            if not show_progress:
-                log(f"[experiment] seed {seed} {arm}: tau {taus}")
-            bar.update(1)
+
+    def report_arm(seed: int, arm: str, arm_cells: list[dict]) -> None:
+        if not show_progress:
+            taus = ", ".join(f"{c['setting']} {c['tau']:.3f}" for c in arm_cells)
+            log(f"[experiment] seed {seed} {arm}: tau {taus}")
+        bar.update(1)
+
+    cells: list[dict] = []
+    if jobs == 1:
+        for seed in config.seeds:
+            cells.extend(run_seed(out, config, seed, on_arm=report_arm))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+        with ProcessPoolExecutor(max_workers=min(jobs, len(config.seeds)), mp_context=context) as pool:
+            futures = [pool.submit(run_seed, out, config, seed) for seed in config.seeds]
+            for seed, future in zip(config.seeds, futures):
+                seed_cells = future.result()
+                for arm in config.arms:
+                    report_arm(seed, arm, [c for c in seed_cells if c["arm"] == arm])
+                cells.extend(seed_cells)
     bar.close()
     result = analyse(cells, config)
     result["wall_s"] = time.perf_counter() - t0
     write_report(out, result)
     return result
+
+
+def run_seed(out: Path, config: ExperimentConfig, seed: int, on_arm=None) -> list[dict]:
+    """Every cell of one seed: data, features, then per arm a drafter, its predictions and evaluations."""
+    from .pipeline import DemoPipeline
+
+    pipeline = DemoPipeline(out / f"seed-{seed}", config.demo_config(seed), show_progress=False, log=lambda _m: None)
+    pipeline.load_target()
+    data = pipeline.data()
+    features = pipeline.features(data)
+    cells = []
+    for arm in config.arms:
+        draft, train_log = pipeline.train(arm, data, features)
+        predicted = pipeline.predicted(arm, draft, [s.temperature for s in SETTINGS])
+        arm_cells = []
+        for setting in SETTINGS:
+            record = pipeline.evaluate(
+                arm, draft, temperature=setting.temperature, draft_sampling=setting.draft_sampling
+            )
+            overall = record["overall"]
+            arm_cells.append(
+                {
+                    "seed": seed,
+                    "arm": arm,
+                    "setting": setting.name,
+                    "tau": overall["tau"],
+                    "tau_sglang": overall.get("tau_sglang"),
+                    "predicted": {name: predicted.get(name) for name in PREDICTORS},
+                    "teacher_agreement": predicted.get("teacher_agreement"),
+                    "train_s": train_log.get("train_s"),
+                }
+            )
+        if on_arm is not None:
+            on_arm(seed, arm, arm_cells)
+        cells.extend(arm_cells)
+    return cells
 
 
 # --- analysis ------------------------------------------------------------------------------
