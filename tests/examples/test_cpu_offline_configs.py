@@ -1,5 +1,5 @@
 """Every ``examples/cpu_offline`` config validates with SpecForge's schema (plugin installed), resolves to the
-right DFlash registration (soft-label objectives: the one carrying ``target_last_hidden_states``) and is
+right registration (soft-label objectives with DFlash or Domino: the one carrying ``target_last_hidden_states``) and is
 listed in that directory's README.  The runs themselves are the slow tests in tests/e2e."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ pytest.importorskip("specforge")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpu_offline"
 CONFIGS = sorted(EXAMPLE.glob("*.yaml"))
-SOFT = {"lk_lambda.yaml", "dpace_lk_lambda.yaml"}
+SOFT = {"lk_lambda.yaml", "dpace_lk_lambda.yaml", "domino_lk_lambda.yaml"}  # DSpark's registration has the key
 
 
 def test_the_soft_examples_exist_and_every_config_is_in_the_readme():
@@ -32,7 +32,9 @@ def test_config_resolves_to_the_registration_its_objective_needs(specforge_insta
     from specforge_dpace.hooks._target_hidden import carries_target_hidden
 
     config = Config.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    assert config.training.strategy == "dflash" and config.mode == "offline"
+    method = path.name.split("_")[0].removesuffix(".yaml")  # domino*.yaml / dspark*.yaml; the rest are DFlash
+    assert config.training.strategy == (method if method in ("domino", "dspark") else "dflash")
+    assert config.mode == "offline"
     monkeypatch.chdir(tmp_path)  # the relative feature directory does not exist here: nothing to open
     resolved = resolve_run(config)
     assert carries_target_hidden(resolved.algorithm) is (path.name in SOFT)
