@@ -94,10 +94,12 @@ def tiny_dspark(
     markov_rank: int = 8,
     confidence: bool = True,
     greedy: bool = False,
+    data_seed=None,
     **kwargs,
 ):
     """``(model, batch)``: a real ``OnlineDSparkModel`` over a real tiny ``DSparkDraftModel`` (vanilla Markov
-    head, confidence head with Markov features unless switched off)."""
+    head, confidence head with Markov features unless switched off); ``data_seed`` draws another batch for the
+    same model."""
     from specforge.algorithms.common.dflash_family_model import OnlineDSparkModel
     from specforge.modeling.draft.dspark import DSparkDraftModel
 
@@ -120,7 +122,7 @@ def tiny_dspark(
         attention_backend="sdpa",
         **arguments,
     )
-    return model, _batch(target, seed, greedy=greedy)
+    return model, _batch(target, seed if data_seed is None else data_seed, greedy=greedy)
 
 
 def step(model, batch, seed: int = 123):
