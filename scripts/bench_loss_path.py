@@ -4,7 +4,9 @@
 Every comparison is measured side by side in one process: the cases of a table run in
 alternating (rotated) order, after warm-up, and the table reports medians of many
 repetitions.  Peak memory on CPU is the growth of the process's peak RSS (VmHWM, reset
-through /proc/self/clear_refs) over its RSS before the call; on a GPU it is
+through /proc/self/clear_refs) over its RSS before the call, with glibc's mmap threshold fixed at
+1 MiB (so every tensor of 1 MiB or more a call allocates is counted; glibc's dynamic threshold would
+otherwise serve buffers under 32 MiB from heap memory left resident by earlier calls); on a GPU it is
 ``torch.cuda.max_memory_allocated`` over the memory allocated before the call.
 
 Sections (``--sections``, comma separated; default all):
@@ -183,6 +185,19 @@ def _status_kb(key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def fix_mmap_threshold(threshold: int = 1 << 20) -> bool:
+    """glibc: allocations of ``threshold`` bytes or more always use mmap (fixed, not dynamic), so freed
+    buffers leave the process and peak-RSS growth counts each call's own allocations. False where
+    there is no glibc ``mallopt``."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def peak_memory_bytes(fn: Callable[[], Any], device: str = "cpu") -> Optional[int]:
@@ -871,6 +886,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    fixed = fix_mmap_threshold() if not args.device.startswith("cuda") else False
     args.reps = args.reps or (3 if args.quick else 5)
     args.small_reps = args.small_reps or (60 if args.quick else 300)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -888,7 +904,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     }
     print(
         f"bench_loss_path: torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
-        f"load average {os.getloadavg()[0]:.2f} at start",
+        f"load average {os.getloadavg()[0]:.2f} at start" + (", glibc mmap threshold fixed at 1 MiB" if fixed else ""),
         flush=True,
     )
     results = {}

@@ -35,11 +35,13 @@ So the flops per token are 2HV (draft) + 2HV (target) + 2HV per gradient GEMM: 6
 direction, the same as SpecForge's checkpointed hard path; 8HV for two (per-position lk-lambda),
 10HV for three (``dpace + 0.5*lk-lambda``: nlq, la, kl).
 
-Buffers: ``A`` is one fp32 ``[R, V]`` buffer, ``B`` half of one, and the column-tile scratch at most
-``6 x [R/2, V/8]`` (3/8 of one; the common single-temperature, single-entry case uses two tiles,
-1/8): 1.625 to 1.875 fp32 ``[R, V]`` buffers in all, against 1 for hard objectives (whose code path is
-unchanged).  :data:`SOFT_BUFFERS` is what :func:`~._subchunk.auto_sub_chunk_tokens` divides the byte
-budget by.  Low-precision heads add their own ``[R, V]`` GEMM output before the fp32 upcast.
+Buffers: ``A`` is one fp32 ``[R, V]`` buffer, ``B`` half of one, and the column-tile scratch
+``[R/2, V/8]`` tiles shared by both passes: two for one temperature (lk-alpha, kl, tv, soft twins,
+lk-lambda in both forms), three for ``dpace + 0.5*lk-lambda``, at most six with two temperatures.
+So 1.625 fp32 ``[R, V]`` buffers for every single-temperature objective here, at most 1.875 (two
+temperatures), against 1 for hard objectives (whose code path is unchanged).  :data:`SOFT_BUFFERS`
+is what :func:`~._subchunk.auto_sub_chunk_tokens` divides the byte budget by.  Low-precision heads
+add their own ``[R, V]`` GEMM output before the fp32 upcast.
 """
 
 from __future__ import annotations
@@ -321,7 +323,7 @@ class SoftPass:
         shift = row_max / t
         total = torch.zeros(x.shape[0], dtype=self.work, device=x.device)
         for start, width in self._tiles():
-            s = self.scratch.get("s1", x.shape[0], width)
+            s = self.scratch.get("q", x.shape[0], width)
             torch.add(-shift, x[:, start : start + width], alpha=1.0 / t, out=s)
             total += s.exp_().sum(-1)
         return (shift.squeeze(1) + total.log()).unsqueeze(1)
@@ -352,8 +354,8 @@ class SoftPass:
         kl = torch.zeros(rows, dtype=self.work, device=a.device) if want_kl else None
         for start, width in self._tiles():
             log_q, log_p = self._log_q(a, t, start, width), self._log_p(b, t, start, width)
-            s1 = self.scratch.get("s1", rows, width)
-            s2 = self.scratch.get("s2", rows, width)
+            s1 = self.scratch.get("q", rows, width)  # the direction pass reuses these two tiles
+            s2 = self.scratch.get("u", rows, width)
             if want_kl:
                 torch.sub(log_p, log_q, out=s1)
                 kl += s1.mul_(torch.exp(log_p, out=s2)).sum(-1)
@@ -436,14 +438,14 @@ class SoftPass:
             q, log_p = a[:, start : start + width], b[:, start : start + width]
             p = None
             if la is not None:
-                u = log_p if u_stored else torch.le(q, log_p, out=self.scratch.get("s2", rows, width))
+                u = log_p if u_stored else torch.le(q, log_p, out=self.scratch.get("u", rows, width))
                 if kl is not None:
-                    p = torch.exp(log_p, out=self.scratch.get("s1", rows, width))
+                    p = torch.exp(log_p, out=self.scratch.get("q", rows, width))
                 q.exp_()
                 q.mul_(torch.addcmul(base, u, over_alpha, out=u))  # q * (c0 + c_la u / alpha)
             else:
                 if kl is not None:
-                    p = torch.exp(log_p, out=self.scratch.get("s1", rows, width))
+                    p = torch.exp(log_p, out=self.scratch.get("q", rows, width))
                 q.exp_().mul_(base)
             if p is not None:
                 q.addcmul_(p, minus_kl)

@@ -172,7 +172,16 @@ def test_one_hidden_sized_buffer_per_direction_and_no_logits(spec, buffers):
 
 
 @pytest.mark.parametrize(
-    "spec, tiles", [("lk-alpha", 2), ("kl", 2), ("lk-lambda(per_token=true)", 2), ("lk-lambda", 6)]
+    "spec, tiles",
+    [
+        ("lk-alpha", 2),
+        ("kl", 2),
+        ("lk-lambda(per_token=true)", 2),
+        ("lk-lambda", 2),
+        ("soft-dpace", 2),
+        ("dpace + 0.5*lk-lambda", 3),
+        ("kl(temperature=0.5) + tv", 6),
+    ],
 )
 def test_scratch_stays_within_the_documented_buffers(spec, tiles):
     """Peak [tokens, V] memory: the draft logits, half-height target logits and a few column tiles."""
