@@ -410,7 +410,12 @@ class DemoPipeline:
             parts.append(draft_sampling)
         key = _key(*parts)
         path = self.out / "eval" / f"{slugify(objective)}-{key}.json"
-        label = f"evaluate {objective} T={temperature:g}" + (f" {draft_sampling}" if temperature > 0 else "")
+        label = f"evaluate {objective}"
+        if (temperature, draft_sampling) != (
+            c.eval_temperature,
+            c.eval_draft_sampling,
+        ):  # the experiment's extra settings
+            label += f" T={temperature:g}" + (f" {draft_sampling} draft" if temperature > 0 else "")
         if path.is_file():
             cached = self._reuse_file(path, lambda: _eval_record(json.loads(path.read_text(encoding="utf-8"))))
             if cached is not None:
