@@ -14,7 +14,9 @@ objective its tensors with one leading, masked column: ``[B, N, K]`` becomes ``[
 ``1/K``, D-PACE's prefix products start at the first supervised slot, and per-slot metrics
 ``accept_pos_k`` / ``alpha_pos_k`` (k = 1..K) name the k-th drafted token; the padding column is
 the one every per-slot output already drops (index 0).  Masked slots are no-ops in every objective
-(``DESIGN.md`` section 3), so the padding changes no value and no gradient.
+(``DESIGN.md`` section 3), so the padding column contributes no value and no gradient; what changes is
+only what the contract derives from the slot index (the decay offset, chain's ``1/(K-1)``), which is
+the point.  Third-party objectives get the same view and need no offset of their own.
 """
 
 from __future__ import annotations
