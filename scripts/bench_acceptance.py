@@ -52,6 +52,13 @@ def parse_args(argv=None):
         default=None,
         help=f"temperature of the target's data regeneration (default {defaults.data_temperature:g}; 1 = sampled)",
     )
+    p.add_argument(
+        "--method",
+        choices=("dflash", "domino", "dspark"),
+        default=None,
+        help="DFlash-family method of the drafters (default dflash); for domino and dspark only the measured tau "
+        "is reported (the teacher-forced predictors are DFlash's)",
+    )
     for name, kind, text in (
         ("steps", int, "drafter optimizer steps per arm"),
         ("num-train-seqs", int, "target-generated training sequences per seed"),
@@ -84,6 +91,7 @@ def config_from_args(args):
 
     overrides = {}
     for name in (
+        "method",
         "baseline",
         "data_temperature",
         "steps",

@@ -53,6 +53,13 @@ def configure(parser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per drafter step (default 8)")
     parser.add_argument("--lr", type=float, default=None, help="drafter peak learning rate (default 2e-3)")
+    parser.add_argument(
+        "--method",
+        choices=("dflash", "domino", "dspark"),
+        default=None,
+        help="DFlash-family method of the drafters: dflash (default), domino (GRU logit correction) or dspark "
+        "(Markov head + confidence head, trained against the target's distribution); every objective applies",
+    )
     parser.add_argument("--block-size", type=int, default=None, help="DFlash block size K (default 8)")
     parser.add_argument("--num-anchors", type=int, default=None, help="blocks sampled per sequence (default 32)")
     parser.add_argument("--draft-layers", type=int, default=None, help="draft decoder layers (default 1)")
@@ -105,6 +112,7 @@ def configure(parser) -> None:
 
 
 _OVERRIDES = (
+    "method",
     "seed",
     "threads",
     "steps",

@@ -73,6 +73,7 @@ class ExperimentConfig:
     seeds: Sequence[int] = (0, 1, 2, 3, 4)
     baseline: str = BASELINE
     data_temperature: float = 0.0
+    method: str = "dflash"  # "domino" / "dspark": measured tau only (the teacher-forced predictors are DFlash's)
     steps: int = 600
     num_train_seqs: int = 512
     gen_len: int = 96
@@ -123,6 +124,7 @@ class ExperimentConfig:
         return DemoConfig(
             objectives=tuple(self.arms),
             seed=seed,
+            method=self.method,
             threads=self.threads,
             num_train_seqs=self.num_train_seqs,
             gen_len=self.gen_len,
@@ -401,7 +403,8 @@ def verdict_lines(result: dict) -> list[str]:
 def title(result: dict) -> str:
     c = result["config"]
     return (
-        f"tau per objective, {len(c['seeds'])} paired seeds, {c['steps']} steps, block {c['block_size']}, "
+        f"{c.get('method', 'dflash')} drafters: tau per objective, {len(c['seeds'])} paired seeds, "
+        f"{c['steps']} steps, block {c['block_size']}, "
         f"{c['eval_prompts']} held-out prompts x {c['eval_max_new_tokens']} tokens, data T={c['data_temperature']:g}; "
         f"change vs {c['baseline']} with {100 * c['confidence']:.0f}% t-interval over seeds (* excludes 0)"
     )

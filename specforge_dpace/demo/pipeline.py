@@ -31,6 +31,7 @@ from typing import Callable, Optional, Sequence
 from . import _cache
 from ._util import default_threads, seed_everything
 
+METHODS = ("dflash", "domino", "dspark")
 DEFAULT_OBJECTIVES = ("dflash(gamma=7)", "dpace", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain")
 
 
@@ -47,6 +48,7 @@ class DemoConfig:
     gen_len: int = 96
     data_temperature: float = 0.0
     # drafter
+    method: str = "dflash"  # the DFlash-family method: "dflash", "domino" or "dspark"
     block_size: int = 8
     draft_layers: int = 1
     target_layer_ids: Sequence[int] = (1, 2)  # servable: SGLang captures ids 0..n-2 of the 4-layer target
@@ -101,6 +103,8 @@ class DemoConfig:
         for name, value in (("data_temperature", self.data_temperature), ("eval_temperature", self.eval_temperature)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name}={value!r} is invalid; accepted: a finite number >= 0 (0 = greedy)")
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is invalid; accepted: {', '.join(METHODS)}")
         from specforge_dpace.evaluate._sampling import check_draft_sampling
 
         check_draft_sampling(self.eval_draft_sampling)
@@ -293,9 +297,12 @@ class DemoPipeline:
     # -- phase 3: capture --------------------------------------------------------------------
     @property
     def needs_target_hidden(self) -> bool:
-        """Whether any objective is soft-label (reads the target's distribution from its last hidden state)."""
+        """Whether the training data carries the target's last hidden state: DSpark always trains against the
+        target's distribution, the other methods when an objective is soft-label."""
         from specforge_dpace.losses import build_loss
 
+        if self.config.method == "dspark":
+            return True
         return any(getattr(build_loss(spec), "needs_target", False) for spec in self.config.objectives)
 
     def features_key(self) -> str:
@@ -335,10 +342,11 @@ class DemoPipeline:
             lr=c.lr,
             num_anchors=c.num_anchors,
             seed=c.seed,
+            method=c.method,
         )
 
     def drafter_dir(self, objective: str) -> Path:
-        key = _key("drafter", self.features_key(), objective, asdict(self.drafter_config()))
+        key = _key("drafter", self.features_key(), objective, self.drafter_config().key_fields())
         return self.out / "drafters" / f"{slugify(objective)}-{key}"
 
     def train(self, objective: str, data: dict, feats: dict):
@@ -477,6 +485,8 @@ class DemoPipeline:
         """Teacher-forced acceptance metrics of ``draft`` on :meth:`heldout` (see ``teacher_forced``)."""
         from .teacher_forced import teacher_forced_metrics
 
+        if self.config.method != "dflash":  # their logits go through the method's head: not the plugin's DFlash metrics
+            return {"method": self.config.method, "note": "teacher-forced predictors are computed for dflash only"}
         directory = self.drafter_dir(objective)
         temperatures = sorted({float(t) for t in temperatures if t > 0})
         key = _key(

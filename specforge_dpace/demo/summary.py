@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 from specforge_dpace import report as rpt
 
-COLUMNS = ("objective", "tau", "vs_baseline", "mean_accepted", "accept_hist", "train_acc", "train_s")
+COLUMNS = ("objective", "tau", "tau_sglang", "vs_baseline", "mean_accepted", "accept_hist", "train_acc", "train_s")
 
 
 def baseline_index(objectives: Sequence[str]) -> int:
@@ -37,6 +37,7 @@ def build_report(runs: list, config, *, target_dir: str, wall_s: float, events=(
             {
                 "objective": r["objective"],
                 "tau": ev.get("tau"),
+                "tau_sglang": ev.get("tau_sglang"),
                 "vs_baseline": None if change is None else f"{100 * change:+.1f}%",
                 "relative_change": change,
                 "mean_accepted": ev.get("mean_accepted"),
@@ -60,10 +61,19 @@ def build_report(runs: list, config, *, target_dir: str, wall_s: float, events=(
 
 
 def table_text(report: dict) -> str:
+    c = report["config"]
+    method = {"dflash": "DFlash", "domino": "Domino", "dspark": "DSpark"}.get(
+        c.get("method", "dflash"), c.get("method")
+    )
+    at = (
+        "greedy"
+        if not c.get("eval_temperature")
+        else f"T={c['eval_temperature']:g}, {c.get('eval_draft_sampling')} draft"
+    )
     title = (
-        f"DFlash drafters on the tiny stdlib target (block {report['config']['block_size']}, "
-        f"{report['config']['steps']} steps; baseline {report['baseline']}; accept_hist = verify steps "
-        f"accepting 0,1,..,K-1 drafted tokens)"
+        f"{method} drafters on the tiny stdlib target (block {c['block_size']}, {c['steps']} steps, {at}; baseline "
+        f"{report['baseline']}; tau = tokens per verify step, prefill excluded; tau_sglang = completion tokens / "
+        "verify steps, SGLang's spec_accept_length; accept_hist = verify steps accepting 0,1,..,K-1 drafted tokens)"
     )
     return rpt.format_table(report["rows"], COLUMNS, floatfmt=".3f", title=title)
 

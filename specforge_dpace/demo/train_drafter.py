@@ -1,6 +1,7 @@
-"""Train one tiny DFlash drafter with one objective through the real SpecForge
-``OnlineDFlashModel`` (the unified runtime), with the plugin installed so any registered
-objective or composite spec is accepted as ``loss_type``.
+"""Train one tiny DFlash-family drafter with one objective through the real SpecForge training
+model of its method (``OnlineDFlashModel``, ``OnlineDominoModel`` or ``OnlineDSparkModel``, the
+unified runtime), with the plugin installed so any registered objective or composite spec is
+accepted as ``loss_type``.
 
 The target's embeddings and LM head are shared and frozen (as in SpecForge); only the draft's
 layers, ``fc``, ``hidden_norm`` and ``norm`` train.
@@ -27,10 +28,20 @@ class DrafterConfig:
     num_anchors: int = 32
     weight_decay: float = 0.0
     seed: int = 0
+    method: str = "dflash"  # "domino" or "dspark": the same model family with the method's draft head
+
+    def key_fields(self) -> dict:
+        """The fields that identify a drafter (``method`` only when not DFlash, so DFlash keys stay as they were)."""
+        from dataclasses import asdict
+
+        fields = asdict(self)
+        if fields["method"] == "dflash":
+            del fields["method"]
+        return fields
 
 
 def build_drafter(target, config: DrafterConfig, target_layer_ids: Sequence[int], mask_token_id: int):
-    """A fresh SpecForge ``DFlashDraftModel`` whose shapes copy the target (same seed = same init)."""
+    """A fresh SpecForge draft model of ``config.method`` whose shapes copy the target (same seed = same init)."""
     from specforge_dpace.evaluate import tiny_draft
 
     return tiny_draft(
@@ -40,7 +51,37 @@ def build_drafter(target, config: DrafterConfig, target_layer_ids: Sequence[int]
         target_layer_ids=list(target_layer_ids),
         mask_token_id=mask_token_id,
         seed=config.seed,
+        method=config.method,
     )
+
+
+def _training_model(draft, target, objective, config: "DrafterConfig", mask_token_id, loss_options):
+    """The method's SpecForge training model around ``draft`` (target head and embeddings frozen)."""
+    from specforge.algorithms.common import dflash_family_model as family
+
+    common = dict(
+        draft_model=draft,
+        target_lm_head=target.get_output_embeddings(),
+        target_embed_tokens=target.get_input_embeddings(),
+        mask_token_id=mask_token_id,
+        block_size=config.block_size,
+        attention_backend="sdpa",
+        num_anchors=config.num_anchors,
+        loss_type=objective,
+        loss_options=loss_options,
+    )
+    if config.method == "domino":
+        return family.OnlineDominoModel(**common, shift_label=bool(getattr(draft, "shift_label", False)))
+    if config.method == "dspark":
+        return family.OnlineDSparkModel(**common)
+    return family.OnlineDFlashModel(**common)
+
+
+def _domino_lambda_base(step: int, steps: int) -> float:
+    """SpecForge's own Domino schedule (``linear_lambda_base`` with its defaults: start 1, decay over half)."""
+    from specforge.training.strategies.base import linear_lambda_base
+
+    return float(linear_lambda_base(step, steps, 1.0, 0.5))
 
 
 def _lr(step: int, config: DrafterConfig) -> float:
@@ -108,22 +149,13 @@ def _train(
 ):
     """The training loop proper (the plugin is installed by the caller)."""
     import torch
-    from specforge.algorithms.common.dflash_family_model import OnlineDFlashModel
 
     draft = build_drafter(target, config, target_layer_ids, mask_token_id).float()
     for p in target.parameters():
         p.requires_grad_(False)
-    model = OnlineDFlashModel(
-        draft,
-        target.get_output_embeddings(),
-        target.get_input_embeddings(),
-        mask_token_id,
-        block_size=config.block_size,
-        attention_backend="sdpa",
-        num_anchors=config.num_anchors,
-        loss_type=objective,
-        loss_options=loss_options,
-    )
+    model = _training_model(draft, target, objective, config, mask_token_id, loss_options)
+    if config.method == "dspark" and target_last_hidden_states is None:
+        raise ValueError("method 'dspark' trains against the target's distribution: pass target_last_hidden_states")
     params = [p for p in draft.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -140,6 +172,8 @@ def _train(
         extra = (
             {} if target_last_hidden_states is None else {"target_last_hidden_states": target_last_hidden_states[idx]}
         )
+        if config.method == "domino":  # SpecForge's schedule of the base-logits weight (1 -> 0 over half the run)
+            extra["lambda_base"] = _domino_lambda_base(step, config.steps)
         loss, acc, _ = model(input_ids[idx], features[idx], loss_mask[idx], **extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,6 +188,7 @@ def _train(
     tail = max(1, min(20, len(log["acc"])))
     summary = {
         "objective": objective,
+        "method": config.method,
         "canonical_loss_type": str(model.loss_type),
         "steps": config.steps,
         "train_s": time.perf_counter() - t0,

@@ -1,0 +1,39 @@
+"""The demo per DFlash-family method: Domino and DSpark drafters train with plugin objectives through
+their own SpecForge training models and are measured by the evaluator."""
+
+from __future__ import annotations
+
+import pytest
+
+from specforge_dpace.demo.pipeline import DemoConfig, DemoPipeline
+
+TINY = dict(steps=12, num_train_seqs=24, gen_len=24, eval_prompts=2, eval_max_new_tokens=12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["domino", "dspark"])
+def test_each_method_trains_plugin_objectives_and_is_evaluated(tmp_path, method):
+    config = DemoConfig.quick(method=method, objectives=("dflash(gamma=7)", "dpace", "lk-lambda"), **TINY)
+    pipeline = DemoPipeline(tmp_path, config, show_progress=False, log=lambda _m: None)
+    report = pipeline.run()
+    rows = {r["objective"]: r for r in report["rows"]}
+    assert set(rows) == {"dflash(gamma=7)", "dpace", "lk-lambda"}
+    assert all(r["tau"] >= 1.0 for r in rows.values())
+    assert report["config"]["method"] == method
+    assert pipeline.needs_target_hidden  # lk-lambda reads p (and DSpark always does)
+    from specforge_dpace.evaluate._checkpoint import read_draft_config
+
+    for objective in rows:
+        architectures = read_draft_config(pipeline.drafter_dir(objective))["architectures"]
+        assert architectures == [{"domino": "DominoDraftModel", "dspark": "DSparkDraftModel"}[method]]
+
+
+def test_method_is_part_of_the_drafter_key_and_refused_when_unknown(tmp_path):
+    keys = {}
+    for method in ("dflash", "domino", "dspark"):
+        pipeline = DemoPipeline(tmp_path, DemoConfig(method=method), show_progress=False, log=lambda _m: None)
+        pipeline.target_key = "t"
+        keys[method] = pipeline.drafter_dir("dpace").name
+    assert len(set(keys.values())) == 3
+    with pytest.raises(ValueError, match="method='eagle3' is invalid; accepted: dflash, domino, dspark"):
+        DemoConfig(method="eagle3").validate()
