@@ -157,14 +157,10 @@ def dataset_path(kind: str, path: Optional[str | Path] = None) -> Path:
 
 def dataset_identity(kind: str, path: Optional[str | Path] = None) -> dict[str, Any]:
     """What identifies a data set file in the results: kind, absolute path and content sha256."""
-    import hashlib
+    from .._hashing import sha256_file
 
     file = dataset_path(kind, path).resolve()
-    digest = hashlib.sha256()
-    with open(file, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return {"kind": kind, "path": str(file), "sha256": digest.hexdigest()}
+    return {"kind": kind, "path": str(file), "sha256": sha256_file(file)}
 
 
 def parse_dataset_arg(text: str) -> tuple[str, Optional[str]]:

@@ -62,19 +62,7 @@ def validate_hf_drafter(path, target):
         raise validate.DraftValidationError(
             f"{draft_methods.METHOD_NAMES[method]} draft {path} does not load:\n  - " + "\n  - ".join(problems)
         )
-    spec = verdict.spec
-    return validate.DraftInfo(
-        path,
-        spec.block_size,
-        spec.num_target_layers,
-        spec.num_hidden_layers,
-        list(spec.target_layer_ids),
-        spec.mask_token_id,
-        files,
-        sorted(shapes),
-        notes + verdict.notes,
-        target_cfg is not None,
-    )
+    return validate.DraftInfo.from_verdict(path, verdict, files, shapes, notes, target_cfg is not None)
 
 
 def _chunks(items: list, size: int):

@@ -51,11 +51,9 @@ class ResumeMismatch(ValueError):
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from .._hashing import sha256_file
+
+    return sha256_file(path)
 
 
 def digest(data: Any) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from specforge_dpace import servable
+from specforge_dpace._hashing import update_with_file
 
 ARCHITECTURE = servable.ARCHITECTURE
 
@@ -40,6 +41,25 @@ class DraftInfo:
     weight_names: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     target_checked: bool = False
+
+    @classmethod
+    def from_verdict(
+        cls, path: Path, verdict: Any, files: list[Path], shapes: Mapping, notes: list[str], target_checked: bool
+    ):
+        """The settings a passing rule check resolved (``verdict.spec``), with the files and notes seen."""
+        spec = verdict.spec
+        return cls(
+            path,
+            spec.block_size,
+            spec.num_target_layers,
+            spec.num_hidden_layers,
+            list(spec.target_layer_ids),
+            spec.mask_token_id,
+            files,
+            sorted(shapes),
+            notes + verdict.notes,
+            target_checked,
+        )
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -134,19 +154,7 @@ def validate_draft_dir(path: str | Path, target: Any = None, *, block_size: Opti
     problems = verdict.errors + problems
     if problems:
         raise DraftValidationError(f"draft {path} is not servable by SGLang DFlash:\n  - " + "\n  - ".join(problems))
-    spec = verdict.spec
-    return DraftInfo(
-        path,
-        spec.block_size,
-        spec.num_target_layers,
-        spec.num_hidden_layers,
-        list(spec.target_layer_ids),
-        spec.mask_token_id,
-        files,
-        sorted(shapes),
-        notes + verdict.notes,
-        target_cfg is not None,
-    )
+    return DraftInfo.from_verdict(path, verdict, files, shapes, notes, target_cfg is not None)
 
 
 def checkpoint_hash(path: str | Path) -> str:
@@ -158,7 +166,5 @@ def checkpoint_hash(path: str | Path) -> str:
         if not f.exists():
             continue
         digest.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
+        update_with_file(digest, f)
     return digest.hexdigest()

@@ -18,20 +18,14 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from .._hashing import sha256_file
+
 SIDECAR_SUFFIX = ".sha256"
 DIRECTORY_SUMS = "SHA256SUMS"
 
 
 class CacheWarning(UserWarning):
     """A cached demo artefact cannot be reused as it is; it is recomputed."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _tmp(path: Path) -> Path:

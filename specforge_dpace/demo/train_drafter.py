@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -111,11 +112,7 @@ def train_drafter(
     sampling uses the global torch RNG, seeded here, so the same seed gives the same drafter
     (the objective changes only the loss). Soft-label objectives also read
     ``target_last_hidden_states [N, S, H]``, captured with the features."""
-    import specforge_dpace
-
-    was_installed = specforge_dpace.is_installed()
-    specforge_dpace.install()
-    try:
+    with _plugin_installed():
         return _train(
             target,
             input_ids,
@@ -123,31 +120,33 @@ def train_drafter(
             features,
             objective,
             config,
-            target_layer_ids,
-            mask_token_id,
-            loss_options,
-            show_progress,
-            target_last_hidden_states,
+            target_layer_ids=target_layer_ids,
+            mask_token_id=mask_token_id,
+            loss_options=loss_options,
+            show_progress=show_progress,
+            target_last_hidden_states=target_last_hidden_states,
         )
-    finally:  # leave the process as we found it (tests of the hooks share it)
+
+
+@contextmanager
+def _plugin_installed():
+    """The plugin's hooks for the duration; the process is left as found (tests of the hooks share it)."""
+    import specforge_dpace
+
+    was_installed = specforge_dpace.is_installed()
+    specforge_dpace.install()
+    try:
+        yield
+    finally:
         if not was_installed:
             specforge_dpace.uninstall()
 
 
-def _train(
-    target,
-    input_ids,
-    loss_mask,
-    features,
-    objective,
-    config,
-    target_layer_ids,
-    mask_token_id,
-    loss_options,
-    show_progress,
-    target_last_hidden_states=None,
-):
+def _train(target, input_ids, loss_mask, features, objective, config, **kwargs):
     """The training loop proper (the plugin is installed by the caller)."""
+    target_layer_ids, mask_token_id = kwargs["target_layer_ids"], kwargs["mask_token_id"]
+    loss_options, show_progress = kwargs["loss_options"], kwargs["show_progress"]
+    target_last_hidden_states = kwargs["target_last_hidden_states"]
     import torch
 
     draft = build_drafter(target, config, target_layer_ids, mask_token_id).float()
