@@ -58,12 +58,14 @@ Tensor = torch.Tensor
 NLQ = "nlq"
 Direction = Union[str, tuple[str, float]]
 
-#: fp32 ``[R, V]`` buffers the soft path holds at most per sub-chunk (see the module docstring).
-SOFT_BUFFERS = 1.875
-#: column tiles per statistics / direction pass (scratch tiles are ``[R/2, ceil(V / TILES)]``).
-TILES = 8
-#: below this log alpha, 1/alpha is close to fp32 overflow: the direction pass uses the log-space form.
-_FAST_LOG_ALPHA = -80.0
+#: column-tile scratch, all tiles together, as a share of the ``[R, V]`` logits buffer
+SCRATCH_SHARE = 1 / 6
+#: fp32 ``[R, V]`` buffers the soft path holds at most per sub-chunk: logits, half-height target
+#: logits and the scratch (see the module docstring).
+SOFT_BUFFERS = 1.0 + 0.5 + SCRATCH_SHARE
+#: rows whose acceptance rate alpha falls below this are recomputed exactly in log space
+#: (:meth:`SoftPass._exact_rows`): the passes sum min(p, q) in linear space without a shift.
+TINY_ALPHA = 1e-30
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,23 @@ class _Scratch:
 
 
 class SoftPass:
-    """The soft objective's fused pass over a chunk of blocks (see the module docstring)."""
+    """The soft objective's fused pass over a chunk of blocks (see the module docstring).
+
+    Three forms of the per-piece work, by plan:
+
+    * ``"la"`` -- one temperature, one numerator entry, no KL read (lk-alpha, tv, every soft twin):
+      no scratch at all.  With A = log q and B = log p in place: ``B -= A``; ``A = exp(A)`` (q);
+      ``B = exp(min(B, 0))`` (min(1, p/q)); ``alpha = sum A*B``; ``B = floor(B)`` (u: 1 where p >= q,
+      ties up to one rounding of exp to the q side); ``s = sum A*B``; then ``A *= c0 + c_la u / alpha``.
+    * ``"fast"`` -- one temperature, one numerator entry, KL read: statistics over column tiles with
+      one or two scratch tiles, directions summed in place.
+    * ``"general"`` -- several numerator entries or temperatures: unit directions per column tile,
+      the first in A, the second in B (one temperature), any further one ``addmm``-ed tile by tile.
+
+    Column tiles are ``[R/2, V/T]`` with T = 3 x the scratch tiles in use, so scratch stays within
+    :data:`SCRATCH_SHARE` of A; the fewer (and larger) the element-wise operations, the less each one
+    pays in thread synchronization.
+    """
 
     def __init__(
         self,
@@ -184,14 +202,43 @@ class SoftPass:
         self.step = step  # blocks per sub-chunk
         self.piece = max(1, step // 2)  # blocks per target piece
         self.want_grad = want_grad and bool(plan.directions)
-        self.tile = -(-self.vocab // TILES)
         single = len(plan.temperatures) == 1
-        self.temperature = plan.temperatures[0]
+        t = self.temperature = plan.temperatures[0]
         # B holds log p_T in place when one temperature is read; A holds log q_T in place when that
         # temperature is 1 or when no nlq direction needs q at T = 1.
         self.b_inplace = single
-        self.a_inplace = single and (self.temperature == 1.0 or NLQ not in plan.directions)
-        self.fast = self.a_inplace and self.b_inplace and plan.combined
+        self.a_inplace = single and (t == 1.0 or NLQ not in plan.directions)
+        fast = self.a_inplace and self.b_inplace and plan.combined
+        has_la = any(d != NLQ and d[0] == "la" for d in plan.directions)
+        has_kl = any(d != NLQ and d[0] == "kl" for d in plan.directions)
+        if fast and not plan.kl_temperatures:
+            self.mode = "la"
+        elif fast:
+            self.mode = "fast"
+        else:
+            self.mode = "general"
+        # U lives in B from the statistics pass on when nothing later needs log p
+        self.store_u = single and has_la and not has_kl and self.want_grad
+        self.in_b = None
+        if self.mode == "general" and not plan.combined and single and not self.store_u and len(plan.directions) > 1:
+            self.in_b = plan.directions[1]
+        names = set()
+        if self.mode != "la":
+            names.add("q")
+            if has_la and self.want_grad and not self.store_u:
+                names.add("u")
+        if self.mode == "general" and self.want_grad:
+            if plan.combined:
+                names |= {"s1", "s2"}
+            elif len(plan.directions) > (2 if self.in_b is not None else 1):
+                names.add("s2")
+            if any(not (self.a_inplace or t == 1.0) for t in plan.temperatures):
+                names.add("lq")
+            if not self.b_inplace:
+                names.add("lp")
+        self.scratch_names = frozenset(names)
+        self.tiles = max(1, round(len(names) / (2 * SCRATCH_SHARE)))
+        self.tile = -(-self.vocab // self.tiles)
 
     # ------------------------------------------------------------------ GEMMs
     def _logits(self, rows: Tensor, out: Tensor) -> None:
@@ -229,8 +276,8 @@ class SoftPass:
         batch, blocks, slots, width = hidden.shape
         total, plan, device = batch * blocks, self.plan, hidden.device
         rows_total = total * slots
-        flat_hidden = hidden.detach().reshape(rows_total, width)
-        flat_target = target_hidden.detach().reshape(rows_total, width)
+        self.flat_hidden = hidden.detach().reshape(rows_total, width)
+        self.flat_target = target_hidden.detach().reshape(rows_total, width)
         self.ids = target_ids.reshape(rows_total)
         self.mask = weight_mask.reshape(total, slots)
 
@@ -258,12 +305,12 @@ class SoftPass:
             stop = min(start + self.step, total)
             r0, r1 = start * slots, stop * slots
             a_rows = logits[: r1 - r0]
-            self._logits(flat_hidden[r0:r1], a_rows)
+            self._logits(self.flat_hidden[r0:r1], a_rows)
             for p_start in range(start, stop, self.piece):
                 p_stop = min(p_start + self.piece, stop)
                 p0, p1 = p_start * slots, p_stop * slots
                 b_rows = target[: p1 - p0]
-                self._logits(flat_target[p0:p1], b_rows)
+                self._logits(self.flat_target[p0:p1], b_rows)
                 self._piece(a_rows[p0 - r0 : p1 - r0], b_rows, p0, p1, p_start, p_stop)
             if self.want_grad:
                 self._gradient(a_rows, self.dl[0][r0:r1])
@@ -281,8 +328,7 @@ class SoftPass:
         torch.argmax(a, dim=-1, out=self.draft[p0:p1])
         torch.argmax(b, dim=-1, out=self.teacher[p0:p1])
         torch.log_softmax(a, -1, out=a)  # log q at T = 1 (the same kernel as F.cross_entropy)
-        nlq = a.gather(1, ids.unsqueeze(1)).squeeze(1).neg_()
-        self.nlq[p0:p1] = nlq
+        self.nlq[p0:p1] = a.gather(1, ids.unsqueeze(1)).squeeze(1).neg_()
         self.correct[p0:p1] = self.draft[p0:p1] == ids
         t_one = self.temperature
         if self.a_inplace and t_one != 1.0:
@@ -299,20 +345,39 @@ class SoftPass:
                 self.lq[t] = self._lse(a, t, a.gather(1, self.draft[p0:p1].unsqueeze(1)))
             if not self.b_inplace:
                 self.lp[t] = self._lse(b, t, b.gather(1, self.teacher[p0:p1].unsqueeze(1)))
-        store_u = self.fast and ("la", t_one) in plan.directions and ("kl", t_one) not in plan.directions
-        stats = {}
-        for t in plan.temperatures:
-            stats[t] = self._stats(a, b, t, t in plan.kl_temperatures, store_u and self.want_grad)
-            self.log_alpha[t][p0:p1] = stats[t][0]
+        if self.mode == "la":
+            stats = {t_one: self._stats_la(a, b, self.want_grad and ("la", t_one) in plan.directions)}
+        else:
+            stats = {}
+            for t in plan.temperatures:
+                need_su = self.want_grad and ("la", t) in plan.directions
+                stats[t] = self._stats(a, b, t, t in plan.kl_temperatures, need_su, self.store_u)
+        bad = torch.zeros(p1 - p0, dtype=torch.bool, device=a.device)
+        for log_alpha, _, _ in stats.values():
+            bad |= ~(log_alpha >= math.log(TINY_ALPHA))  # also catches NaN
+        bad = bad.nonzero().squeeze(1)
+        exact = self._exact_rows(p0 + bad) if bad.numel() else None
+        for t, (log_alpha, ratio, kl) in stats.items():
+            if exact is not None:
+                log_alpha[bad] = exact[t]["log_alpha"]
+                if ratio is not None:
+                    ratio[bad] = exact[t]["ratio"]
+                if kl is not None:
+                    kl[bad] = exact[t]["kl"]
+            self.log_alpha[t][p0:p1] = log_alpha
             if self.kl[t] is not None:
-                self.kl[t][p0:p1] = stats[t][2]
+                self.kl[t][p0:p1] = kl
         if not self.want_grad:
             return
         coef = self._coefficients(p0, p1, block0, block1)
-        if self.fast and not (coef.get(("la", t_one)) is not None and float(stats[t_one][0].min()) < _FAST_LOG_ALPHA):
-            self._directions_fast(a, b, stats[t_one], coef, ids, store_u)
+        if self.mode == "la":
+            self._directions_la(a, b, stats[t_one], coef, ids)
+        elif self.mode == "fast":
+            self._directions_fast(a, b, stats[t_one], coef, ids)
         else:
-            self._directions_general(a, b, stats, coef, ids, p0, p1, store_u)
+            self._directions_general(a, b, stats, coef, ids, p0, p1)
+        if exact is not None:
+            self._fix_directions(a, bad, exact, coef, ids, p0)
 
     def _tiles(self):
         for start in range(0, self.vocab, self.tile):
@@ -342,54 +407,115 @@ class SoftPass:
         out = self.scratch.get("lp", b.shape[0], width)
         return torch.add(-self.lp[t], tile, alpha=1.0 / t, out=out)
 
-    def _stats(self, a: Tensor, b: Tensor, t: float, want_kl: bool, store_u: bool):
-        """``(log alpha, r = s / alpha, kl or None)`` per row: one pass over column tiles.
+    # ------------------------------------------------------------------ statistics
+    def _stats_la(self, a: Tensor, b: Tensor, need_su: bool):
+        """``"la"`` form, full width, no scratch: a becomes q, b becomes u (or min(1, p/q))."""
+        b.sub_(a)  # log p - log q
+        a.exp_()  # q
+        b.clamp_(max=0.0).exp_()  # min(1, p / q)
+        total = _rowdot(a, b)  # alpha
+        ratio = None
+        if need_su:
+            b.floor_()  # u: 1 where p >= q
+            ratio = _rowdot(a, b) / total  # s / alpha
+        return total.log(), ratio, None
 
-        ``store_u`` (single temperature, B holds log p): B's tiles are replaced by u = 1[log q <= log p]
-        once read, for the direction pass."""
+    def _stats(self, a: Tensor, b: Tensor, t: float, want_kl: bool, need_su: bool, store_u: bool):
+        """``(log alpha, r = s / alpha or None, kl or None)`` per row: one pass over column tiles.
+
+        ``store_u`` (one temperature, B holds log p and nothing later needs it): B's tiles become
+        u = 1[log q <= log p] once read."""
         rows = a.shape[0]
-        running = torch.full((rows, 1), -math.inf, dtype=self.work, device=a.device)
-        total = torch.zeros(rows, 1, dtype=self.work, device=a.device)
-        q_side = torch.zeros(rows, 1, dtype=self.work, device=a.device)
+        total = torch.zeros(rows, dtype=self.work, device=a.device)
+        q_side = torch.zeros(rows, dtype=self.work, device=a.device) if need_su else None
         kl = torch.zeros(rows, dtype=self.work, device=a.device) if want_kl else None
         for start, width in self._tiles():
             log_q, log_p = self._log_q(a, t, start, width), self._log_p(b, t, start, width)
-            s1 = self.scratch.get("q", rows, width)  # the direction pass reuses these two tiles
-            s2 = self.scratch.get("u", rows, width)
-            if want_kl:
-                torch.sub(log_p, log_q, out=s1)
-                kl += s1.mul_(torch.exp(log_p, out=s2)).sum(-1)
-            torch.minimum(log_q, log_p, out=s1)
-            tile_max = s1.amax(-1, keepdim=True)
-            s1.sub_(tile_max).exp_()
-            u = torch.le(log_q, log_p, out=log_p if store_u else s2)
-            tile_total = s1.sum(-1, keepdim=True)
-            tile_q = s1.mul_(u).sum(-1, keepdim=True)
-            new_max = torch.maximum(running, tile_max)
-            old_scale, tile_scale = torch.exp(running - new_max), torch.exp(tile_max - new_max)
-            total.mul_(old_scale).add_(tile_total * tile_scale)
-            q_side.mul_(old_scale).add_(tile_q * tile_scale)
-            running = new_max
-        log_alpha = (running + total.log()).squeeze(1)
-        return log_alpha, (q_side / total).squeeze(1), kl
+            s1 = self.scratch.get("q", rows, width)  # the direction pass reuses the scratch tiles
+            if want_kl:  # sum p log p - sum p log q
+                torch.exp(log_p, out=s1)
+                kl += _rowdot(s1, log_p) - _rowdot(s1, log_q)
+            torch.minimum(log_q, log_p, out=s1).exp_()  # min(p, q)
+            total += s1.sum(-1)
+            if need_su:
+                u = torch.le(log_q, log_p, out=log_p if store_u else self.scratch.get("u", rows, width))
+                q_side += _rowdot(s1, u)
+        return total.log(), (q_side / total if need_su else None), kl
+
+    def _exact_rows(self, rows: Tensor) -> dict:
+        """Rows (flat indices) whose alpha is tiny: their logits again (a GEMM of those rows) and every
+        statistic in log space, exact however small alpha gets; the directions use the same."""
+        plan = self.plan
+        z = torch.empty(rows.numel(), self.vocab, dtype=self.work, device=rows.device)
+        z_p = torch.empty_like(z)
+        self._logits(self.flat_hidden[rows], z)
+        self._logits(self.flat_target[rows], z_p)
+        log_q1 = torch.log_softmax(z, -1)
+        out: dict = {"q1": torch.exp(log_q1)}
+        for t in plan.temperatures:
+            log_q = log_q1 if t == 1.0 else torch.log_softmax(z / t, -1)
+            log_p = torch.log_softmax(z_p / t, -1)
+            u = log_q <= log_p
+            log_alpha = torch.logsumexp(torch.minimum(log_q, log_p), -1)
+            log_s = torch.logsumexp(log_q.masked_fill(~u, -math.inf), -1)
+            p = torch.exp(log_p)
+            kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+            out[t] = {
+                "log_alpha": log_alpha,
+                "ratio": torch.exp(log_s - log_alpha),
+                "kl": kl,
+                "log_q": log_q,
+                "p": p,
+                "u": u,
+            }
+        return out
+
+    def _fix_directions(self, a: Tensor, bad: Tensor, exact: dict, coef: dict, ids: Tensor, p0: int) -> None:
+        """Overwrite the tiny-alpha rows' directions with their exact log-space values."""
+        plan = self.plan
+        units = {}
+        for direction in plan.directions:
+            if direction == NLQ:
+                unit = exact["q1"].clone()
+                unit[torch.arange(bad.numel(), device=a.device), ids[bad]] -= 1.0
+            else:
+                kind, t = direction
+                e = exact[t]
+                q = torch.exp(e["log_q"])
+                if kind == "la":  # u q / alpha - q r, with q / alpha = exp(log q - log alpha) <= 1 where u
+                    share = torch.exp((e["log_q"] - e["log_alpha"].unsqueeze(1)).clamp_max(0.0))
+                    unit = torch.where(e["u"], share, torch.zeros_like(share)) - q * e["ratio"].unsqueeze(1)
+                else:
+                    unit = q - e["p"]
+            units[direction] = unit
+        if plan.combined:
+            total = torch.zeros_like(exact["q1"])
+            for direction, unit in units.items():
+                if direction in coef:
+                    total += coef[direction][0][bad].unsqueeze(1) * unit
+            a[bad] = total
+            return
+        a[bad] = units[plan.directions[0]]
+        for index, direction in enumerate(plan.directions[1:], start=1):
+            out = torch.empty(bad.numel(), self.flat_hidden.shape[1], dtype=self.work, device=a.device)
+            self._gradient(units[direction], out)
+            self.dl[index][p0 + bad] = out
 
     def _coefficients(self, p0: int, p1: int, block0: int, block1: int) -> dict:
         """Per-direction coefficients of the piece's rows: ``[terms, rows]`` (with 1/T and alpha folded in)."""
         plan, k = self.plan, self.slots
         blocks = block1 - block0
         shape = (1, blocks, k)
-        soft = {
-            t: SoftSlots(
+        soft = {}
+        for t in plan.temperatures:
+            kl = self.kl[t][p0:p1] if self.kl[t] is not None else torch.full_like(self.nlq[p0:p1], math.nan)
+            soft[t] = SoftSlots(
                 t,
                 self.log_alpha[t][p0:p1].view(shape),
-                (self.kl[t][p0:p1] if self.kl[t] is not None else torch.full_like(self.nlq[p0:p1], math.nan)).view(
-                    shape
-                ),
+                kl.view(shape),
                 self.teacher[p0:p1].view(shape),
                 self.draft[p0:p1].view(shape),
             )
-            for t in plan.temperatures
-        }
         grads = stat_grads(
             self.objective,
             self.nlq[p0:p1].view(shape),
@@ -401,7 +527,7 @@ class SoftPass:
         for key, value in grads.items():
             value = value.reshape(value.shape[0], p1 - p0).to(self.work)
             if key == NLQ:
-                direction, value = NLQ, value
+                direction = NLQ
             else:
                 kind, t = key[0], float(key[1])
                 direction = ("kl" if kind == "kl" else "la", t)
@@ -419,65 +545,77 @@ class SoftPass:
         return coef
 
     # ------------------------------------------------------------------ directions
-    def _directions_fast(self, a: Tensor, b: Tensor, stats, coef: dict, ids: Tensor, u_stored: bool) -> None:
-        """One temperature, one numerator entry, log q / log p in place: ``a`` becomes the summed direction."""
-        t = self.temperature
+    @staticmethod
+    def _summed_parts(stats, coef: dict, t: float, rows: int, like: Tensor):
+        """``(c0, c_la / alpha, -c_kl)`` per row ([rows, 1] or None) of the summed direction
+        ``q (c0 + c_la u / alpha) - c_kl p - c_nlq e_y``, c0 = c_kl + c_nlq - c_la r."""
         log_alpha, ratio, _ = stats
         la, kl, cn = (coef.get(d) for d in (("la", t), ("kl", t), NLQ))
-        rows = a.shape[0]
-        base = torch.zeros(rows, dtype=self.work, device=a.device)
+        base = torch.zeros(rows, dtype=like.dtype, device=like.device)
         for part in (kl, cn):
             if part is not None:
                 base += part[0]
+        over_alpha = None
         if la is not None:
             base -= la[0] * ratio
             over_alpha = (la[0] * torch.exp(-log_alpha)).unsqueeze(1)
-        base = base.unsqueeze(1)
         minus_kl = None if kl is None else (-kl[0]).unsqueeze(1)
+        return base.unsqueeze(1), over_alpha, minus_kl, cn
+
+    def _label_fix(self, a: Tensor, ids: Tensor, cn: Optional[Tensor]) -> None:
+        if cn is not None:
+            a.index_put_((torch.arange(a.shape[0], device=a.device), ids), -cn[0], accumulate=True)
+
+    def _directions_la(self, a: Tensor, b: Tensor, stats, coef: dict, ids: Tensor) -> None:
+        """``"la"`` form: a holds q, b holds u; ``a *= c0 + c_la u / alpha`` in place, full width."""
+        base, over_alpha, _, cn = self._summed_parts(stats, coef, self.temperature, a.shape[0], a)
+        if over_alpha is not None:
+            a.mul_(torch.addcmul(base, b, over_alpha, out=b))
+        else:
+            a.mul_(base)
+        self._label_fix(a, ids, cn)
+
+    def _directions_fast(self, a: Tensor, b: Tensor, stats, coef: dict, ids: Tensor) -> None:
+        """One temperature, one numerator entry, log q / log p in place: ``a`` becomes the summed direction."""
+        rows = a.shape[0]
+        base, over_alpha, minus_kl, cn = self._summed_parts(stats, coef, self.temperature, rows, a)
         for start, width in self._tiles():
             q, log_p = a[:, start : start + width], b[:, start : start + width]
             p = None
-            if la is not None:
-                u = log_p if u_stored else torch.le(q, log_p, out=self.scratch.get("u", rows, width))
-                if kl is not None:
+            if over_alpha is not None:
+                u = log_p if self.store_u else torch.le(q, log_p, out=self.scratch.get("u", rows, width))
+                if minus_kl is not None:
                     p = torch.exp(log_p, out=self.scratch.get("q", rows, width))
                 q.exp_()
                 q.mul_(torch.addcmul(base, u, over_alpha, out=u))  # q * (c0 + c_la u / alpha)
             else:
-                if kl is not None:
-                    p = torch.exp(log_p, out=self.scratch.get("q", rows, width))
+                if minus_kl is not None:
+                    p = log_p.exp_()  # b is not read again
                 q.exp_().mul_(base)
             if p is not None:
                 q.addcmul_(p, minus_kl)
-        if cn is not None:
-            a.index_put_((torch.arange(rows, device=a.device), ids), -cn[0], accumulate=True)
+        self._label_fix(a, ids, cn)
 
-    def _directions_general(
-        self, a: Tensor, b: Tensor, stats: dict, coef: dict, ids: Tensor, p0: int, p1: int, u_stored: bool
-    ) -> None:
+    def _directions_general(self, a: Tensor, b: Tensor, stats: dict, coef: dict, ids: Tensor, p0: int, p1: int) -> None:
         """Any plan: unit directions per column tile, summed with their coefficients (one numerator
         entry) or one per buffer (several).  The first direction is written into ``a`` (its GEMM runs
         per sub-chunk); with one temperature the second goes into ``b`` in place (one GEMM per piece),
-        any further one tile by tile (``addmm``).  Where some row's log alpha is below -80 the alpha
-        term uses its log-space form ``u exp(min(log q - log alpha, 0))`` (no 1/alpha overflow)."""
+        any further one tile by tile (``addmm``)."""
         plan, rows = self.plan, a.shape[0]
-        combined, primary = plan.combined, plan.directions[0]
-        robust = {t: float(stats[t][0].min()) < _FAST_LOG_ALPHA for t in plan.temperatures}
-        inv_alpha = {t: torch.exp(-stats[t][0]).unsqueeze(1) for t in plan.temperatures if not robust[t]}
-        in_b = None if (combined or u_stored or not self.b_inplace or len(plan.directions) < 2) else plan.directions[1]
+        combined, primary, in_b = plan.combined, plan.directions[0], self.in_b
+        inv_alpha = {t: torch.exp(-stats[t][0]).unsqueeze(1) for t in plan.temperatures}
         order = [d for d in plan.directions if d != primary] + [primary]
         for start, width in self._tiles():
             tile_a = a[:, start : start + width]
-
             cache: dict = {}
 
             def get(name: str, width: int = width) -> Tensor:
                 return self.scratch.get(name, rows, width)
 
             if in_b is not None:  # b's tile is overwritten by a direction: read what it holds first
-                self._ingredients(cache, a, b, self.temperature, start, width, u_stored)
+                self._ingredients(cache, a, b, self.temperature, start, width)
             label_rows = None
-            if NLQ in coef or (not combined and NLQ in plan.directions):
+            if NLQ in plan.directions:
                 label_rows = ((ids >= start) & (ids < start + width)).nonzero().squeeze(1)
             acc = get("s1") if combined else None
             wrote = False
@@ -500,14 +638,9 @@ class SoftPass:
                         out.index_put_((label_rows, ids[label_rows] - start), minus_one, accumulate=True)
                 else:
                     kind, t = direction
-                    log_q, q, u = self._ingredients(cache, a, b, t, start, width, u_stored)
-                    log_alpha, ratio, _ = stats[t]
-                    if kind == "la":  # u q / alpha - q r
-                        if robust[t]:
-                            torch.sub(log_q, log_alpha.unsqueeze(1), out=out).clamp_(max=0.0).exp_().mul_(u)
-                            out.addcmul_(q, -ratio.unsqueeze(1))
-                        else:
-                            torch.addcmul(-ratio.unsqueeze(1), u, inv_alpha[t], out=out).mul_(q)
+                    _, q, u = self._ingredients(cache, a, b, t, start, width)
+                    if kind == "la":  # q (u / alpha - r)
+                        torch.addcmul(-stats[t][1].unsqueeze(1), u, inv_alpha[t], out=out).mul_(q)
                     else:  # q - p
                         torch.exp(self._log_p(b, t, start, width), out=out)
                         torch.sub(q, out, out=out)
@@ -528,7 +661,7 @@ class SoftPass:
             self._gradient(b, self.dl[plan.directions.index(in_b)][p0:p1])
 
     def _ingredients(
-        self, cache: dict, a: Tensor, b: Tensor, t: float, start: int, width: int, u_stored: bool
+        self, cache: dict, a: Tensor, b: Tensor, t: float, start: int, width: int
     ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         """``(log q, q, u)`` of one column tile at temperature ``t``, cached for one t at a time
         (``u`` = 1[log q <= log p] only where an alpha direction needs it)."""
@@ -539,9 +672,14 @@ class SoftPass:
             log_q = cache["log_q"] = self._log_q(a, t, start, width)
             cache["q"] = torch.exp(log_q, out=self.scratch.get("q", rows, width))
             if ("la", t) in self.plan.directions:
-                if u_stored:
+                if self.store_u:
                     cache["u"] = b[:, start : start + width]
                 else:
                     log_p = self._log_p(b, t, start, width)
                     cache["u"] = torch.le(log_q, log_p, out=self.scratch.get("u", rows, width))
         return cache["log_q"], cache["q"], cache.get("u")
+
+
+def _rowdot(x: Tensor, y: Tensor) -> Tensor:
+    """``(x * y).sum(-1)`` of two ``[rows, n]`` tensors without an ``[rows, n]`` temporary."""
+    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).view(-1)
