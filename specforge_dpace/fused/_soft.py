@@ -23,25 +23,31 @@ Per sub-chunk of R tokens (whole blocks):
 
 1. one draft logits GEMM into ``A [R, V]``;
 2. per piece of R/2 tokens (whole blocks): one target logits GEMM into ``B [R/2, V]`` (forward
-   only, no grad), both argmaxes, ``log_softmax`` in place on both (log q, log p); a statistics
-   pass over column tiles (``log alpha = logsumexp(min(log q, log p))`` by an online logsumexp, so
-   it is exact however small alpha gets; ``r``; KL only where the objective reads it); the
-   objective's coefficients for the piece's blocks; a direction pass that turns ``A``'s rows in place
-   into the (summed, or first) direction; other directions go tile by tile into their buffers
-   (``addmm`` over column tiles, no ``[tokens, V]`` copy);
-3. one gradient GEMM ``A @ W`` into ``[R, H]``.
+   only, no grad), both argmaxes, ``log_softmax`` in place on both (log q at T = 1 gives the hard
+   cross-entropy and correctness; then log q_T, log p_T); the statistics (``alpha = sum min(p, q)``,
+   ``s = sum u q``, KL where the objective reads it); the objective's coefficients for the piece's
+   blocks; and the directions, formed in place in ``A`` (summed, or the first one), in ``B`` (a
+   second one) or added tile by tile into their buffers (``addmm``, any further one);
+3. one gradient GEMM ``A @ W`` into ``[R, H]`` (a second direction: one more per piece from ``B``).
 
-So the flops per token are 2HV (draft) + 2HV (target) + 2HV per gradient GEMM: 6HV for one
-direction, the same as SpecForge's checkpointed hard path; 8HV for two (per-position lk-lambda),
+So the flops per token are 2HV (draft) + 2HV (target) + 2HV per gradient buffer: 6HV for one
+buffer, the same as SpecForge's checkpointed hard path; 8HV for two (per-position lk-lambda),
 10HV for three (``dpace + 0.5*lk-lambda``: nlq, la, kl).
 
-Buffers: ``A`` is one fp32 ``[R, V]`` buffer, ``B`` half of one, and the column-tile scratch
-``[R/2, V/8]`` tiles shared by both passes: two for one temperature (lk-alpha, kl, tv, soft twins,
-lk-lambda in both forms), three for ``dpace + 0.5*lk-lambda``, at most six with two temperatures.
-So 1.625 fp32 ``[R, V]`` buffers for every single-temperature objective here, at most 1.875 (two
-temperatures), against 1 for hard objectives (whose code path is unchanged).  :data:`SOFT_BUFFERS`
-is what :func:`~._subchunk.auto_sub_chunk_tokens` divides the byte budget by.  Low-precision heads
-add their own ``[R, V]`` GEMM output before the fp32 upcast.
+The sums of min(p, q) run in linear space without a shift; rows whose alpha falls below
+:data:`TINY_ALPHA` (1e-30, where that loses precision and 1/alpha nears overflow) get their logits
+again from a GEMM of those rows alone and every statistic and direction in log space, exact however
+small alpha gets (the plain path's logsumexp form).  Ties q = p go to the q side (u = 1); in the
+``"la"`` form (see :class:`SoftPass`) u is ``floor(exp(min(log p - log q, 0)))``, so a p below q by
+less than half an ulp of 1 (relative 3e-8) also counts as a tie.
+
+Buffers: ``A`` is one fp32 ``[R, V]`` buffer, ``B`` half of one, and column-tile scratch within
+:data:`SCRATCH_SHARE` (1/6) of ``A``: none for lk-alpha, tv and every soft twin (1.5 buffers in
+all), one or two tiles for the KL-reading objectives, three for ``dpace + 0.5*lk-lambda``, up to six
+with two temperatures (never more than :data:`SOFT_BUFFERS` = 1.67 buffers), against 1 for hard
+objectives (whose code path is unchanged).  :func:`~._subchunk.auto_sub_chunk_tokens` divides the
+byte budget by :data:`SOFT_BUFFERS`.  Low-precision heads add their own ``[R, V]`` GEMM output
+before the fp32 upcast.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The fused path never keeps ``[tokens, V]`` logits beyond one sub-chunk, so the sub-chunk size
 sets its peak memory: one fp32 ``[tokens, V]`` buffer for hard objectives, up to
-:data:`~._soft.SOFT_BUFFERS` (1.875: draft logits, half-height target logits, column-tile scratch)
+:data:`~._soft.SOFT_BUFFERS` (1.67: draft logits, half-height target logits, column-tile scratch)
 for soft-label ones, which pass ``buffers`` so the byte budget covers all of them.  Sub-chunks hold whole blocks
 (the objective's per-slot weights depend on every slot of a block), so sizes are multiples of
 the block size.  Too small a sub-chunk starves the matrix product (the lm_head weight is
