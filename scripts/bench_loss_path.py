@@ -615,7 +615,7 @@ def section_soft(args) -> list[dict]:
         base_ms = median_ms(times["upstream dflash"])
         base_mem, _ = peak_memory_and_result(cases["upstream dflash"], args.device)
         sub_chunk = args.sub_chunk_tokens or auto_sub_chunk_tokens(
-            vocab, args.block_size, args.device.split(":")[0], SOFT_BUFFERS
+            vocab, args.block_size, args.device.split(":")[0], SOFT_BUFFERS, soft=True
         )
         for spec, objective in objectives.items():
             plain_mem, (plain_loss, plain_grad) = peak_memory_and_result(cases[f"plain {spec}"], args.device)

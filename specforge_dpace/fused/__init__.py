@@ -7,11 +7,12 @@ per-slot gradient (``slot_grad``); others fall back to the plain autograd path.
 
 from ._autograd import ScaledSlotGrad, attach_gradient
 from ._path import FusedTerms, fused_objective_terms, supports_fused
-from ._subchunk import LOGITS_BUDGET_BYTES, MIN_TOKENS, auto_sub_chunk_tokens, blocks_per_sub_chunk
+from ._subchunk import LOGITS_BUDGET_BYTES, MIN_TOKENS, SOFT_MIN_TOKENS, auto_sub_chunk_tokens, blocks_per_sub_chunk
 
 __all__ = [
     "LOGITS_BUDGET_BYTES",
     "MIN_TOKENS",
+    "SOFT_MIN_TOKENS",
     "FusedTerms",
     "ScaledSlotGrad",
     "attach_gradient",

@@ -255,7 +255,7 @@ def _soft_terms(
             f"{tuple(hidden.shape)} ([B, N, K, H] both)"
         )
     batch, blocks, slots, width = hidden.shape
-    step = blocks_per_sub_chunk(weight.shape[0], slots, sub_chunk_tokens, hidden.device.type, SOFT_BUFFERS)
+    step = blocks_per_sub_chunk(weight.shape[0], slots, sub_chunk_tokens, hidden.device.type, SOFT_BUFFERS, soft=True)
     plan, reason = (
         soft_plan(objective) if callable(getattr(objective, "slot_grad", None)) else (None, "has no slot_grad")
     )

@@ -38,8 +38,8 @@ The sums of min(p, q) run in linear space without a shift; rows whose alpha fall
 :data:`TINY_ALPHA` (1e-30, where that loses precision and 1/alpha nears overflow) get their logits
 again from a GEMM of those rows alone and every statistic and direction in log space, exact however
 small alpha gets (the plain path's logsumexp form).  Ties q = p go to the q side (u = 1); in the
-``"la"`` form (see :class:`SoftPass`) u is ``floor(exp(min(log p - log q, 0)))``, so a p below q by
-less than half an ulp of 1 (relative 3e-8) also counts as a tie.
+``"la"`` form (see :class:`SoftPass`) u is ``1[q exp(min(log p - log q, 0)) >= q]``, so a p below q
+by about one rounding (relative ~1e-7) also counts as a tie.
 
 Buffers: ``A`` is one fp32 ``[R, V]`` buffer, ``B`` half of one, and column-tile scratch within
 :data:`SCRATCH_SHARE` (1/6) of ``A``: none for lk-alpha, tv and every soft twin (1.5 buffers in
@@ -178,8 +178,8 @@ class SoftPass:
 
     * ``"la"`` -- one temperature, one numerator entry, no KL read (lk-alpha, tv, every soft twin):
       no scratch at all.  With A = log q and B = log p in place: ``B -= A``; ``A = exp(A)`` (q);
-      ``B = exp(min(B, 0))`` (min(1, p/q)); ``alpha = sum A*B``; ``B = floor(B)`` (u: 1 where p >= q,
-      ties up to one rounding of exp to the q side); ``s = sum A*B``; then ``A *= c0 + c_la u / alpha``.
+      ``B = exp(min(B, 0)) * A`` (min(p, q)), ``alpha = sum B``; ``B = (B >= A) * A`` (u q),
+      ``s = sum B``; then ``A = c0 A + (c_la / alpha) B``.
     * ``"fast"`` -- one temperature, one numerator entry, KL read: statistics over column tiles with
       one or two scratch tiles, directions summed in place.
     * ``"general"`` -- several numerator entries or temperatures: unit directions per column tile,
@@ -219,17 +219,23 @@ class SoftPass:
         has_kl = any(d != NLQ and d[0] == "kl" for d in plan.directions)
         if fast and not plan.kl_temperatures:
             self.mode = "la"
-        elif fast:
-            self.mode = "fast"
+        elif self.a_inplace and self.b_inplace:
+            self.mode = "single"
         else:
             self.mode = "general"
-        # U lives in B from the statistics pass on when nothing later needs log p
-        self.store_u = single and has_la and not has_kl and self.want_grad
+        # What B holds after the statistics pass (one temperature): p where KL is read (its sum needs
+        # p, and so does the KL direction), else u where an alpha direction needs it, else log p.
+        self.p_in_b = single and self.mode == "general" and t in plan.kl_temperatures
+        self.store_u = single and has_la and not has_kl and self.want_grad and not self.p_in_b
         self.in_b = None
-        if self.mode == "general" and not plan.combined and single and not self.store_u and len(plan.directions) > 1:
-            self.in_b = plan.directions[1]
+        if self.mode != "la" and not plan.combined and single and not self.store_u and len(plan.directions) > 1:
+            second = plan.directions[1]
+            # the single form writes only a KL direction (q - p) into b; the general form any
+            self.in_b = second if (self.mode == "general" or (second != NLQ and second[0] == "kl")) else None
         names = set()
-        if self.mode != "la":
+        if self.mode == "single":
+            names.add("q")  # one tile, shared by the statistics and the direction pass
+        elif self.mode == "general":
             names.add("q")
             if has_la and self.want_grad and not self.store_u:
                 names.add("u")
@@ -268,13 +274,13 @@ class SoftPass:
         else:
             out.copy_(torch.mm(direction.to(weight.dtype), weight))
 
-    def _accumulate(self, out: Tensor, tile: Tensor, start: int) -> None:
-        """``out += tile @ W[start : start + width]`` (a direction that is not in the logits buffer)."""
+    def _accumulate(self, out: Tensor, tile: Tensor, start: int, sign: float = 1.0) -> None:
+        """``out += sign * tile @ W[start : start + width]`` (a direction that is not in the logits buffer)."""
         part = self.weight[start : start + tile.shape[1]]
         if part.dtype == tile.dtype:
-            out.addmm_(tile, part)
+            out.addmm_(tile, part, alpha=sign)
         else:
-            out.add_(torch.mm(tile.to(part.dtype), part))
+            out.add_(torch.mm(tile.to(part.dtype), part), alpha=sign)
 
     # ------------------------------------------------------------------ driver
     @torch.no_grad()
@@ -353,6 +359,9 @@ class SoftPass:
                 self.lp[t] = self._lse(b, t, b.gather(1, self.teacher[p0:p1].unsqueeze(1)))
         if self.mode == "la":
             stats = {t_one: self._stats_la(a, b, self.want_grad and ("la", t_one) in plan.directions)}
+        elif self.mode == "single":
+            need_su = self.want_grad and ("la", t_one) in plan.directions
+            stats = {t_one: self._stats_single(a, b, t_one in plan.kl_temperatures, need_su)}
         else:
             stats = {}
             for t in plan.temperatures:
@@ -378,8 +387,10 @@ class SoftPass:
         coef = self._coefficients(p0, p1, block0, block1)
         if self.mode == "la":
             self._directions_la(a, b, stats[t_one], coef, ids)
-        elif self.mode == "fast":
-            self._directions_fast(a, b, stats[t_one], coef, ids)
+        elif self.mode == "single" and plan.combined:
+            self._directions_single(a, b, stats[t_one], coef, ids)
+        elif self.mode == "single":
+            self._directions_split(a, b, stats[t_one], ids, p0, p1)
         else:
             self._directions_general(a, b, stats, coef, ids, p0, p1)
         if exact is not None:
@@ -415,16 +426,39 @@ class SoftPass:
 
     # ------------------------------------------------------------------ statistics
     def _stats_la(self, a: Tensor, b: Tensor, need_su: bool):
-        """``"la"`` form, full width, no scratch: a becomes q, b becomes u (or min(1, p/q))."""
+        """``"la"`` form, full width, no scratch: a becomes q, b becomes u q (or min(p, q)).
+
+        Sums are torch sums of products formed in place (accurate over any V; a batched dot is not)."""
         b.sub_(a)  # log p - log q
         a.exp_()  # q
-        b.clamp_(max=0.0).exp_()  # min(1, p / q)
-        total = _rowdot(a, b)  # alpha
+        b.clamp_(max=0.0).exp_().mul_(a)  # q min(1, p / q) = min(p, q)
+        total = b.sum(-1)  # alpha
         ratio = None
         if need_su:
-            b.floor_()  # u: 1 where p >= q
-            ratio = _rowdot(a, b) / total  # s / alpha
+            torch.ge(b, a, out=b).mul_(a)  # u q, u = 1[min(p, q) == q]
+            ratio = b.sum(-1) / total  # s / alpha
         return total.log(), ratio, None
+
+    def _stats_single(self, a: Tensor, b: Tensor, want_kl: bool, need_su: bool):
+        """``"single"`` form: one scratch tile; a becomes q and b becomes p, tile by tile, and u is
+        compared as ``q <= p`` afterwards (ties up to one rounding of exp to the q side)."""
+        rows = a.shape[0]
+        total = torch.zeros(rows, dtype=self.work, device=a.device)
+        q_side = torch.zeros(rows, dtype=self.work, device=a.device) if need_su else None
+        kl = torch.zeros(rows, dtype=self.work, device=a.device) if want_kl else None
+        for start, width in self._tiles():
+            q, p = a[:, start : start + width], b[:, start : start + width]
+            s1 = self.scratch.get("q", rows, width)
+            if want_kl:
+                torch.sub(p, q, out=s1)  # log p - log q
+            p.exp_()
+            if want_kl:
+                kl += s1.mul_(p).sum(-1)  # sum p (log p - log q)
+            q.exp_()
+            total += torch.minimum(q, p, out=s1).sum(-1)  # alpha
+            if need_su:
+                q_side += torch.le(q, p, out=s1).mul_(q).sum(-1)  # s = sum u q
+        return total.log(), (q_side / total if need_su else None), kl
 
     def _stats(self, a: Tensor, b: Tensor, t: float, want_kl: bool, need_su: bool, store_u: bool):
         """``(log alpha, r = s / alpha or None, kl or None)`` per row: one pass over column tiles.
@@ -438,14 +472,14 @@ class SoftPass:
         for start, width in self._tiles():
             log_q, log_p = self._log_q(a, t, start, width), self._log_p(b, t, start, width)
             s1 = self.scratch.get("q", rows, width)  # the direction pass reuses the scratch tiles
-            if want_kl:  # sum p log p - sum p log q
-                torch.exp(log_p, out=s1)
-                kl += _rowdot(s1, log_p) - _rowdot(s1, log_q)
             torch.minimum(log_q, log_p, out=s1).exp_()  # min(p, q)
             total += s1.sum(-1)
             if need_su:
                 u = torch.le(log_q, log_p, out=log_p if store_u else self.scratch.get("u", rows, width))
-                q_side += _rowdot(s1, u)
+                q_side += s1.mul_(u).sum(-1)
+            if want_kl:  # sum p (log p - log q): no cancellation between two large sums
+                torch.sub(log_p, log_q, out=s1)
+                kl += s1.mul_(log_p.exp_()).sum(-1)  # log_p is B's tile (kept as p) or a scratch tile
         return total.log(), (q_side / total if need_su else None), kl
 
     def _exact_rows(self, rows: Tensor) -> dict:
@@ -573,34 +607,69 @@ class SoftPass:
             a.index_put_((torch.arange(a.shape[0], device=a.device), ids), -cn[0], accumulate=True)
 
     def _directions_la(self, a: Tensor, b: Tensor, stats, coef: dict, ids: Tensor) -> None:
-        """``"la"`` form: a holds q, b holds u; ``a *= c0 + c_la u / alpha`` in place, full width."""
+        """``"la"`` form: a holds q, b holds u q; ``a = c0 q + (c_la / alpha) u q`` in place, full width."""
         base, over_alpha, _, cn = self._summed_parts(stats, coef, self.temperature, a.shape[0], a)
+        a.mul_(base)
         if over_alpha is not None:
-            a.mul_(torch.addcmul(base, b, over_alpha, out=b))
-        else:
-            a.mul_(base)
+            a.addcmul_(b, over_alpha)
         self._label_fix(a, ids, cn)
 
-    def _directions_fast(self, a: Tensor, b: Tensor, stats, coef: dict, ids: Tensor) -> None:
-        """One temperature, one numerator entry, log q / log p in place: ``a`` becomes the summed direction."""
+    def _directions_single(self, a: Tensor, b: Tensor, stats, coef: dict, ids: Tensor) -> None:
+        """``"single"`` form, one numerator entry: a holds q, b holds p; ``a`` becomes the summed direction
+        ``q (c0 + c_la u / alpha) - c_kl p - c_nlq e_y`` in place (full width where no u is needed)."""
         rows = a.shape[0]
         base, over_alpha, minus_kl, cn = self._summed_parts(stats, coef, self.temperature, rows, a)
-        for start, width in self._tiles():
-            q, log_p = a[:, start : start + width], b[:, start : start + width]
-            p = None
-            if over_alpha is not None:
-                u = log_p if self.store_u else torch.le(q, log_p, out=self.scratch.get("u", rows, width))
-                if minus_kl is not None:
-                    p = torch.exp(log_p, out=self.scratch.get("q", rows, width))
-                q.exp_()
+        if over_alpha is None:
+            a.mul_(base)
+            if minus_kl is not None:
+                a.addcmul_(b, minus_kl)
+        else:
+            for start, width in self._tiles():
+                q, p = a[:, start : start + width], b[:, start : start + width]
+                u = torch.le(q, p, out=self.scratch.get("q", rows, width))
                 q.mul_(torch.addcmul(base, u, over_alpha, out=u))  # q * (c0 + c_la u / alpha)
-            else:
                 if minus_kl is not None:
-                    p = log_p.exp_()  # b is not read again
-                q.exp_().mul_(base)
-            if p is not None:
-                q.addcmul_(p, minus_kl)
+                    q.addcmul_(p, minus_kl)
         self._label_fix(a, ids, cn)
+
+    def _directions_split(self, a: Tensor, b: Tensor, stats, ids: Tensor, p0: int, p1: int) -> None:
+        """``"single"`` form, several numerator entries: unit directions, the first in ``a`` (GEMM per
+        sub-chunk), the second in ``b`` (one GEMM per piece), any further one as ``addmm``s of the
+        q and p tiles themselves (q - p = q W - p W; q - e_y = q W - W[y]), so no tile is copied."""
+        plan, rows, t = self.plan, a.shape[0], self.temperature
+        primary, in_b = plan.directions[0], self.in_b
+        log_alpha, ratio, _ = stats
+        la = ("la", t) in plan.directions
+        if la:
+            minus_r, inv_alpha = (-ratio).unsqueeze(1), torch.exp(-log_alpha).unsqueeze(1)
+        for start, width in self._tiles():
+            q, p = a[:, start : start + width], b[:, start : start + width]
+            u = torch.le(q, p, out=self.scratch.get("q", rows, width)) if la else None
+            for direction in plan.directions[1:]:  # the first one last: it overwrites q
+                index = plan.directions.index(direction)
+                if direction == NLQ:  # q at T = 1; e_y after the loop
+                    self._accumulate(self.dl[index][p0:p1], q, start)
+                else:  # one temperature: a second soft direction is kl (la sorts first), kept in b
+                    torch.sub(q, p, out=p)
+            if primary == NLQ:
+                continue
+            if primary[0] == "la":  # q (u / alpha - r)
+                q.mul_(torch.addcmul(minus_r, u, inv_alpha, out=u))
+            else:  # q - p
+                q.sub_(p)
+        if primary == NLQ:
+            a.index_put_(
+                (torch.arange(rows, device=a.device), ids), torch.full_like(ids, -1, dtype=a.dtype), accumulate=True
+            )
+        if NLQ in plan.directions[1:]:
+            self._label_rows(self.dl[plan.directions.index(NLQ)][p0:p1], ids)
+        if in_b is not None:
+            self._gradient(b, self.dl[plan.directions.index(in_b)][p0:p1])
+
+    def _label_rows(self, out: Tensor, ids: Tensor) -> None:
+        """``out -= e_y W`` (the rows of W at the labels; the head's bias has no gradient)."""
+        rows = self.weight.index_select(0, ids)
+        out.sub_(rows if rows.dtype == out.dtype else rows.to(out.dtype))
 
     def _directions_general(self, a: Tensor, b: Tensor, stats: dict, coef: dict, ids: Tensor, p0: int, p1: int) -> None:
         """Any plan: unit directions per column tile, summed with their coefficients (one numerator
@@ -647,6 +716,8 @@ class SoftPass:
                     _, q, u = self._ingredients(cache, a, b, t, start, width)
                     if kind == "la":  # q (u / alpha - r)
                         torch.addcmul(-stats[t][1].unsqueeze(1), u, inv_alpha[t], out=out).mul_(q)
+                    elif self.p_in_b:  # q - p, p kept in b by the statistics pass
+                        torch.sub(q, b[:, start : start + width], out=out)
                     else:  # q - p
                         torch.exp(self._log_p(b, t, start, width), out=out)
                         torch.sub(q, out, out=out)
@@ -680,12 +751,11 @@ class SoftPass:
             if ("la", t) in self.plan.directions:
                 if self.store_u:
                     cache["u"] = b[:, start : start + width]
+                elif self.p_in_b:  # b holds p: compare the exps (monotone, same kernel as p's)
+                    cache["u"] = torch.le(
+                        cache["q"], b[:, start : start + width], out=self.scratch.get("u", rows, width)
+                    )
                 else:
                     log_p = self._log_p(b, t, start, width)
                     cache["u"] = torch.le(log_q, log_p, out=self.scratch.get("u", rows, width))
         return cache["log_q"], cache["q"], cache.get("u")
-
-
-def _rowdot(x: Tensor, y: Tensor) -> Tensor:
-    """``(x * y).sum(-1)`` of two ``[rows, n]`` tensors without an ``[rows, n]`` temporary."""
-    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).view(-1)

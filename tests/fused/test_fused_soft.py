@@ -4,7 +4,6 @@ autograd through lm_head, the target logits and the soft statistics)."""
 from __future__ import annotations
 
 import logging
-import math
 
 import pytest
 import torch
@@ -26,6 +25,8 @@ MIXED = (
     "dpace + lk-alpha(temperature=2)",  # nlq at T = 1 beside log alpha at T = 2
     "soft-dpace(alpha=0.3,temperature=0.7) + 0.3*soft-first-error-focal",
     "chain + 0.2*tv",
+    "dpace + kl",  # kl in the logits buffer, cross-entropy beside it
+    "lk-alpha + soft-dpace",  # one direction, two numerator entries
 )
 SPECS = SOFT_NAMES + TWINS + MIXED
 
@@ -188,11 +189,13 @@ def test_one_hidden_sized_buffer_per_direction_and_no_logits(spec, buffers):
         ("lk-alpha", "la", 0),  # full width, no scratch
         ("tv", "la", 0),
         ("soft-dpace", "la", 0),
-        ("kl", "fast", 1),
-        ("lk-lambda(per_token=true)", "fast", 2),
-        ("lk-lambda", "general", 2),
-        ("dpace + 0.5*lk-lambda", "general", 3),
-        ("kl(temperature=0.5) + tv", "general", 5),
+        ("kl", "single", 1),  # one column-tile scratch
+        ("lk-lambda(per_token=true)", "single", 1),
+        ("lk-lambda", "single", 1),
+        ("dpace + 0.5*lk-lambda", "single", 1),
+        ("lk-alpha + soft-dpace", "single", 1),
+        ("dpace + lk-alpha(temperature=2)", "general", 3),  # log q at T = 1 kept for cross-entropy
+        ("kl(temperature=0.5) + tv", "general", 5),  # two temperatures
     ],
 )
 def test_scratch_stays_within_the_documented_buffers(spec, mode, tiles):
@@ -281,3 +284,36 @@ def test_soft_objective_without_gradient_falls_back(caplog):
     (plain_grad,) = torch.autograd.grad(plain[0].sum(), hidden)
     (fused_grad,) = torch.autograd.grad(fused[0].sum(), hidden)
     assert rel_err(fused_grad, plain_grad) <= 1e-5
+
+
+@pytest.mark.parametrize("spec", ["kl", "lk-lambda", "lk-alpha"])
+def test_values_at_a_large_vocabulary_match_fp64(spec):
+    """Sums over a large vocabulary keep fp32 precision (the KL is sum p (log p - log q), not the
+    difference of two large sums): the fused fp32 value is as close to the fp64 truth as the plain one."""
+    objective = build_loss(spec)
+    head, hidden, target, mask = make_batch(batch=2, blocks=3, slots=8, width=64, vocab=60000, bias=False)
+    states = target_states(hidden)
+    head64 = torch.nn.Linear(64, 60000, bias=False).double().requires_grad_(False)
+    with torch.no_grad():
+        head64.weight.copy_(head.weight.double())
+    truth = objective_chunk_terms(objective, head64, hidden.detach().double(), target, mask, states.double())[0]
+    plain = objective_chunk_terms(objective, head, hidden, target, mask, states)[0]
+    fused = fused_totals(objective, head, hidden, target, mask, None, states)[0]
+    plain_err = rel_err(plain.detach(), truth)
+    fused_err = rel_err(fused.detach(), truth)
+    assert fused_err <= max(3 * plain_err, 1e-6), (fused_err, plain_err)
+
+
+def test_soft_sub_chunk_size():
+    """The soft path divides the byte budget by its buffers and has its own floor (SpecForge's default
+    chunk of 128 blocks of 16 on CPU); the hard path's sizes are unchanged."""
+    from specforge_dpace.fused import MIN_TOKENS, SOFT_MIN_TOKENS, auto_sub_chunk_tokens, blocks_per_sub_chunk
+
+    assert SOFT_MIN_TOKENS["cpu"] == 2048 and MIN_TOKENS["cpu"] == 512
+    for vocab in (32000, 151936):
+        assert auto_sub_chunk_tokens(vocab, 16, "cpu", SOFT_BUFFERS, soft=True) == 2048
+        assert auto_sub_chunk_tokens(vocab, 16) == 512  # hard: as before
+    assert auto_sub_chunk_tokens(151936, 16, "cuda", SOFT_BUFFERS, soft=True) == 1056  # budget / 1.67 buffers
+    assert auto_sub_chunk_tokens(151936, 16, "cuda") == 1760
+    assert blocks_per_sub_chunk(151936, 16, None, "cpu", SOFT_BUFFERS, soft=True) == 128
+    assert blocks_per_sub_chunk(151936, 16, 64, "cpu", SOFT_BUFFERS, soft=True) == 4  # the override wins
