@@ -62,7 +62,15 @@ SETTINGS = (
     EvalSetting("T1-greedy-draft", 1.0, "greedy"),
 )
 #: Predictors of tau (teacher-forced, held-out), by name in ``teacher_forced_metrics``' output.
-PREDICTORS = ("sim_tau", "surrogate_tau", "soft_tau@T1", "greedy_draft_tau@T1")
+PREDICTORS = (
+    "sim_tau",
+    "surrogate_tau",
+    "soft_tau@T1",
+    "greedy_draft_tau@T1",
+    "sim_tau_walk",
+    "soft_tau_walk@T1",
+    "greedy_draft_tau_walk@T1",
+)
 
 
 @dataclass

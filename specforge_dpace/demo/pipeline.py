@@ -490,7 +490,7 @@ class DemoPipeline:
         directory = self.drafter_dir(objective)
         temperatures = sorted({float(t) for t in temperatures if t > 0})
         key = _key(
-            "predicted",
+            "predicted-v2",  # v2: with the walk predictors
             directory.name,
             _cache.content_digest(directory, exclude=("train_log.json",)),
             self.heldout_key(),
