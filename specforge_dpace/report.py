@@ -189,16 +189,24 @@ def multi_panel_bar_plot(
     path: Path | str,
     groups: Sequence[str],
     panels: Iterable[tuple[str, str, Mapping[str, Sequence[Optional[float]]], Any, Optional[float]]],
+    *,
+    stacked: bool = False,
+    ymin: Optional[float] = None,
 ) -> Path:
-    """Side-by-side grouped bar charts sharing ``groups``; each panel is
-    ``(title, ylabel, series, errors_or_None, baseline_or_None)``."""
+    """Grouped bar charts sharing ``groups``, side by side (or ``stacked`` in rows); each panel is
+    ``(title, ylabel, series, errors_or_None, baseline_or_None)``; ``ymin`` sets the bars' floor
+    (tau, say, is never below 1)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     panels = list(panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 1.6 + 1.2 * len(groups)) * len(panels), 4.2))
+    width_in = max(5.0, 1.6 + 1.2 * len(groups))
+    if stacked:
+        fig, axes = plt.subplots(len(panels), 1, figsize=(width_in, 3.6 * len(panels)))
+    else:
+        fig, axes = plt.subplots(1, len(panels), figsize=(width_in * len(panels), 4.2))
     axes = [axes] if len(panels) == 1 else list(axes)
     for ax, (title, ylabel, series, errors, baseline) in zip(axes, panels):
         names = list(series)
@@ -209,7 +217,9 @@ def multi_panel_bar_plot(
             err = None
             if errors and name in errors:
                 err = [0.0 if e is None else float(e) for e in errors[name]]
-            bars = ax.bar(xs, values, width, label=name, yerr=err, capsize=3)
+            bottom = 0.0 if ymin is None else ymin
+            heights = [v - bottom for v in values]
+            bars = ax.bar(xs, heights, width, bottom=bottom, label=name, yerr=err, capsize=3)
             for j, (bar, value) in enumerate(zip(bars, values)):
                 if not math.isnan(value):
                     top = value + (err[j] if err else 0.0)  # above the error bar, not on it
@@ -228,6 +238,8 @@ def multi_panel_bar_plot(
         ax.set_xticklabels([_wrap_label(g) for g in groups], rotation=15 if len(groups) > 4 else 0, fontsize=8)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
+        if ymin is not None:
+            ax.set_ylim(bottom=ymin)
         if len(names) > 1:
             ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)

@@ -383,7 +383,7 @@ def calibration_table(result: dict) -> list[dict]:
                     "predictor": score["predictor"],
                     "spearman (arms)": score["spearman_arms"],
                     "spearman (drafters)": score["spearman_drafters"],
-                    "mean |pred/meas - 1|": score["mean_abs_relative_error"],
+                    "mean abs(pred/meas - 1)": score["mean_abs_relative_error"],
                     "best": "yes" if score["predictor"] == verdict.get("best") else "",
                 }
             )
@@ -449,12 +449,18 @@ def write_report(out_dir: Path | str, result: dict) -> None:
         panels.append(
             (setting["label"], "tau (mean over seeds)", {"tau": means}, {"tau": halves}, base and base["tau_mean"])
         )
-    rpt.multi_panel_bar_plot(out / "experiment.png", arms, panels)
+    rpt.multi_panel_bar_plot(out / "experiment.png", arms, panels, stacked=True, ymin=1.0)
     scatter = []
-    for setting in result["settings"]:
+    for setting in result["settings"]:  # the trusted predictor and its per-position twin (or the other way round)
+        best = result["verdicts"].get(setting["name"], {}).get("best")
+        if best is None:
+            continue
+        shown = [best, best.replace("_walk", "") if "_walk" in best else best.replace("@", "_walk@", 1)]
+        if shown[1] == best and not best.endswith("_walk"):
+            shown[1] = f"{best}_walk"
         series = {}
         for row in result["calibration"]:
-            if row["setting"] == setting["name"]:
+            if row["setting"] == setting["name"] and row["predictor"] in shown:
                 series.setdefault(row["predictor"], []).append((row["predicted"], row["measured"], row["arm"]))
         scatter.append((setting["label"], series))
     rpt.calibration_plot(out / "calibration.png", scatter)
