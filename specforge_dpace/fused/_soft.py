@@ -37,9 +37,9 @@ buffer, the same as SpecForge's checkpointed hard path; 8HV for two (per-positio
 The sums of min(p, q) run in linear space without a shift; rows whose alpha falls below
 :data:`TINY_ALPHA` (1e-30, where that loses precision and 1/alpha nears overflow) get their logits
 again from a GEMM of those rows alone and every statistic and direction in log space, exact however
-small alpha gets (the plain path's logsumexp form).  Ties q = p go to the q side (u = 1); in the
-``"la"`` form (see :class:`SoftPass`) u is ``1[q exp(min(log p - log q, 0)) >= q]``, so a p below q
-by about one rounding (relative ~1e-7) also counts as a tie.
+small alpha gets (the plain path's logsumexp form).  Ties q = p go to the q side (u = 1); where u is
+compared in linear space (the one-temperature forms: ``q <= p`` of the exps), a p below q by one
+rounding of exp (relative ~1e-7) also counts as a tie.
 
 Buffers: ``A`` is one fp32 ``[R, V]`` buffer, ``B`` half of one, and column-tile scratch within
 :data:`SCRATCH_SHARE` (1/6) of ``A``: none for lk-alpha, tv and every soft twin (1.5 buffers in
@@ -177,8 +177,8 @@ class SoftPass:
     Three forms of the per-piece work, by plan:
 
     * ``"la"`` -- one temperature, one numerator entry, no KL read (lk-alpha, tv, every soft twin):
-      no scratch at all.  With A = log q and B = log p in place: ``B -= A``; ``A = exp(A)`` (q);
-      ``B = exp(min(B, 0)) * A`` (min(p, q)), ``alpha = sum B``; ``B = (B >= A) * A`` (u q),
+      no scratch at all.  A = exp(log_softmax(z)) (q, after the cross-entropy is read), B =
+      softmax(z_p) (p), both in place; ``B = min(A, B)``, ``alpha = sum B``; ``B = (B >= A) * A`` (u q),
       ``s = sum B``; then ``A = c0 A + (c_la / alpha) B``.
     * ``"fast"`` -- one temperature, one numerator entry, KL read: statistics over column tiles with
       one or two scratch tiles, directions summed in place.
@@ -206,7 +206,7 @@ class SoftPass:
         self.vocab = weight.shape[0]
         self.slots = slots
         self.step = step  # blocks per sub-chunk
-        self.piece = max(1, step // 2)  # blocks per target piece
+        self.piece = max(1, step // 2)  # blocks per target piece (of a full sub-chunk; see run)
         self.want_grad = want_grad and bool(plan.directions)
         single = len(plan.temperatures) == 1
         t = self.temperature = plan.temperatures[0]
@@ -308,8 +308,11 @@ class SoftPass:
             # one summed direction with unit coefficients, or per direction [terms, rows] (allocated
             # at the first piece: the number of terms can depend on K, e.g. lk-lambda's 2K)
             self.coef = [torch.ones(1, rows_total, dtype=self.work, device=device)] if plan.combined else None
+        # half of the sub-chunk actually processed: a chunk smaller than one sub-chunk still holds its
+        # target logits in two halves (1.5 [rows, V] buffers, not 2)
+        self.piece = max(1, min(self.step, total) // 2)
         step_rows = min(self.step, total) * slots
-        piece_rows = min(self.piece, total) * slots
+        piece_rows = self.piece * slots
         logits = torch.empty(step_rows, self.vocab, dtype=self.work, device=device)
         target = torch.empty(piece_rows, self.vocab, dtype=self.work, device=device)
         self.scratch = _Scratch(piece_rows, self.tile, self.work, device)
@@ -349,7 +352,10 @@ class SoftPass:
         if self.b_inplace:
             if t_one != 1.0:
                 b.div_(t_one)
-            torch.log_softmax(b, -1, out=b)
+            if self.mode == "la":
+                torch.softmax(b, -1, out=b)  # p (the la form compares and sums in linear space)
+            else:
+                torch.log_softmax(b, -1, out=b)
         # per-row normalizers for temperatures computed on the fly (log q_T / log p_T tiles)
         self.lq, self.lp = {}, {}
         for t in plan.temperatures:
@@ -426,16 +432,15 @@ class SoftPass:
 
     # ------------------------------------------------------------------ statistics
     def _stats_la(self, a: Tensor, b: Tensor, need_su: bool):
-        """``"la"`` form, full width, no scratch: a becomes q, b becomes u q (or min(p, q)).
+        """``"la"`` form, full width, no scratch: a (log q) becomes q, b (p) becomes u q (or min(p, q)).
 
-        Sums are torch sums of products formed in place (accurate over any V; a batched dot is not)."""
-        b.sub_(a)  # log p - log q
+        Sums are torch sums over tensors formed in place (accurate over any V; a batched dot is not)."""
         a.exp_()  # q
-        b.clamp_(max=0.0).exp_().mul_(a)  # q min(1, p / q) = min(p, q)
+        torch.minimum(a, b, out=b)  # min(p, q)
         total = b.sum(-1)  # alpha
         ratio = None
         if need_su:
-            torch.ge(b, a, out=b).mul_(a)  # u q, u = 1[min(p, q) == q]
+            torch.ge(b, a, out=b).mul_(a)  # u q: min(p, q) is q itself exactly where q <= p
             ratio = b.sum(-1) / total  # s / alpha
         return total.log(), ratio, None
 

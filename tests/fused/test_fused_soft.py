@@ -216,6 +216,32 @@ def test_scratch_stays_within_the_documented_buffers(spec, mode, tiles):
     assert (step_rows + piece_rows) * 800 + scratch <= SOFT_BUFFERS * step_rows * 800 + rounding
 
 
+@pytest.mark.parametrize("step", [4, 12, 100])
+def test_target_logits_are_half_height_whatever_the_sub_chunk(step):
+    """A chunk smaller than one sub-chunk (the default on CPU is 128 blocks) still splits its target
+    logits in two halves: the target buffer holds half the rows the logits buffer holds."""
+    objective = build_loss("lk-alpha")
+    head, hidden, target, mask = make_batch(vocab=300)  # 12 blocks
+    plan, _ = soft_plan(objective)
+    soft_pass = SoftPass(objective, plan, head.weight, head.bias, step=step, slots=8, want_grad=True)
+    allocated = []
+    real_empty = torch.empty
+
+    def spy(*shape, **kwargs):
+        out = real_empty(*shape, **kwargs)
+        if out.dim() == 2 and out.shape[1] == 300:
+            allocated.append(out.shape[0])
+        return out
+
+    torch.empty = spy
+    try:
+        soft_pass.run(hidden, target_states(hidden), target, mask)
+    finally:
+        torch.empty = real_empty
+    logits_rows = min(step, 12) * 8
+    assert allocated == [logits_rows, logits_rows // 2]
+
+
 def test_plan_names_directions():
     plan, _ = soft_plan(build_loss("dpace + 0.5*lk-lambda"))
     assert plan.directions == (("la", 1.0), ("kl", 1.0), "nlq") and not plan.combined
