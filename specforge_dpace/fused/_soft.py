@@ -178,8 +178,8 @@ class SoftPass:
 
     * ``"la"`` -- one temperature, one numerator entry, no KL read (lk-alpha, tv, every soft twin):
       no scratch at all.  A = exp(log_softmax(z)) (q, after the cross-entropy is read), B =
-      softmax(z_p) (p), both in place; ``B = min(A, B)``, ``alpha = sum B``; ``B = (B >= A) * A`` (u q),
-      ``s = sum B``; then ``A = c0 A + (c_la / alpha) B``.
+      exp(log_softmax(z_p)) (p), both in place; ``B = min(A, B)``, ``alpha = sum B``;
+      ``B = (B >= A) * A`` (u q), ``s = sum B``; then ``A = c0 A + (c_la / alpha) B``.
     * ``"fast"`` -- one temperature, one numerator entry, KL read: statistics over column tiles with
       one or two scratch tiles, directions summed in place.
     * ``"general"`` -- several numerator entries or temperatures: unit directions per column tile,
@@ -352,10 +352,7 @@ class SoftPass:
         if self.b_inplace:
             if t_one != 1.0:
                 b.div_(t_one)
-            if self.mode == "la":
-                torch.softmax(b, -1, out=b)  # p (the la form compares and sums in linear space)
-            else:
-                torch.log_softmax(b, -1, out=b)
+            torch.log_softmax(b, -1, out=b)  # (p as exp of this, never softmax: see _stats_la)
         # per-row normalizers for temperatures computed on the fly (log q_T / log p_T tiles)
         self.lq, self.lp = {}, {}
         for t in plan.temperatures:
@@ -432,10 +429,14 @@ class SoftPass:
 
     # ------------------------------------------------------------------ statistics
     def _stats_la(self, a: Tensor, b: Tensor, need_su: bool):
-        """``"la"`` form, full width, no scratch: a (log q) becomes q, b (p) becomes u q (or min(p, q)).
+        """``"la"`` form, full width, no scratch: a (log q) becomes q, b (log p) becomes u q (or min(p, q)).
 
-        Sums are torch sums over tensors formed in place (accurate over any V; a batched dot is not)."""
+        p is exp(log p), as the plain path forms it: exp is monotone, so q <= p exactly where
+        log q <= log p (exact ties, which occur at large V, stay on the q side as there; a softmax of
+        the logits would round differently and move some).  Sums are torch sums over tensors formed in
+        place (accurate over any V; a batched dot is not)."""
         a.exp_()  # q
+        b.exp_()  # p
         torch.minimum(a, b, out=b)  # min(p, q)
         total = b.sum(-1)  # alpha
         ratio = None
