@@ -78,8 +78,14 @@ def align_target_hidden(target_last_hidden: Tensor, anchor_positions: Tensor, bl
     return gathered.reshape(batch, anchor_positions.shape[1], block_size, width)
 
 
-def soft_statistics(objective: Any, lm_head: Any, logits: Tensor, target_hidden: Optional[Tensor]) -> dict:
-    """Soft statistics of one chunk at every temperature the objective reads (target head frozen)."""
+def soft_statistics(
+    objective: Any, lm_head: Any, logits: Tensor, target_hidden: Optional[Tensor], target_ids: Optional[Tensor] = None
+):
+    """Soft statistics of one chunk at every temperature the objective reads (target head frozen).
+
+    With ``target_ids`` it returns ``(soft, neg_log_q)``: the hard cross-entropy comes from the
+    temperature-1 statistics' own log-softmax when the objective reads T = 1 (one log-softmax of the
+    logits, not two), else from ``F.cross_entropy``."""
     from ..losses import soft_slot_stats
 
     if target_hidden is None:
@@ -87,7 +93,19 @@ def soft_statistics(objective: Any, lm_head: Any, logits: Tensor, target_hidden:
     batch, blocks, slots, width = target_hidden.shape
     with torch.no_grad():
         target_logits = lm_head(target_hidden.reshape(batch, blocks * slots, width)).reshape(batch, blocks, slots, -1)
-    return {t: soft_slot_stats(logits, t, target_logits=target_logits) for t in objective.soft_temperatures}
+    if target_ids is None:
+        return {t: soft_slot_stats(logits, t, target_logits=target_logits) for t in objective.soft_temperatures}
+    soft, neg_log_q = {}, None
+    for t in objective.soft_temperatures:
+        if t == 1.0:
+            soft[t], neg_log_q = soft_slot_stats(logits, t, target_logits=target_logits, labels=target_ids)
+        else:
+            soft[t] = soft_slot_stats(logits, t, target_logits=target_logits)
+    if neg_log_q is None:
+        neg_log_q = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target_ids.reshape(-1), reduction="none"
+        ).reshape_as(target_ids)
+    return soft, neg_log_q
 
 
 def soft_metric_terms(soft: dict, weight_mask: Tensor, target_ids: Tensor) -> tuple[Tensor, ...]:
@@ -118,10 +136,12 @@ def objective_chunk_terms(
     surrogate_den, accept_pos_num[K], accept_pos_den[K]``, then, for soft-label objectives only
     (``target_hidden`` = the aligned target states of the chunk), :func:`soft_metric_terms`.
     """
-    neg_log_q, logits = per_slot_cross_entropy(lm_head, hidden, target_ids)
-    soft = None
-    if getattr(objective, "needs_target", False):
-        soft = soft_statistics(objective, lm_head, logits, target_hidden)
+    if not getattr(objective, "needs_target", False):
+        neg_log_q, logits = per_slot_cross_entropy(lm_head, hidden, target_ids)
+        return slot_terms(objective, neg_log_q, target_ids, weight_mask, logits=logits)
+    batch, blocks, slots, width = hidden.shape
+    logits = lm_head(hidden.reshape(batch, blocks * slots, width)).reshape(batch, blocks, slots, -1)
+    soft, neg_log_q = soft_statistics(objective, lm_head, logits, target_hidden, target_ids)
     return slot_terms(objective, neg_log_q, target_ids, weight_mask, logits=logits, soft=soft)
 
 
@@ -137,9 +157,14 @@ def slot_terms(
 ) -> tuple[Tensor, ...]:
     """:func:`objective_chunk_terms` from per-slot tensors the caller formed (e.g. logits after a draft-side
     head): ``correct`` (detached argmax == label) is taken as given or derived from ``logits``."""
+
+    def argmax_correct() -> Tensor:
+        with torch.no_grad():  # argmax q: the soft statistics' own when there are some (formed once)
+            draft_ids = next(iter(soft.values())).draft_ids if soft else logits.argmax(dim=-1)
+            return draft_ids == target_ids
+
     if correct is None and objective.needs_correct:
-        with torch.no_grad():
-            correct = logits.argmax(dim=-1) == target_ids
+        correct = argmax_correct()
     if getattr(objective, "needs_target", False):
         num, den = objective.chunk_terms(neg_log_q, weight_mask, correct, soft=soft)
     else:
@@ -147,7 +172,7 @@ def slot_terms(
     # Detached work after the objective: checkpoint recomputation in backward stops early here.
     with torch.no_grad():
         if correct is None:
-            correct = logits.argmax(dim=-1) == target_ids
+            correct = argmax_correct()
         correct_num = (correct & (weight_mask > 0.5)).sum().float()
         accuracy_den = weight_mask.sum()
         metrics = acceptance_terms(neg_log_q, weight_mask, correct)

@@ -17,8 +17,7 @@ s = sum_x q_x u_x (the fused path uses the same convention).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
@@ -41,15 +40,44 @@ def kl_key(temperature: float) -> tuple[str, float]:
     return ("kl", float(temperature))
 
 
-@dataclass
-class SoftSlots:
-    """Per-slot statistics of q against p at one temperature, ``[B, N, K]`` each (fp32 or fp64)."""
+class _Deferred:
+    """A detached tensor formed when first read, then kept (the plain path's argmaxes: deferred past the
+    objective, a checkpoint's recomputation, which stops at the last saved tensor, never forms them)."""
 
-    temperature: float
-    log_alpha: Tensor  # log acceptance rate; carries grad
-    kl: Tensor  # KL(p || q); carries grad
-    teacher_ids: Tensor  # argmax p (long, detached)
-    draft_ids: Tensor  # argmax q (long, detached; the same at every temperature)
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make: Callable[[], Tensor]):
+        self._make, self._value = make, None
+
+    def get(self) -> Tensor:
+        if self._value is None:
+            self._value = self._make()
+            self._make = None
+        return self._value
+
+
+class SoftSlots:
+    """Per-slot statistics of q against p at one temperature, ``[B, N, K]`` each (fp32 or fp64).
+
+    ``teacher_ids`` (argmax p) and ``draft_ids`` (argmax q, the same at every temperature) are long
+    tensors, detached; either may be given as a zero-argument function, called when first read."""
+
+    __slots__ = ("temperature", "log_alpha", "kl", "_teacher", "_draft")
+
+    def __init__(self, temperature: float, log_alpha: Tensor, kl: Tensor, teacher_ids, draft_ids):
+        self.temperature = temperature
+        self.log_alpha = log_alpha  # log acceptance rate; carries grad
+        self.kl = kl  # KL(p || q); carries grad
+        self._teacher = teacher_ids if isinstance(teacher_ids, _Deferred) else _deferred(teacher_ids)
+        self._draft = draft_ids if isinstance(draft_ids, _Deferred) else _deferred(draft_ids)
+
+    @property
+    def teacher_ids(self) -> Tensor:
+        return self._teacher.get()
+
+    @property
+    def draft_ids(self) -> Tensor:
+        return self._draft.get()
 
     @property
     def alpha(self) -> Tensor:
@@ -61,7 +89,16 @@ class SoftSlots:
         return self.draft_ids == self.teacher_ids
 
     def detached(self) -> "SoftSlots":
-        return SoftSlots(self.temperature, self.log_alpha.detach(), self.kl.detach(), self.teacher_ids, self.draft_ids)
+        """The same statistics without grad (the deferred argmaxes shared, formed at most once)."""
+        return SoftSlots(self.temperature, self.log_alpha.detach(), self.kl.detach(), self._teacher, self._draft)
+
+
+def _deferred(ids) -> _Deferred:
+    if callable(ids):
+        return _Deferred(ids)
+    cell = _Deferred(lambda: ids)
+    cell.get()
+    return cell
 
 
 SoftInput = Union[SoftSlots, Mapping[float, SoftSlots], None]
@@ -73,44 +110,67 @@ def _log_probs(logits: Tensor, temperature: float) -> Tensor:
 
 
 class _SoftStatistics(torch.autograd.Function):
-    """``(log_alpha, kl)`` of draft logits against fixed target log-probabilities, with the gradient of
-    DESIGN.md 3.1 written out: two saved ``[.., V]`` tensors and a handful of element-wise passes,
-    where autograd through ``where``/``logsumexp`` chains costs several times more on CPU.
+    """``(log_alpha, kl[, neg_log_q])`` of draft logits against fixed target log-probabilities, with the
+    gradient of DESIGN.md 3.1 written out: three saved ``[.., V]`` tensors (log q, log p, p) and few
+    element-wise passes, most in place, where autograd through ``where``/``logsumexp`` chains costs
+    several times more on CPU.  Given ``labels`` it also returns the hard cross-entropy ``-log q[label]`` from the same
+    ``log q`` (what a hook would otherwise form with a second log-softmax of the logits).
 
-    Backward combines both statistics into one upstream gradient over ``log q``,
-    ``G = g_la * min(p, q) / alpha * u - g_kl * p`` (u = 1[q <= p]: ties on the q side), and runs
-    the very kernel autograd uses for ``log_softmax`` on it, so with p = onehot(label) the gradient
-    is bit for bit cross-entropy's.
+    Backward combines every statistic into one upstream gradient over ``log q``,
+    ``G = g_la * u q / alpha - g_kl * p - g_ce * onehot(label)`` (u = 1[q <= p]: ties on the q side;
+    where u = 1, min(p, q) = q), and runs the very kernel autograd uses for ``log_softmax`` on it, so
+    with p = onehot(label) the gradient is bit for bit cross-entropy's.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, log_p: Tensor, temperature: float):  # type: ignore[override]
+    def forward(ctx, logits: Tensor, log_p: Tensor, temperature: float, labels: Optional[Tensor] = None):  # type: ignore[override]
+        ctx.set_materialize_grads(False)  # an unused statistic's gradient stays None: no pass for it
+        # Fresh [.., V] buffers cost about three in-place passes each on a CPU (page faults), so the
+        # forward allocates three (log q, p, one scratch) and works in place in them.
         log_q = _log_probs(logits, temperature)
-        log_alpha = torch.logsumexp(torch.minimum(log_q, log_p), dim=-1)
+        scratch = torch.minimum(log_q, log_p)
+        top = scratch.amax(dim=-1, keepdim=True)  # logsumexp in place: finite, as log p never is -inf everywhere
+        log_alpha = scratch.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(-1))
+        # KL = sum p (log p - log q); where p = 0 (log p = -inf) the clamped difference is finite, so 0, not NaN
         p = torch.exp(log_p)
-        finite_log_p = log_p.clamp_min(torch.finfo(log_p.dtype).min)  # 0 * log 0 terms are 0, not NaN
-        kl = (p * finite_log_p).sum(dim=-1) - (p * log_q).sum(dim=-1)
-        ctx.save_for_backward(log_q, log_p, log_alpha)
+        torch.sub(log_p, log_q, out=scratch)
+        kl = scratch.clamp_min_(torch.finfo(log_q.dtype).min).mul_(p).sum(dim=-1)
+        del scratch
+        ctx.save_for_backward(log_q, log_p, p, log_alpha, labels)
         ctx.temperature = temperature
         ctx.logits_dtype = logits.dtype
-        return log_alpha, kl
+        if labels is None:
+            return log_alpha, kl
+        return log_alpha, kl, -log_q.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
     @staticmethod
-    def backward(ctx, grad_log_alpha: Tensor, grad_kl: Tensor):  # type: ignore[override]
-        log_q, log_p, log_alpha = ctx.saved_tensors
+    def backward(ctx, grad_log_alpha: Tensor, grad_kl: Tensor, grad_neg_log_q: Optional[Tensor] = None):  # type: ignore[override]
+        log_q, log_p, p, log_alpha, labels = ctx.saved_tensors
         upstream = None
         if grad_log_alpha is not None:
-            share = torch.exp(torch.minimum(log_q, log_p) - log_alpha.unsqueeze(-1))  # min(p, q) / alpha
-            upstream = share * (log_q <= log_p).to(share.dtype) * grad_log_alpha.unsqueeze(-1)
+            # min(p, q) / alpha (<= 1: never overflows) times u; where u = 1 that is q / alpha
+            upstream = torch.minimum(log_q, log_p).sub_(log_alpha.unsqueeze(-1)).exp_()
+            upstream.mul_(log_q <= log_p).mul_(grad_log_alpha.unsqueeze(-1))
         if grad_kl is not None:
-            kl_part = torch.exp(log_p) * grad_kl.unsqueeze(-1)
-            upstream = -kl_part if upstream is None else upstream - kl_part
+            if upstream is None:
+                upstream = p * grad_kl.neg().unsqueeze(-1)
+            else:
+                upstream.addcmul_(p, grad_kl.unsqueeze(-1), value=-1.0)
+        if grad_neg_log_q is not None and labels is not None:
+            if upstream is None:
+                upstream = torch.zeros_like(log_q)
+            upstream.scatter_add_(-1, labels.unsqueeze(-1), -grad_neg_log_q.unsqueeze(-1).to(upstream.dtype))
         if upstream is None:
-            return None, None, None
+            return None, None, None, None
         grad = torch._log_softmax_backward_data(upstream, log_q, -1, log_q.dtype)
         if ctx.temperature != 1.0:
-            grad = grad / ctx.temperature
-        return grad.to(ctx.logits_dtype), None, None
+            grad.div_(ctx.temperature)
+        return grad.to(ctx.logits_dtype), None, None, None
+
+
+def _argmax(values: Tensor) -> Tensor:
+    with torch.no_grad():
+        return values.argmax(dim=-1)
 
 
 def soft_slot_stats(
@@ -119,17 +179,21 @@ def soft_slot_stats(
     *,
     target_logits: Optional[Tensor] = None,
     target_log_probs: Optional[Tensor] = None,
-) -> SoftSlots:
+    labels: Optional[Tensor] = None,
+) -> Union[SoftSlots, tuple[SoftSlots, Tensor]]:
     """Soft statistics of one chunk: ``draft_logits [..., V]`` (carries grad) against the target.
 
     The target comes as logits (``p = softmax(target_logits / T)``) or as log-probabilities that
     already are at this temperature (e.g. ``log(onehot)`` in tests); it never carries grad.
-    Low-precision logits are upcast to fp32 first.
+    Low-precision logits are upcast to fp32 first.  With ``labels`` (temperature 1 only) it returns
+    ``(slots, neg_log_q)``, the hard cross-entropy formed from the same log-softmax (with grad).
     """
     if (target_logits is None) == (target_log_probs is None):
         raise ValueError("soft_slot_stats: pass exactly one of target_logits and target_log_probs")
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"soft_slot_stats: temperature must be > 0, got {temperature!r}")
+    if labels is not None and float(temperature) != 1.0:
+        raise ValueError(f"soft_slot_stats: labels give the cross-entropy at temperature 1, not {temperature:g}")
     target = target_logits if target_logits is not None else target_log_probs
     if target.shape != draft_logits.shape:
         raise ValueError(
@@ -139,14 +203,14 @@ def soft_slot_stats(
     with torch.no_grad():
         if target_logits is not None:
             log_p = _log_probs(target_logits, float(temperature))
-            teacher_ids = target_logits.argmax(dim=-1)
         else:
             work = torch.float32 if draft_logits.dtype in (torch.bfloat16, torch.float16) else draft_logits.dtype
             log_p = target_log_probs.to(work)
-            teacher_ids = target_log_probs.argmax(dim=-1)
-        draft_ids = draft_logits.detach().argmax(dim=-1)
-    log_alpha, kl = _SoftStatistics.apply(draft_logits, log_p, float(temperature))
-    return SoftSlots(float(temperature), log_alpha, kl, teacher_ids, draft_ids)
+    outputs = _SoftStatistics.apply(draft_logits, log_p, float(temperature), labels)
+    draft = draft_logits.detach()
+    # argmaxes formed when first read: after the objective (the metrics), so never in a recomputation
+    slots = SoftSlots(float(temperature), outputs[0], outputs[1], lambda: _argmax(target), lambda: _argmax(draft))
+    return slots if labels is None else (slots, outputs[2])
 
 
 def pick_soft(soft: SoftInput, temperature: float, name: str) -> SoftSlots:

@@ -53,12 +53,16 @@ class SoftTwin(BlockObjective):
 
     def chunk_terms(self, neg_log_q, weight_mask, correct=None, soft=None):
         slots = pick_soft(soft, self.temperature, self.name)
-        return self.base.chunk_terms(-slots.log_alpha, weight_mask, slots.teacher_correct)
+        return self.base.chunk_terms(-slots.log_alpha, weight_mask, self._correct(slots))
 
     def slot_grad(self, neg_log_q, weight_mask, correct=None, soft=None) -> dict:
         slots = pick_soft(soft, self.temperature, self.name).detached()
-        grad = self.base.slot_grad(-slots.log_alpha, weight_mask, slots.teacher_correct)
+        grad = self.base.slot_grad(-slots.log_alpha, weight_mask, self._correct(slots))
         return {log_alpha_key(self.temperature): -grad}  # d a / d log alpha = -1
+
+    def _correct(self, slots):
+        """argmax q == argmax p, formed only for a base that reads it (the argmaxes are deferred)."""
+        return slots.teacher_correct if self.base.needs_correct else None
 
     def final_denominators(self, den, batch_size):
         return self.base.final_denominators(den, batch_size)

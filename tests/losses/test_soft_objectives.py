@@ -449,3 +449,36 @@ def test_cross_microbatch_normalization_is_exact_for_single_soft_terms(spec):
     whole = objective.reduce(*objective.chunk_terms(torch.zeros(B, N, K), mask, soft=soft), B)
     total = sum(v.numerator for v in reported) / sum(v.denominator for v in reported)
     torch.testing.assert_close(total, whole.loss, rtol=1e-12, atol=1e-14)
+
+
+def test_labels_give_the_cross_entropy_from_the_same_log_softmax():
+    """The hook forms the hard cross-entropy from the statistics' own log q (one log-softmax of the
+    logits): the value is F.cross_entropy's bit for bit, and a loss reading both the cross-entropy and
+    the soft statistics has the gradient of the two formed separately."""
+    z, zp, y, _ = batch(seed=11, dtype=torch.float32)
+    slots, nlq = soft_slot_stats(z, 1.0, target_logits=zp, labels=y)
+    expected = F.cross_entropy(z.reshape(-1, V), y.reshape(-1), reduction="none").view(B, N, K)
+    assert torch.equal(nlq, expected)
+    (0.3 * nlq.sum() - slots.log_alpha.sum() + 0.7 * slots.kl.sum()).backward()
+    shared = z.grad.clone()
+    z.grad = None
+    apart = soft_slot_stats(z, 1.0, target_logits=zp)
+    ce = F.cross_entropy(z.reshape(-1, V), y.reshape(-1), reduction="none").view(B, N, K)
+    (0.3 * ce.sum() - apart.log_alpha.sum() + 0.7 * apart.kl.sum()).backward()
+    torch.testing.assert_close(shared, z.grad, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="temperature 1"):
+        soft_slot_stats(z, 0.5, target_logits=zp, labels=y)
+
+
+def test_an_unused_statistic_costs_no_gradient_and_changes_nothing():
+    """Only KL read, or only log alpha: the gradient is that statistic's alone (DESIGN table rows)."""
+    z, zp, _, _ = batch(seed=12)
+    soft_slot_stats(z, 1.0, target_logits=zp).kl.sum().backward()
+    q, p = torch.softmax(z.detach(), -1), torch.softmax(zp, -1)
+    torch.testing.assert_close(z.grad, q - p, rtol=1e-10, atol=1e-12)
+    z.grad = None
+    stats = soft_slot_stats(z, 1.0, target_logits=zp)
+    stats.log_alpha.sum().backward()
+    u = (q <= p).to(q.dtype)
+    alpha = torch.minimum(p, q).sum(-1, keepdim=True)
+    torch.testing.assert_close(z.grad, q * (u - (q * u).sum(-1, keepdim=True)) / alpha, rtol=1e-10, atol=1e-12)
