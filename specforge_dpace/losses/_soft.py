@@ -104,68 +104,113 @@ def _deferred(ids) -> _Deferred:
 SoftInput = Union[SoftSlots, Mapping[float, SoftSlots], None]
 
 
-def _log_probs(logits: Tensor, temperature: float) -> Tensor:
-    work = logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
-    return torch.log_softmax(work if temperature == 1.0 else work / temperature, dim=-1)
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+#: Rows of one tile of the plain path's statistics: about 2M elements (8 MB in fp32), so the three tile
+#: buffers stay in cache and are allocated once per call, whatever the chunk's size.
+TILE_ELEMENTS = 1 << 21
+
+
+def _log_probs_into(values: Tensor, temperature: float, out: Tensor, already_log_probs: bool = False) -> Tensor:
+    """``log_softmax(values / T)`` written into ``out`` (values already log-probabilities: copied as they are)."""
+    if already_log_probs:
+        return out.copy_(values)
+    if values.dtype != out.dtype or temperature != 1.0:
+        out.copy_(values)
+        if temperature != 1.0:
+            out.div_(temperature)
+        return torch.log_softmax(out, -1, out=out)
+    return torch.log_softmax(values, -1, out=out)
 
 
 class _SoftStatistics(torch.autograd.Function):
-    """``(log_alpha, kl[, neg_log_q])`` of draft logits against fixed target log-probabilities, with the
-    gradient of DESIGN.md 3.1 written out: three saved ``[.., V]`` tensors (log q, log p, p) and few
-    element-wise passes, most in place, where autograd through ``where``/``logsumexp`` chains costs
-    several times more on CPU.  Given ``labels`` it also returns the hard cross-entropy ``-log q[label]`` from the same
-    ``log q`` (what a hook would otherwise form with a second log-softmax of the logits).
+    """``(log_alpha, kl[, neg_log_q])`` of draft logits against the target's, with the gradient of
+    DESIGN.md 3.1 written out, formed tile by tile of rows: no ``[.., V]`` tensor is allocated but the
+    gradient, and none is saved but the two logits tensors the caller holds anyway (log q and log p are
+    recomputed per tile in backward, in cache).  On a CPU every fresh full-size buffer costs page faults
+    and every full-width pass a sweep of memory, which at real sizes cost more than the products.
+    Given ``labels`` it also returns the hard cross-entropy ``-log q[label]`` from the same log q (what a
+    hook would otherwise form with a second log-softmax of the logits).
 
-    Backward combines every statistic into one upstream gradient over ``log q``,
-    ``G = g_la * u q / alpha - g_kl * p - g_ce * onehot(label)`` (u = 1[q <= p]: ties on the q side;
-    where u = 1, min(p, q) = q), and runs the very kernel autograd uses for ``log_softmax`` on it, so
-    with p = onehot(label) the gradient is bit for bit cross-entropy's.
+    Backward combines every statistic into one upstream gradient over ``log q`` per tile,
+    ``G = g_la * u min(p, q) / alpha - g_kl * p - g_ce * onehot(label)`` (u = 1[q <= p]: ties on the q
+    side), and runs the very kernel autograd uses for ``log_softmax`` on it, so with p = onehot(label)
+    the gradient is bit for bit cross-entropy's.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, log_p: Tensor, temperature: float, labels: Optional[Tensor] = None):  # type: ignore[override]
+    def forward(ctx, logits, target, temperature, labels, target_is_log_probs):  # type: ignore[override]
         ctx.set_materialize_grads(False)  # an unused statistic's gradient stays None: no pass for it
-        # Fresh [.., V] buffers cost about three in-place passes each on a CPU (page faults), so the
-        # forward allocates three (log q, p, one scratch) and works in place in them.
-        log_q = _log_probs(logits, temperature)
-        scratch = torch.minimum(log_q, log_p)
-        top = scratch.amax(dim=-1, keepdim=True)  # logsumexp in place: finite, as log p never is -inf everywhere
-        log_alpha = scratch.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(-1))
-        # KL = sum p (log p - log q); where p = 0 (log p = -inf) the clamped difference is finite, so 0, not NaN
-        p = torch.exp(log_p)
-        torch.sub(log_p, log_q, out=scratch)
-        kl = scratch.clamp_min_(torch.finfo(log_q.dtype).min).mul_(p).sum(dim=-1)
-        del scratch
-        ctx.save_for_backward(log_q, log_p, p, log_alpha, labels)
-        ctx.temperature = temperature
-        ctx.logits_dtype = logits.dtype
-        if labels is None:
-            return log_alpha, kl
-        return log_alpha, kl, -log_q.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        vocab = logits.shape[-1]
+        z, t = logits.reshape(-1, vocab), target.reshape(-1, vocab)
+        flat_labels = None if labels is None else labels.reshape(-1, 1)
+        work = _work_dtype(logits.dtype)
+        rows = z.shape[0]
+        log_alpha = torch.empty(rows, dtype=work, device=z.device)
+        kl = torch.empty_like(log_alpha)
+        neg_log_q = None if labels is None else torch.empty_like(log_alpha)
+        step = max(1, TILE_ELEMENTS // max(vocab, 1))
+        a, b, c = (torch.empty((min(step, rows), vocab), dtype=work, device=z.device) for _ in range(3))
+        floor = torch.finfo(work).min
+        for start in range(0, rows, step):
+            end = min(start + step, rows)
+            log_q, log_p, scratch = a[: end - start], b[: end - start], c[: end - start]
+            _log_probs_into(z[start:end], temperature, log_q)
+            _log_probs_into(t[start:end], temperature, log_p, target_is_log_probs)
+            # log alpha = logsumexp(min(log p, log q)), in place (finite: log p is never -inf everywhere)
+            torch.minimum(log_q, log_p, out=scratch)
+            top = scratch.amax(dim=-1, keepdim=True)
+            log_alpha[start:end] = scratch.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(-1))
+            # KL = sum p (log p - log q); where p = 0 the clamped difference is finite, so 0, not NaN
+            torch.sub(log_p, log_q, out=scratch).clamp_min_(floor)
+            kl[start:end] = scratch.mul_(log_p.exp_()).sum(dim=-1)
+            if neg_log_q is not None:
+                neg_log_q[start:end] = -log_q.gather(-1, flat_labels[start:end]).squeeze(-1)
+        ctx.save_for_backward(logits, target, log_alpha, labels)
+        ctx.settings = (temperature, bool(target_is_log_probs), step)
+        shape = logits.shape[:-1]
+        outputs = (log_alpha.view(shape), kl.view(shape))
+        return outputs if neg_log_q is None else (*outputs, neg_log_q.view(shape))
 
     @staticmethod
-    def backward(ctx, grad_log_alpha: Tensor, grad_kl: Tensor, grad_neg_log_q: Optional[Tensor] = None):  # type: ignore[override]
-        log_q, log_p, p, log_alpha, labels = ctx.saved_tensors
-        upstream = None
-        if grad_log_alpha is not None:
-            # min(p, q) / alpha (<= 1: never overflows) times u; where u = 1 that is q / alpha
-            upstream = torch.minimum(log_q, log_p).sub_(log_alpha.unsqueeze(-1)).exp_()
-            upstream.mul_(log_q <= log_p).mul_(grad_log_alpha.unsqueeze(-1))
-        if grad_kl is not None:
-            if upstream is None:
-                upstream = p * grad_kl.neg().unsqueeze(-1)
-            else:
-                upstream.addcmul_(p, grad_kl.unsqueeze(-1), value=-1.0)
+    def backward(ctx, grad_log_alpha, grad_kl, grad_neg_log_q=None):  # type: ignore[override]
+        logits, target, log_alpha, labels = ctx.saved_tensors
+        temperature, target_is_log_probs, step = ctx.settings
+        if grad_log_alpha is None and grad_kl is None and (grad_neg_log_q is None or labels is None):
+            return None, None, None, None, None
+        vocab = logits.shape[-1]
+        z, t = logits.reshape(-1, vocab), target.reshape(-1, vocab)
+        work = _work_dtype(logits.dtype)
+        rows = z.shape[0]
+        g_la = None if grad_log_alpha is None else grad_log_alpha.reshape(-1, 1).to(work)
+        g_kl = None if grad_kl is None else grad_kl.reshape(-1, 1).to(work)
+        g_ce = None
         if grad_neg_log_q is not None and labels is not None:
-            if upstream is None:
-                upstream = torch.zeros_like(log_q)
-            upstream.scatter_add_(-1, labels.unsqueeze(-1), -grad_neg_log_q.unsqueeze(-1).to(upstream.dtype))
-        if upstream is None:
-            return None, None, None, None
-        grad = torch._log_softmax_backward_data(upstream, log_q, -1, log_q.dtype)
-        if ctx.temperature != 1.0:
-            grad.div_(ctx.temperature)
-        return grad.to(ctx.logits_dtype), None, None, None
+            g_ce = grad_neg_log_q.reshape(-1, 1).to(work).neg()
+            flat_labels = labels.reshape(-1, 1)
+        grad = torch.empty((rows, vocab), dtype=work, device=z.device)
+        a, b, c = (torch.empty((min(step, rows), vocab), dtype=work, device=z.device) for _ in range(3))
+        for start in range(0, rows, step):
+            end = min(start + step, rows)
+            log_q, log_p, upstream = a[: end - start], b[: end - start], c[: end - start]
+            _log_probs_into(z[start:end], temperature, log_q)
+            _log_probs_into(t[start:end], temperature, log_p, target_is_log_probs)
+            if g_la is not None:
+                # min(p, q) / alpha (<= 1: never overflows) times u; where u = 1 that is q / alpha
+                torch.minimum(log_q, log_p, out=upstream).sub_(log_alpha[start:end, None]).exp_()
+                upstream.mul_(log_q <= log_p).mul_(g_la[start:end])
+            else:
+                upstream.zero_()
+            if g_kl is not None:
+                upstream.addcmul_(log_p.exp_(), g_kl[start:end], value=-1.0)
+            if g_ce is not None:
+                upstream.scatter_add_(-1, flat_labels[start:end], g_ce[start:end])
+            torch.ops.aten._log_softmax_backward_data.out(upstream, log_q, -1, work, out=grad[start:end])
+        if temperature != 1.0:
+            grad.div_(temperature)
+        return grad.view(logits.shape).to(logits.dtype), None, None, None, None
 
 
 def _argmax(values: Tensor) -> Tensor:
@@ -200,13 +245,9 @@ def soft_slot_stats(
             f"soft_slot_stats: target shape {tuple(target.shape)} does not match draft logits "
             f"{tuple(draft_logits.shape)} ([..., V] both)"
         )
-    with torch.no_grad():
-        if target_logits is not None:
-            log_p = _log_probs(target_logits, float(temperature))
-        else:
-            work = torch.float32 if draft_logits.dtype in (torch.bfloat16, torch.float16) else draft_logits.dtype
-            log_p = target_log_probs.to(work)
-    outputs = _SoftStatistics.apply(draft_logits, log_p, float(temperature), labels)
+    outputs = _SoftStatistics.apply(
+        draft_logits, target.detach(), float(temperature), labels, target_log_probs is not None
+    )
     draft = draft_logits.detach()
     # argmaxes formed when first read: after the objective (the metrics), so never in a recomputation
     slots = SoftSlots(float(temperature), outputs[0], outputs[1], lambda: _argmax(target), lambda: _argmax(draft))
