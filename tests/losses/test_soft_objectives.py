@@ -482,3 +482,27 @@ def test_an_unused_statistic_costs_no_gradient_and_changes_nothing():
     u = (q <= p).to(q.dtype)
     alpha = torch.minimum(p, q).sum(-1, keepdim=True)
     torch.testing.assert_close(z.grad, q * (u - (q * u).sum(-1, keepdim=True)) / alpha, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("tile_rows", [1, 5, 36])
+def test_row_tiles_change_nothing(monkeypatch, tile_rows):
+    """The statistics are formed tile by tile of rows (partial last tiles included): every value and
+    gradient is the one-tile result bit for bit, at T = 1 with the shared cross-entropy and at T = 0.7."""
+    from specforge_dpace.losses import _soft
+
+    def run(temperature, with_labels):
+        z, zp, y, _ = batch(seed=13, dtype=torch.float32)
+        if with_labels:
+            slots, nlq = soft_slot_stats(z, temperature, target_logits=zp, labels=y)
+        else:
+            slots, nlq = soft_slot_stats(z, temperature, target_logits=zp), torch.zeros(())
+        (slots.log_alpha.exp().sum() + 0.3 * slots.kl.sum() + 0.2 * nlq.sum()).backward()
+        return slots.log_alpha.detach(), slots.kl.detach(), nlq.detach(), z.grad
+
+    for temperature, with_labels in ((1.0, True), (0.7, False)):
+        whole = run(temperature, with_labels)
+        monkeypatch.setattr(_soft, "TILE_ELEMENTS", tile_rows * V)
+        tiled = run(temperature, with_labels)
+        monkeypatch.undo()
+        for got, want in zip(tiled, whole):
+            assert torch.equal(got, want)
