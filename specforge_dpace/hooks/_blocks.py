@@ -78,14 +78,10 @@ def align_target_hidden(target_last_hidden: Tensor, anchor_positions: Tensor, bl
     return gathered.reshape(batch, anchor_positions.shape[1], block_size, width)
 
 
-def soft_statistics(
-    objective: Any, lm_head: Any, logits: Tensor, target_hidden: Optional[Tensor], target_ids: Optional[Tensor] = None
-):
-    """Soft statistics of one chunk at every temperature the objective reads (target head frozen).
-
-    With ``target_ids`` it returns ``(soft, neg_log_q)``: the hard cross-entropy comes from the
-    temperature-1 statistics' own log-softmax when the objective reads T = 1 (one log-softmax of the
-    logits, not two), else from ``F.cross_entropy``."""
+def soft_statistics(objective: Any, lm_head: Any, logits: Tensor, target_hidden: Optional[Tensor], target_ids: Tensor):
+    """``(soft, neg_log_q)`` of one chunk: the soft statistics at every temperature the objective reads
+    (target head frozen) and the hard cross-entropy, from the temperature-1 statistics' own log-softmax
+    when the objective reads T = 1 (one log-softmax of the logits, not two), else ``F.cross_entropy``."""
     from ..losses import soft_slot_stats
 
     if target_hidden is None:
@@ -93,8 +89,6 @@ def soft_statistics(
     batch, blocks, slots, width = target_hidden.shape
     with torch.no_grad():
         target_logits = lm_head(target_hidden.reshape(batch, blocks * slots, width)).reshape(batch, blocks, slots, -1)
-    if target_ids is None:
-        return {t: soft_slot_stats(logits, t, target_logits=target_logits) for t in objective.soft_temperatures}
     soft, neg_log_q = {}, None
     for t in objective.soft_temperatures:
         if t == 1.0:

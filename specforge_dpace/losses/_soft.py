@@ -17,7 +17,7 @@ s = sum_x q_x u_x (the fused path uses the same convention).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
@@ -46,8 +46,8 @@ class _Deferred:
 
     __slots__ = ("_make", "_value")
 
-    def __init__(self, make: Callable[[], Tensor]):
-        self._make, self._value = make, None
+    def __init__(self, value):
+        self._make, self._value = (value, None) if callable(value) else (None, value)
 
     def get(self) -> Tensor:
         if self._value is None:
@@ -68,8 +68,8 @@ class SoftSlots:
         self.temperature = temperature
         self.log_alpha = log_alpha  # log acceptance rate; carries grad
         self.kl = kl  # KL(p || q); carries grad
-        self._teacher = teacher_ids if isinstance(teacher_ids, _Deferred) else _deferred(teacher_ids)
-        self._draft = draft_ids if isinstance(draft_ids, _Deferred) else _deferred(draft_ids)
+        self._teacher = teacher_ids if isinstance(teacher_ids, _Deferred) else _Deferred(teacher_ids)
+        self._draft = draft_ids if isinstance(draft_ids, _Deferred) else _Deferred(draft_ids)
 
     @property
     def teacher_ids(self) -> Tensor:
@@ -91,14 +91,6 @@ class SoftSlots:
     def detached(self) -> "SoftSlots":
         """The same statistics without grad (the deferred argmaxes shared, formed at most once)."""
         return SoftSlots(self.temperature, self.log_alpha.detach(), self.kl.detach(), self._teacher, self._draft)
-
-
-def _deferred(ids) -> _Deferred:
-    if callable(ids):
-        return _Deferred(ids)
-    cell = _Deferred(lambda: ids)
-    cell.get()
-    return cell
 
 
 SoftInput = Union[SoftSlots, Mapping[float, SoftSlots], None]
@@ -125,6 +117,22 @@ def _log_probs_into(values: Tensor, temperature: float, out: Tensor, already_log
     return torch.log_softmax(values, -1, out=out)
 
 
+def _row_tiles(logits: Tensor, target: Tensor, temperature: float, target_is_log_probs: bool):
+    """``(start, end, log_q, log_p, scratch)`` per tile of rows of ``[R, V]`` views, log q and log p
+    written into three tile buffers allocated once (the tile size: :data:`TILE_ELEMENTS`)."""
+    vocab = logits.shape[-1]
+    rows = logits.shape[0]
+    step = max(1, TILE_ELEMENTS // max(vocab, 1))
+    buffers = [torch.empty((min(step, rows), vocab), dtype=_work_dtype(logits.dtype), device=logits.device)]
+    buffers += [torch.empty_like(buffers[0]) for _ in range(2)]
+    for start in range(0, rows, step):
+        end = min(start + step, rows)
+        log_q, log_p, scratch = (buffer[: end - start] for buffer in buffers)
+        _log_probs_into(logits[start:end], temperature, log_q)
+        _log_probs_into(target[start:end], temperature, log_p, target_is_log_probs)
+        yield start, end, log_q, log_p, scratch
+
+
 class _SoftStatistics(torch.autograd.Function):
     """``(log_alpha, kl[, neg_log_q])`` of draft logits against the target's, with the gradient of
     DESIGN.md 3.1 written out, formed tile by tile of rows: no ``[.., V]`` tensor is allocated but the
@@ -147,18 +155,11 @@ class _SoftStatistics(torch.autograd.Function):
         z, t = logits.reshape(-1, vocab), target.reshape(-1, vocab)
         flat_labels = None if labels is None else labels.reshape(-1, 1)
         work = _work_dtype(logits.dtype)
-        rows = z.shape[0]
-        log_alpha = torch.empty(rows, dtype=work, device=z.device)
+        log_alpha = torch.empty(z.shape[0], dtype=work, device=z.device)
         kl = torch.empty_like(log_alpha)
         neg_log_q = None if labels is None else torch.empty_like(log_alpha)
-        step = max(1, TILE_ELEMENTS // max(vocab, 1))
-        a, b, c = (torch.empty((min(step, rows), vocab), dtype=work, device=z.device) for _ in range(3))
         floor = torch.finfo(work).min
-        for start in range(0, rows, step):
-            end = min(start + step, rows)
-            log_q, log_p, scratch = a[: end - start], b[: end - start], c[: end - start]
-            _log_probs_into(z[start:end], temperature, log_q)
-            _log_probs_into(t[start:end], temperature, log_p, target_is_log_probs)
+        for start, end, log_q, log_p, scratch in _row_tiles(z, t, temperature, target_is_log_probs):
             # log alpha = logsumexp(min(log p, log q)), in place (finite: log p is never -inf everywhere)
             torch.minimum(log_q, log_p, out=scratch)
             top = scratch.amax(dim=-1, keepdim=True)
@@ -169,7 +170,7 @@ class _SoftStatistics(torch.autograd.Function):
             if neg_log_q is not None:
                 neg_log_q[start:end] = -log_q.gather(-1, flat_labels[start:end]).squeeze(-1)
         ctx.save_for_backward(logits, target, log_alpha, labels)
-        ctx.settings = (temperature, bool(target_is_log_probs), step)
+        ctx.settings = (temperature, bool(target_is_log_probs))
         shape = logits.shape[:-1]
         outputs = (log_alpha.view(shape), kl.view(shape))
         return outputs if neg_log_q is None else (*outputs, neg_log_q.view(shape))
@@ -177,26 +178,20 @@ class _SoftStatistics(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_log_alpha, grad_kl, grad_neg_log_q=None):  # type: ignore[override]
         logits, target, log_alpha, labels = ctx.saved_tensors
-        temperature, target_is_log_probs, step = ctx.settings
-        if grad_log_alpha is None and grad_kl is None and (grad_neg_log_q is None or labels is None):
+        temperature, target_is_log_probs = ctx.settings
+        if grad_neg_log_q is None or labels is None:
+            grad_neg_log_q = None
+        if grad_log_alpha is None and grad_kl is None and grad_neg_log_q is None:
             return None, None, None, None, None
         vocab = logits.shape[-1]
         z, t = logits.reshape(-1, vocab), target.reshape(-1, vocab)
         work = _work_dtype(logits.dtype)
-        rows = z.shape[0]
         g_la = None if grad_log_alpha is None else grad_log_alpha.reshape(-1, 1).to(work)
         g_kl = None if grad_kl is None else grad_kl.reshape(-1, 1).to(work)
-        g_ce = None
-        if grad_neg_log_q is not None and labels is not None:
-            g_ce = grad_neg_log_q.reshape(-1, 1).to(work).neg()
-            flat_labels = labels.reshape(-1, 1)
-        grad = torch.empty((rows, vocab), dtype=work, device=z.device)
-        a, b, c = (torch.empty((min(step, rows), vocab), dtype=work, device=z.device) for _ in range(3))
-        for start in range(0, rows, step):
-            end = min(start + step, rows)
-            log_q, log_p, upstream = a[: end - start], b[: end - start], c[: end - start]
-            _log_probs_into(z[start:end], temperature, log_q)
-            _log_probs_into(t[start:end], temperature, log_p, target_is_log_probs)
+        g_ce = None if grad_neg_log_q is None else grad_neg_log_q.reshape(-1, 1).to(work).neg()
+        flat_labels = None if labels is None else labels.reshape(-1, 1)
+        grad = torch.empty(z.shape, dtype=work, device=z.device)
+        for start, end, log_q, log_p, upstream in _row_tiles(z, t, temperature, target_is_log_probs):
             if g_la is not None:
                 # min(p, q) / alpha (<= 1: never overflows) times u; where u = 1 that is q / alpha
                 torch.minimum(log_q, log_p, out=upstream).sub_(log_alpha[start:end, None]).exp_()
