@@ -35,8 +35,9 @@ gradient product once: 4*H*V, so 4/6 = 0.67x when the products dominate.  Soft-l
 also need the target's logits: the plain path forms them in the checkpointed forward and again in the
 recomputation (10*H*V a token, floor 1.67x); the fused path forms them once and runs one gradient
 product per gradient direction it keeps (4*H*V + 2*H*V per direction: 1.00x for one direction --
-lk-alpha, kl, tv, every soft twin, lk-lambda(per_token=true) -- 1.33x for per-position lk-lambda's
-two, 1.67x for dpace + 0.5*lk-lambda's three).
+lk-alpha, kl, tv, every soft twin, lk-lambda(per_token=true), lk-lambda(lagged=true) -- 1.33x for
+per-position lk-lambda's two, 1.67x for dpace + 0.5*lk-lambda's three).  Each path gets its own objective
+object, since lk-lambda(lagged=true) carries its lambda from one call to the next.
 """
 
 from __future__ import annotations
@@ -56,7 +57,15 @@ from specforge_dpace.losses import HARD_NAMES as OBJECTIVES  # noqa: E402  (ever
 
 COMPOSITE = "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"
 #: soft-label objectives of the ``soft`` section (issue 11), ';'-separated on the command line
-SOFT_OBJECTIVES = ("lk-alpha", "lk-lambda", "kl", "tv", "soft-dpace", "dpace + 0.5*lk-lambda")
+SOFT_OBJECTIVES = (
+    "lk-alpha",
+    "lk-lambda",
+    "lk-lambda(lagged=true)",
+    "kl",
+    "tv",
+    "soft-dpace",
+    "dpace + 0.5*lk-lambda",
+)
 SOFT_TARGETS = {"fused_time": 1.1, "fused_mem": 0.6, "plain_time": 1.8}
 
 
@@ -597,16 +606,19 @@ def section_soft(args) -> list[dict]:
                 args.device,
             )
         }
-        objectives = {spec: build_loss(spec) for spec in specs}
-        for spec, objective in objectives.items():
+        # one object per path: lk-lambda(lagged=true) keeps its lambda from call to call
+        objectives = {spec: (build_loss(spec), build_loss(spec)) for spec in specs}
+        for spec, (plain_objective, fused_objective) in objectives.items():
             cases[f"plain {spec}"] = _backward_case(
-                functools.partial(plain_soft_loss, objective, head, hidden, target, mask, states, args.chunk_blocks),
+                functools.partial(
+                    plain_soft_loss, plain_objective, head, hidden, target, mask, states, args.chunk_blocks
+                ),
                 hidden,
                 args.device,
             )
             cases[f"fused {spec}"] = _backward_case(
                 functools.partial(
-                    fused_soft_loss, objective, head, hidden, target, mask, states, args.sub_chunk_tokens
+                    fused_soft_loss, fused_objective, head, hidden, target, mask, states, args.sub_chunk_tokens
                 ),
                 hidden,
                 args.device,
@@ -617,7 +629,7 @@ def section_soft(args) -> list[dict]:
         sub_chunk = args.sub_chunk_tokens or auto_sub_chunk_tokens(
             vocab, args.block_size, args.device.split(":")[0], SOFT_BUFFERS, soft=True
         )
-        for spec, objective in objectives.items():
+        for spec, (_, objective) in objectives.items():
             plain_mem, (plain_loss, plain_grad) = peak_memory_and_result(cases[f"plain {spec}"], args.device)
             fused_mem, (fused_loss, fused_grad) = peak_memory_and_result(cases[f"fused {spec}"], args.device)
             plain_ms, fused_ms = median_ms(times[f"plain {spec}"]), median_ms(times[f"fused {spec}"])

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ._base import BlockObjective, LossValue, Option, Tensor, check_block_tensors, mask_as
+from ._base import BlockObjective, LossValue, Option, OptionError, Tensor, check_block_tensors, mask_as
 from ._weighted import decay_weights
 
 #: Statistic keys of soft-label gradients (``slot_grad`` of soft objectives returns a mapping).
@@ -355,6 +355,50 @@ class TVLoss(SoftObjective):
         return {alpha_key(self.temperature): -self._weights(slots.log_alpha, mask).expand_as(slots.log_alpha)}
 
 
+def _in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass in this thread (a checkpointed chunk
+    being recomputed).  Without the private probe, assume not."""
+    probe = getattr(torch._C, "_current_graph_task_id", None)
+    return probe is not None and probe() != -1
+
+
+class LaggedAlpha:
+    """The previous training micro-batch's mean acceptance rate per slot position
+    (``lk-lambda(lagged=true)``), kept on the objective between calls.
+
+    ``reduce`` records a micro-batch's sums as *pending*; the first read outside a backward pass
+    commits them.  So every chunk of a micro-batch, and its recomputation by activation checkpointing
+    in backward (after ``reduce`` ran), sees the same lambda.  Before any training micro-batch, and
+    at positions never supervised so far, the mean is 0 (lambda = 1: KL only, the LK schedule's start).
+    """
+
+    __slots__ = ("_mean", "_pending")
+
+    def __init__(self) -> None:
+        self._mean: Optional[Tensor] = None
+        self._pending: Optional[tuple[Tensor, Tensor]] = None
+
+    def mean(self, positions: int, like: Tensor) -> Tensor:
+        """``[positions]`` mean alpha in ``like``'s dtype and device (0 where none is known)."""
+        if self._pending is not None and not _in_backward():
+            self._commit()
+        if self._mean is None or self._mean.shape[0] != positions:
+            return torch.zeros(positions, dtype=like.dtype, device=like.device)
+        return self._mean.to(dtype=like.dtype, device=like.device)
+
+    def record(self, alpha_sum: Tensor, count: Tensor) -> None:
+        self._pending = (alpha_sum.detach().clone(), count.detach().clone())
+
+    def _commit(self) -> None:
+        alpha_sum, count = self._pending
+        self._pending = None
+        fresh = alpha_sum / count.clamp_min(1.0)
+        previous = self._mean
+        if previous is not None and previous.shape == fresh.shape:
+            fresh = torch.where(count > 0, fresh, previous.to(fresh))  # unsupervised positions keep theirs
+        self._mean = fresh
+
+
 class LKLambdaLoss(SoftObjective):
     """LK-lambda: ``lambda KL + (1 - lambda) TV`` with ``lambda = exp(-eta * stopgrad(mean alpha))``.
 
@@ -362,8 +406,11 @@ class LKLambdaLoss(SoftObjective):
     formed at reduce time from additive per-position sums (so chunking changes nothing): the
     numerator holds ``K_k = sum m w KL`` and ``T_k = sum m w TV`` per position, the denominator
     ``A_k = sum m alpha``, ``C_k = sum m`` and ``W = sum m w``. ``per_token=true`` uses each
-    token's own alpha instead (vLLM speculators' form). Across ranks and accumulation steps lambda
-    is micro-batch local, as in SpecForge's EAGLE3 LK loss.
+    token's own alpha instead (vLLM speculators' form). ``lagged=true`` takes the per-position mean
+    from the previous training micro-batch (:class:`LaggedAlpha`; lambda = 1 before the first), so
+    lambda is known before the micro-batch's first chunk: one numerator entry, and one gradient
+    product on the fused path instead of two. Across ranks and accumulation steps lambda is
+    micro-batch local, as in SpecForge's EAGLE3 LK loss.
     """
 
     name = "lk-lambda"
@@ -371,9 +418,32 @@ class LKLambdaLoss(SoftObjective):
     options = {
         "eta": Option(3.0, (float,), minimum=0.0, help="lambda = exp(-eta * stopgrad(mean alpha))"),
         "per_token": Option(False, (bool,), help="lambda from each token's alpha instead of the position mean"),
+        "lagged": Option(
+            False,
+            (bool,),
+            help="position means from the previous training micro-batch (lambda = 1 before the first): "
+            "one gradient product on the fused path",
+        ),
         "gamma": GAMMA,
         "temperature": TEMPERATURE,
     }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.per_token and self.lagged:
+            raise OptionError(
+                f"{self.name}: options per_token=true and lagged=true are alternatives (lambda from each "
+                "token's own alpha, or from the previous micro-batch's position means); set one"
+            )
+        self._lagged = LaggedAlpha() if self.lagged else None
+
+    def _lagged_lambdas(self, like: Tensor) -> Tensor:
+        """``[K]`` lambda of the current micro-batch from the previous one's position means."""
+        return torch.exp(-self.eta * self._lagged.mean(like.shape[-1], like))
+
+    def _position_sums(self, alpha: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        valid = mask_as(mask, alpha)
+        return (valid * _valid(alpha.detach(), valid)).sum(dim=(0, 1)), valid.sum(dim=(0, 1))
 
     def _soft_terms(self, slots, mask):
         weights = self._weights(slots.kl, mask)
@@ -383,12 +453,14 @@ class LKLambdaLoss(SoftObjective):
         if self.per_token:
             lam = torch.exp(-self.eta * alpha.detach())
             return (weights * (lam * kl + (1.0 - lam) * tv)).sum(), weights.sum()
-        valid = mask_as(mask, slots.kl)
+        alpha_sum, count = self._position_sums(alpha, mask)
+        den = torch.cat([alpha_sum, count, weights.sum().reshape(1)])
+        if self.lagged:
+            lam = self._lagged_lambdas(slots.kl)
+            return (weights * (lam * kl + (1.0 - lam) * tv)).sum(), den
         per_kl = (weights * kl).sum(dim=(0, 1))
         per_tv = (weights * tv).sum(dim=(0, 1))
-        alpha_sum = (valid * _valid(alpha.detach(), valid)).sum(dim=(0, 1))
-        count = valid.sum(dim=(0, 1))
-        return torch.cat([per_kl, per_tv]), torch.cat([alpha_sum, count, weights.sum().reshape(1)])
+        return torch.cat([per_kl, per_tv]), den
 
     def lambdas(self, den: Tensor) -> Tensor:
         """Per-position lambda from summed denominators ``[A_k, C_k, W]`` (1 where nothing is supervised)."""
@@ -401,18 +473,27 @@ class LKLambdaLoss(SoftObjective):
         if self.per_token:
             return super().reduce(num, den, batch_size)
         den = den.detach()
-        k = num.shape[0] // 2
-        if den.shape[0] != 2 * k + 1:
-            raise ValueError(f"lk-lambda: expected {2 * k + 1} summed denominators for {k} positions, got {den.shape}")
-        lam = self.lambdas(den)
-        numerator = (lam * num[:k] + (1.0 - lam) * num[k:]).sum()
+        k = (den.shape[0] - 1) // 2
+        expected = 1 if self.lagged else 2 * k
+        if den.shape[0] != 2 * k + 1 or num.shape[0] != expected:
+            raise ValueError(
+                f"{self.spec()}: expected {expected} summed numerator entries and {2 * k + 1} denominators for "
+                f"{k} positions, got {tuple(num.shape)} and {tuple(den.shape)}"
+            )
         final = den[2 * k].clamp_min(torch.finfo(den.dtype).tiny)
+        if self.lagged:
+            if num.requires_grad:  # a training micro-batch: its means serve the next one
+                self._lagged.record(den[:k], den[k : 2 * k])
+            numerator = num.reshape(())
+        else:
+            lam = self.lambdas(den)
+            numerator = (lam * num[:k] + (1.0 - lam) * num[k:]).sum()
         return LossValue(numerator / final, numerator, final)
 
     def _soft_grad(self, slots, mask):
         weights = self._weights(slots.kl, mask).expand_as(slots.kl)
-        if self.per_token:
-            lam = torch.exp(-self.eta * slots.alpha)
+        if self.per_token or self.lagged:
+            lam = torch.exp(-self.eta * slots.alpha) if self.per_token else self._lagged_lambdas(slots.kl)
             return {kl_key(self.temperature): weights * lam, alpha_key(self.temperature): -weights * (1.0 - lam)}
         k = weights.shape[-1]
         eye = torch.eye(k, dtype=weights.dtype, device=weights.device).view(k, 1, 1, k)

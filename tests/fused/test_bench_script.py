@@ -87,12 +87,17 @@ def test_soft_section(bench, tmp_path):
     """Soft objectives, plain and fused, beside upstream dflash: every row, its ratios, floors and errors."""
     pytest.importorskip("specforge")
     out = tmp_path / "bench.json"
-    specs = "lk-alpha;lk-lambda;dpace + 0.5*lk-lambda"
+    specs = "lk-alpha;lk-lambda;lk-lambda(lagged=true);dpace + 0.5*lk-lambda"
     assert bench.main(["--sections", "soft", *TOY, "--soft-objectives", specs, "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["soft"]
     assert [row["objective"] for row in rows] == specs.split(";")
     floors = {row["objective"]: (row["grad_buffers"], row["fused_floor_x"]) for row in rows}
-    assert floors == {"lk-alpha": (1, 1.0), "lk-lambda": (2, 8 / 6), "dpace + 0.5*lk-lambda": (3, 10 / 6)}
+    assert floors == {
+        "lk-alpha": (1, 1.0),
+        "lk-lambda": (2, 8 / 6),
+        "lk-lambda(lagged=true)": (1, 1.0),
+        "dpace + 0.5*lk-lambda": (3, 10 / 6),
+    }
     for row in rows:
         assert row["grad_rel_err"] <= 1e-5 and row["loss_rel_err"] <= 1e-5
         assert row["fused_x"] > 0 and row["plain_x"] > 0 and row["upstream_ms"] > 0

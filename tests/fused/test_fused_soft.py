@@ -167,6 +167,7 @@ def test_without_grad_only_values():
     [
         ("lk-alpha", 1),
         ("lk-lambda(per_token=true)", 1),
+        ("lk-lambda(lagged=true)", 1),  # lambda known before the pass: summed like per_token
         ("soft-chain", 1),
         ("lk-lambda", 2),
         ("dpace + 0.5*lk-lambda", 3),
@@ -193,6 +194,7 @@ def test_one_hidden_sized_buffer_per_direction_and_no_logits(spec, buffers):
         ("soft-dpace", "la", 0),
         ("kl", "single", 1),  # one column-tile scratch
         ("lk-lambda(per_token=true)", "single", 1),
+        ("lk-lambda(lagged=true)", "single", 1),
         ("lk-lambda", "single", 1),
         ("dpace + 0.5*lk-lambda", "single", 1),
         ("lk-alpha + soft-dpace", "single", 1),
@@ -372,3 +374,27 @@ def test_exact_ties_at_a_large_vocabulary_go_where_the_plain_path_puts_them(spec
     (plain_grad,) = torch.autograd.grad(plain[0].sum(), hidden)
     (fused_grad,) = torch.autograd.grad(fused[0].sum(), hidden)
     assert rel_err(fused_grad, plain_grad) <= 1e-5
+
+
+@pytest.mark.parametrize("spec", ["lk-lambda(lagged=true)", "dpace + 0.5*lk-lambda(lagged=true,gamma=7)"])
+def test_lagged_lambda_over_successive_micro_batches_equals_the_plain_path(spec):
+    """Each path keeps its own objective (the lagged state lives on it): fed the same micro-batches in
+    turn, both use the same lambda at every step, and agree on values and gradients."""
+    plain_objective, fused_objective = build_loss(spec), build_loss(spec)
+    losses = []
+    for step in range(3):
+        head, hidden, target, mask = make_batch(seed=step)
+        states = target_states(hidden, seed=step)
+        plain = objective_chunk_terms(plain_objective, head, hidden, target, mask, states)
+        fused = fused_totals(fused_objective, head, hidden, target, mask, 16, states)
+        plain_value = plain_objective.reduce(plain[0], plain[1], hidden.shape[0])
+        fused_value = fused_objective.reduce(fused[0], fused[1], hidden.shape[0])
+        check_totals(plain, fused, 1e-5)
+        (plain_grad,) = torch.autograd.grad(plain_value.loss, hidden)
+        (fused_grad,) = torch.autograd.grad(fused_value.loss, hidden)
+        assert rel_err(fused_grad, plain_grad) <= 1e-5
+        losses.append(float(fused_value.loss.detach()))
+    # the state moves: the same batch scored by a fresh objective (lambda = 1) gives another value
+    fresh = build_loss(spec)
+    again = fused_totals(fresh, head, hidden, target, mask, 16, states)
+    assert abs(float(fresh.reduce(again[0], again[1], hidden.shape[0]).loss.detach()) - losses[-1]) > 1e-4

@@ -408,7 +408,14 @@ def test_chunk_size_does_not_change_the_plugin_loss_or_gradients(specforge_insta
 
 @pytest.mark.parametrize(
     "build,spec",
-    [(tiny_domino, "dpace"), (tiny_domino, "lk-lambda"), (tiny_dspark, "lk-lambda"), (tiny_dspark, COMPOSITE)],
+    [
+        (tiny_domino, "dpace"),
+        (tiny_domino, "lk-lambda"),
+        (tiny_domino, "lk-lambda(lagged=true)"),
+        (tiny_dspark, "lk-lambda"),
+        (tiny_dspark, "lk-lambda(lagged=true)"),
+        (tiny_dspark, COMPOSITE),
+    ],
 )
 def test_twenty_steps_on_a_fixed_batch_go_down(specforge_installed, build, spec):
     model, batch = build(loss_type=spec, seed=1)

@@ -119,3 +119,26 @@ def test_hard_objectives_ignore_the_target_hidden_state(specforge_installed):
         with_key = model(**batch)[0]
         torch.manual_seed(5)
         assert torch.equal(model(**without)[0], with_key)
+
+
+def test_lagged_lambda_survives_checkpoint_recomputation(specforge_installed):
+    """SpecForge's checkpointed chunks recompute the objective in backward, after ``reduce`` has recorded
+    this micro-batch's alpha: the recomputation must still use the lambda the forward used (the
+    previous micro-batch's), so chunked and unchunked models agree on the second micro-batch."""
+    _, second_batch = _greedy_setup(seed=1)
+    results = []
+    for chunk in (0, 1):  # 0: one unchecked evaluation; 1: one checkpointed chunk per block
+        model, first_batch = _greedy_setup("lk-lambda(lagged=true)", chunk=chunk)
+        for batch in (first_batch, second_batch):
+            model.zero_grad()
+            torch.manual_seed(3)
+            loss, _, _ = model(**batch)
+            loss.backward()
+        grads = [p.grad.clone() for p in model.draft_model.parameters() if p.grad is not None]
+        results.append((loss.detach(), grads))
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
+    assert g0 and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g0, g1))
+    fresh, _ = _greedy_setup("lk-lambda(lagged=true)", chunk=1)
+    torch.manual_seed(3)
+    assert abs(float(fresh(**second_batch)[0]) - float(l1)) > 1e-5  # lambda did move after the first batch

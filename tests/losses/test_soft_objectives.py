@@ -506,3 +506,114 @@ def test_row_tiles_change_nothing(monkeypatch, tile_rows):
         monkeypatch.undo()
         for got, want in zip(tiled, whole):
             assert torch.equal(got, want)
+
+
+# --- lk-lambda(lagged=true): lambda from the previous training micro-batch ----------------------
+
+
+def _position_means(z, zp, mask, T=1.0):
+    """Loop-written per-position mean alpha over supervised slots (None where a position has none)."""
+    means = []
+    for k in range(K):
+        values = [
+            ref_slot(z[b, n, k].detach(), zp[b, n, k], T)[0] for b in range(B) for n in range(N) if mask[b, n, k] > 0
+        ]
+        means.append(sum(values) / len(values) if values else None)
+    return means
+
+
+def _ref_fixed_lambda(z, zp, mask, lam, gamma=None, T=1.0):
+    w = mask * decay(gamma)
+    num = 0.0
+    for b in range(B):
+        for n in range(N):
+            for k in range(K):
+                alpha, kl, _, _ = ref_slot(z[b, n, k].detach(), zp[b, n, k], T)
+                num += w[b, n, k].item() * (lam[k] * kl + (1 - lam[k]) * (1 - alpha))
+    return num / w.sum().item()
+
+
+def _train_call(objective, z, zp, mask, T=1.0):
+    soft = soft_slot_stats(z, T, target_logits=zp)
+    return objective.reduce(*objective.chunk_terms(torch.zeros(B, N, K, dtype=z.dtype), mask, soft=soft), B)
+
+
+@pytest.mark.parametrize("T", [1.0, 0.5])
+def test_lagged_lk_lambda_takes_lambda_from_the_previous_micro_batch(T):
+    objective = build_loss("lk-lambda", lagged=True, gamma=5.0, eta=2.0, temperature=T)
+    z1, zp1, _, mask1 = batch(seed=21)
+    z2, zp2, _, mask2 = batch(seed=22, masked=False)
+    first = _train_call(objective, z1, zp1, mask1, T)  # nothing seen yet: lambda = 1 (KL only)
+    assert first.loss.item() == pytest.approx(_ref_fixed_lambda(z1, zp1, mask1, [1.0] * K, 5.0, T), rel=1e-10)
+    second = _train_call(objective, z2, zp2, mask2, T)
+    means = _position_means(z1, zp1, mask1, T)
+    lam = [1.0 if m is None else math.exp(-2.0 * m) for m in means]
+    assert second.loss.item() == pytest.approx(_ref_fixed_lambda(z2, zp2, mask2, lam, 5.0, T), rel=1e-10)
+    assert second.loss.item() != pytest.approx(_ref_fixed_lambda(z2, zp2, mask2, [1.0] * K, 5.0, T), rel=1e-6)
+    torch.testing.assert_close(second.loss, second.numerator / second.denominator)
+    # lambda is a constant of the micro-batch: the gradient is lambda_k dKL + (1 - lambda_k) dTV
+    (grad,) = torch.autograd.grad(second.loss, z2)
+    stats = soft_slot_stats(z2, T, target_logits=zp2)
+    lam_t = torch.tensor(lam, dtype=torch.float64)
+    w = mask2 * decay(5.0)
+    fixed = (w * (lam_t * stats.kl + (1 - lam_t) * (1 - stats.alpha))).sum() / w.sum()
+    torch.testing.assert_close(grad, torch.autograd.grad(fixed, z2)[0], rtol=1e-10, atol=1e-14)
+
+
+def test_lagged_lambda_ignores_evaluation_calls_and_keeps_unsupervised_positions():
+    z1, zp1, _, mask1 = batch(seed=23)
+    z2, zp2, _, mask2 = batch(seed=24)
+    z3, zp3, _, mask3 = batch(seed=25)
+    mask2[..., 2] = 0  # position 2 unsupervised in the second training micro-batch
+    objective = build_loss("lk-lambda(lagged=true)")
+    _train_call(objective, z1, zp1, mask1)
+    with torch.no_grad():  # an evaluation micro-batch between two training ones
+        _train_call(objective, z3 * 3, zp3, mask3)
+    _train_call(objective, z2, zp2, mask2)
+    third = _train_call(objective, z3, zp3, mask3)
+    first_means, second_means = _position_means(z1, zp1, mask1), _position_means(z2, zp2, mask2)
+    lam = [1.0] + [math.exp(-3.0 * (second_means[k] if k != 2 else first_means[k])) for k in range(1, K)]
+    assert second_means[2] is None and first_means[2] is not None
+    assert third.loss.item() == pytest.approx(_ref_fixed_lambda(z3, zp3, mask3, lam), rel=1e-10)
+
+
+def test_lagged_lambda_is_chunk_invariant_and_stacks_in_composites():
+    z0, zp0, y0, mask0 = batch(seed=26)
+    z, zp, y, mask = batch(seed=27)
+    objectives = [build_loss("dpace + 0.5*lk-lambda(lagged=true)") for _ in range(3)]
+    nlq_of = lambda logits, labels: F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), reduction="none").view(  # noqa: E731
+        B, N, K
+    )
+    for objective in objectives:  # the same previous micro-batch for every copy
+        soft = soft_slot_stats(z0, 1.0, target_logits=zp0)
+        objective.reduce(*objective.chunk_terms(nlq_of(z0, y0), mask0, z0.argmax(-1) == y0, soft=soft), B)
+
+    def loss(objective, pieces):
+        parts = []
+        for blocks in pieces:
+            soft = soft_slot_stats(z[:, blocks], 1.0, target_logits=zp[:, blocks])
+            nlq = nlq_of(z, y)[:, blocks]
+            parts.append(objective.chunk_terms(nlq, mask[:, blocks], (z.argmax(-1) == y)[:, blocks], soft=soft))
+        return objective.reduce(sum(p[0] for p in parts), sum(p[1] for p in parts), B)
+
+    whole = loss(objectives[0], [slice(None)])
+    chunked = loss(objectives[1], [slice(i, i + 1) for i in range(N)])
+    torch.testing.assert_close(chunked.loss, whole.loss, rtol=1e-12, atol=1e-14)
+    g_whole, g_chunked = (torch.autograd.grad(v.loss, z)[0] for v in (whole, chunked))
+    torch.testing.assert_close(g_chunked, g_whole, rtol=1e-10, atol=1e-14)
+    means = _position_means(z0, zp0, mask0)
+    lam = [1.0 if m is None else math.exp(-3.0 * m) for m in means]
+    dpace = build_loss("dpace")
+    soft = soft_slot_stats(z, 1.0, target_logits=zp)
+    dpace_loss = dpace.reduce(*dpace.chunk_terms(nlq_of(z, y), mask, z.argmax(-1) == y, soft=soft), B).loss
+    expected = dpace_loss.item() + 0.5 * _ref_fixed_lambda(z, zp, mask, lam)
+    assert whole.loss.item() == pytest.approx(expected, rel=1e-10)
+    assert set(whole.parts) == {"dpace", "lk-lambda(lagged=true)"}
+
+
+def test_lagged_and_per_token_are_alternatives():
+    with pytest.raises(ValueError, match="per_token=true and lagged=true are alternatives"):
+        build_loss("lk-lambda(per_token=true, lagged=true)")
+    assert build_loss("lk-lambda(lagged=true)").spec() == "lk-lambda(lagged=true)"
+    with pytest.raises(ValueError, match="lagged=1 has type int"):
+        build_loss("lk-lambda", lagged=1)
