@@ -100,9 +100,17 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
-#: Rows of one tile of the plain path's statistics: about 2M elements (8 MB in fp32), so the three tile
-#: buffers stay in cache and are allocated once per call, whatever the chunk's size.
+#: Rows of one tile of the plain path's statistics on a CPU: about 2M elements (8 MB in fp32), so the three
+#: tile buffers stay in cache and are allocated once per call, whatever the chunk's size.
 TILE_ELEMENTS = 1 << 21
+#: The same on an accelerator, where a tile's cost is its kernel launches, not cache misses: 32M elements
+#: (128 MB in fp32, so the three buffers add 384 MB). With the CPU's tiles (13 rows of V = 151936) an H200
+#: ran the plain path launch-bound at 3.4x upstream dflash (``scripts/gpu_checks.sh``).
+ACCELERATOR_TILE_ELEMENTS = 1 << 25
+
+
+def _tile_elements(device: torch.device) -> int:
+    return TILE_ELEMENTS if device.type == "cpu" else ACCELERATOR_TILE_ELEMENTS
 
 
 def _log_probs_into(values: Tensor, temperature: float, out: Tensor, already_log_probs: bool = False) -> Tensor:
@@ -119,10 +127,11 @@ def _log_probs_into(values: Tensor, temperature: float, out: Tensor, already_log
 
 def _row_tiles(logits: Tensor, target: Tensor, temperature: float, target_is_log_probs: bool):
     """``(start, end, log_q, log_p, scratch)`` per tile of rows of ``[R, V]`` views, log q and log p
-    written into three tile buffers allocated once (the tile size: :data:`TILE_ELEMENTS`)."""
+    written into three tile buffers allocated once (the tile size: :data:`TILE_ELEMENTS` on a CPU,
+    :data:`ACCELERATOR_TILE_ELEMENTS` elsewhere)."""
     vocab = logits.shape[-1]
     rows = logits.shape[0]
-    step = max(1, TILE_ELEMENTS // max(vocab, 1))
+    step = max(1, _tile_elements(logits.device) // max(vocab, 1))
     buffers = [torch.empty((min(step, rows), vocab), dtype=_work_dtype(logits.dtype), device=logits.device)]
     buffers += [torch.empty_like(buffers[0]) for _ in range(2)]
     for start in range(0, rows, step):
