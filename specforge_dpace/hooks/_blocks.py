@@ -90,11 +90,13 @@ def soft_statistics(objective: Any, lm_head: Any, logits: Tensor, target_hidden:
     with torch.no_grad():
         target_logits = lm_head(target_hidden.reshape(batch, blocks * slots, width)).reshape(batch, blocks, slots, -1)
     soft, neg_log_q = {}, None
-    for t in objective.soft_temperatures:
+    for t in objective.soft_temperatures:  # reuse: a checkpoint's recomputation takes the forward's values
         if t == 1.0:
-            soft[t], neg_log_q = soft_slot_stats(logits, t, target_logits=target_logits, labels=target_ids)
+            soft[t], neg_log_q = soft_slot_stats(
+                logits, t, target_logits=target_logits, labels=target_ids, reuse=target_hidden
+            )
         else:
-            soft[t] = soft_slot_stats(logits, t, target_logits=target_logits)
+            soft[t] = soft_slot_stats(logits, t, target_logits=target_logits, reuse=target_hidden)
     if neg_log_q is None:
         neg_log_q = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), target_ids.reshape(-1), reduction="none"

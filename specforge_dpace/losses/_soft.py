@@ -17,6 +17,7 @@ s = sum_x q_x u_x (the fused path uses the same convention).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping, Optional, Union
 
 import torch
@@ -158,8 +159,13 @@ class _SoftStatistics(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, temperature, labels, target_is_log_probs):  # type: ignore[override]
+    def forward(ctx, logits, target, temperature, labels, target_is_log_probs, stored=None):  # type: ignore[override]
         ctx.set_materialize_grads(False)  # an unused statistic's gradient stays None: no pass for it
+        ctx.settings = (temperature, bool(target_is_log_probs))
+        shape = logits.shape[:-1]
+        if stored is not None:  # a checkpoint's recomputation: the forward's values, no pass over [.., V]
+            ctx.save_for_backward(logits, target, stored[0].reshape(-1), labels)
+            return tuple(value.clone() for value in stored)
         vocab = logits.shape[-1]
         z, t = logits.reshape(-1, vocab), target.reshape(-1, vocab)
         flat_labels = None if labels is None else labels.reshape(-1, 1)
@@ -179,8 +185,6 @@ class _SoftStatistics(torch.autograd.Function):
             if neg_log_q is not None:
                 neg_log_q[start:end] = -log_q.gather(-1, flat_labels[start:end]).squeeze(-1)
         ctx.save_for_backward(logits, target, log_alpha, labels)
-        ctx.settings = (temperature, bool(target_is_log_probs))
-        shape = logits.shape[:-1]
         outputs = (log_alpha.view(shape), kl.view(shape))
         return outputs if neg_log_q is None else (*outputs, neg_log_q.view(shape))
 
@@ -191,7 +195,7 @@ class _SoftStatistics(torch.autograd.Function):
         if grad_neg_log_q is None or labels is None:
             grad_neg_log_q = None
         if grad_log_alpha is None and grad_kl is None and grad_neg_log_q is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         vocab = logits.shape[-1]
         z, t = logits.reshape(-1, vocab), target.reshape(-1, vocab)
         work = _work_dtype(logits.dtype)
@@ -214,7 +218,47 @@ class _SoftStatistics(torch.autograd.Function):
             torch.ops.aten._log_softmax_backward_data.out(upstream, log_q, -1, work, out=grad[start:end])
         if temperature != 1.0:
             grad.div_(temperature)
-        return grad.view(logits.shape).to(logits.dtype), None, None, None, None
+        return grad.view(logits.shape).to(logits.dtype), None, None, None, None, None
+
+
+def _in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass in this thread (a checkpointed chunk
+    being recomputed).  Without the private probe, assume not."""
+    probe = getattr(torch._C, "_current_graph_task_id", None)
+    return probe is not None and probe() != -1
+
+
+class _RecomputeStore:
+    """The statistics a forward pass formed for a chunk, kept for its recomputation in backward.
+
+    Activation checkpointing (SpecForge's ``checkpointed_chunk_reduce``) runs a chunk's function again
+    in backward, with the very argument objects of the forward.  The statistics are the costliest
+    element-wise work of the plain path and the recomputation needs only their values (its backward
+    forms log q and log p again anyway), so a forward stores them under an argument of the chunk (the
+    ``reuse`` tensor) and a call made during a backward pass takes them.  Entries are small (three
+    numbers a row) and die with their key tensor (a weak reference), so nothing outlives the graph.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, float, bool], tuple[Any, tuple]] = {}
+
+    def put(self, key: Tensor, temperature: float, with_labels: bool, values: tuple) -> None:
+        slot = (id(key), temperature, with_labels)
+        if slot not in self._entries:
+            weakref.finalize(key, self._entries.pop, slot, None)
+        self._entries[slot] = (weakref.ref(key), values)
+
+    def take(self, key: Tensor, temperature: float, with_labels: bool) -> Optional[tuple]:
+        entry = self._entries.get((id(key), temperature, with_labels))
+        if entry is None or entry[0]() is not key:
+            return None
+        return entry[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+RECOMPUTE_STORE = _RecomputeStore()
 
 
 def _argmax(values: Tensor) -> Tensor:
@@ -229,6 +273,7 @@ def soft_slot_stats(
     target_logits: Optional[Tensor] = None,
     target_log_probs: Optional[Tensor] = None,
     labels: Optional[Tensor] = None,
+    reuse: Optional[Tensor] = None,
 ) -> Union[SoftSlots, tuple[SoftSlots, Tensor]]:
     """Soft statistics of one chunk: ``draft_logits [..., V]`` (carries grad) against the target.
 
@@ -236,6 +281,10 @@ def soft_slot_stats(
     already are at this temperature (e.g. ``log(onehot)`` in tests); it never carries grad.
     Low-precision logits are upcast to fp32 first.  With ``labels`` (temperature 1 only) it returns
     ``(slots, neg_log_q)``, the hard cross-entropy formed from the same log-softmax (with grad).
+    ``reuse``: a tensor that identifies the chunk (an argument of a checkpointed chunk function, e.g. its
+    target hidden states): the values are stored under it, and a call for the same chunk during a
+    backward pass (the checkpoint's recomputation) takes them instead of forming them again
+    (:class:`_RecomputeStore`).
     """
     if (target_logits is None) == (target_log_probs is None):
         raise ValueError("soft_slot_stats: pass exactly one of target_logits and target_log_probs")
@@ -249,12 +298,18 @@ def soft_slot_stats(
             f"soft_slot_stats: target shape {tuple(target.shape)} does not match draft logits "
             f"{tuple(draft_logits.shape)} ([..., V] both)"
         )
+    temperature = float(temperature)
+    stored = None
+    if reuse is not None and _in_backward():
+        stored = RECOMPUTE_STORE.take(reuse, temperature, labels is not None)
     outputs = _SoftStatistics.apply(
-        draft_logits, target.detach(), float(temperature), labels, target_log_probs is not None
+        draft_logits, target.detach(), temperature, labels, target_log_probs is not None, stored
     )
+    if reuse is not None and stored is None and not _in_backward():
+        RECOMPUTE_STORE.put(reuse, temperature, labels is not None, tuple(o.detach() for o in outputs))
     draft = draft_logits.detach()
     # argmaxes formed when first read: after the objective (the metrics), so never in a recomputation
-    slots = SoftSlots(float(temperature), outputs[0], outputs[1], lambda: _argmax(target), lambda: _argmax(draft))
+    slots = SoftSlots(temperature, outputs[0], outputs[1], lambda: _argmax(target), lambda: _argmax(draft))
     return slots if labels is None else (slots, outputs[2])
 
 
@@ -362,13 +417,6 @@ class TVLoss(SoftObjective):
 
     def _soft_grad(self, slots, mask):
         return {alpha_key(self.temperature): -self._weights(slots.log_alpha, mask).expand_as(slots.log_alpha)}
-
-
-def _in_backward() -> bool:
-    """Whether autograd's engine is running a backward pass in this thread (a checkpointed chunk
-    being recomputed).  Without the private probe, assume not."""
-    probe = getattr(torch._C, "_current_graph_task_id", None)
-    return probe is not None and probe() != -1
 
 
 class LaggedAlpha:

@@ -617,3 +617,84 @@ def test_lagged_and_per_token_are_alternatives():
     assert build_loss("lk-lambda(lagged=true)").spec() == "lk-lambda(lagged=true)"
     with pytest.raises(ValueError, match="lagged=1 has type int"):
         build_loss("lk-lambda", lagged=1)
+
+
+# --- the checkpoint's recomputation takes the forward's statistics --------------------------------
+
+
+def _checkpointed_soft_loss(z_leaf, zp, y, mask, spec, chunk_blocks):
+    """A soft objective under torch's non-reentrant checkpoint, one chunk of blocks at a time, with the
+    chunk's target logits as the ``reuse`` key (as the hook keys on the chunk's target hidden states)."""
+    from torch.utils.checkpoint import checkpoint
+
+    objective = build_loss(spec)
+
+    def chunk(z_chunk, zp_chunk, y_chunk, mask_chunk):
+        slots, nlq = soft_slot_stats(z_chunk * 1.0, 1.0, target_logits=zp_chunk, labels=y_chunk, reuse=zp_chunk)
+        num, den = objective.chunk_terms(nlq, mask_chunk, soft=slots)
+        return num, den
+
+    pieces = []
+    for start in range(0, N, chunk_blocks):
+        part = slice(start, start + chunk_blocks)
+        pieces.append(checkpoint(chunk, z_leaf[:, part], zp[:, part], y[:, part], mask[:, part], use_reentrant=False))
+    num = sum(piece[0] for piece in pieces)
+    den = sum(piece[1] for piece in pieces)
+    return objective.reduce(num, den, B).loss
+
+
+@pytest.mark.parametrize("spec", ["lk-alpha", "lk-lambda", "kl(gamma=3)"])
+def test_recomputation_takes_the_forwards_statistics_and_changes_nothing(monkeypatch, spec):
+    from specforge_dpace.losses import _soft
+
+    z, zp, y, mask = batch(seed=31, dtype=torch.float32)
+    calls = {"take": 0, "hit": 0}
+    real_take = _soft.RECOMPUTE_STORE.take
+
+    def counting_take(*args):
+        calls["take"] += 1
+        found = real_take(*args)
+        calls["hit"] += found is not None
+        return found
+
+    monkeypatch.setattr(_soft.RECOMPUTE_STORE, "take", counting_take)
+    loss = _checkpointed_soft_loss(z, zp, y, mask, spec, chunk_blocks=1)
+    (grad,) = torch.autograd.grad(loss, z)
+    assert calls["hit"] == calls["take"] == N  # every chunk's recomputation took the stored values
+    monkeypatch.setattr(_soft.RECOMPUTE_STORE, "take", lambda *args: None)  # recompute them instead
+    reference = _checkpointed_soft_loss(z, zp, y, mask, spec, chunk_blocks=1)
+    (expected,) = torch.autograd.grad(reference, z)
+    assert torch.equal(loss, reference) and torch.equal(grad, expected)
+    whole = build_loss(spec)
+    slots, nlq = soft_slot_stats(z, 1.0, target_logits=zp, labels=y)
+    unchunked = whole.reduce(*whole.chunk_terms(nlq, mask, soft=slots), B).loss
+    torch.testing.assert_close(grad, torch.autograd.grad(unchunked, z)[0], rtol=1e-6, atol=1e-9)
+
+
+def test_stored_statistics_die_with_their_chunk():
+    import gc
+
+    from specforge_dpace.losses import _soft
+
+    z, zp, y, mask = batch(seed=32, dtype=torch.float32)
+    before = len(_soft.RECOMPUTE_STORE)
+    loss = _checkpointed_soft_loss(z, zp, y, mask, "lk-alpha", chunk_blocks=1)
+    assert len(_soft.RECOMPUTE_STORE) == before + N  # one entry per chunk, held while the graph lives
+    torch.autograd.grad(loss, z)
+    del loss
+    gc.collect()
+    assert len(_soft.RECOMPUTE_STORE) == before
+    with torch.no_grad():  # no graph: the chunk's views die at once, and their entries with them
+        _checkpointed_soft_loss(z, zp, y, mask, "lk-alpha", chunk_blocks=1)
+    gc.collect()
+    assert len(_soft.RECOMPUTE_STORE) == before
+
+
+def test_a_stored_value_is_taken_only_in_backward_and_only_for_its_key():
+    z, zp, y, _ = batch(seed=33, dtype=torch.float32)
+    first = soft_slot_stats(z, 1.0, target_logits=zp, reuse=zp)
+    other = soft_slot_stats(z * 2.0, 1.0, target_logits=zp, reuse=zp)  # same key, outside backward: recomputed
+    assert not torch.equal(first.log_alpha, other.log_alpha)
+    fresh_key = zp.clone()
+    again = soft_slot_stats(z * 2.0, 1.0, target_logits=fresh_key, reuse=fresh_key)
+    assert torch.equal(again.log_alpha, other.log_alpha)
