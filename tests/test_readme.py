@@ -17,8 +17,8 @@ MAX_README_BYTES = 10 * 1024
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
-def _quick_start_commands() -> list[str]:
-    text = README.read_text(encoding="utf-8")
+def _quick_start_commands(page: Path = README) -> list[str]:
+    text = page.read_text(encoding="utf-8")
     section = text.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
@@ -44,6 +44,10 @@ def test_quick_start_has_exactly_two_commands_demo_then_tests():
 def test_ci_runs_exactly_the_readme_test_command():
     ci_lines = [line for line in CI_RUN.read_text(encoding="utf-8").splitlines() if line and line[0] not in "#"]
     assert ci_lines[-1] == _quick_start_commands()[1]
+
+
+def test_site_home_gives_the_same_two_commands():
+    assert _quick_start_commands(ROOT / "docs" / "index.md") == _quick_start_commands()
 
 
 def test_readme_is_short():
