@@ -16,6 +16,8 @@ import sys
 import warnings
 from typing import Iterator, Optional, Sequence
 
+from ._numbers import annotate_help
+
 COMMANDS = {
     "losses": "specforge_dpace.losses.cli",
     "train-dflash": "specforge_dpace.train.cli",
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(command)
+        annotate_help(command)  # every number's accepted range, every repeatable flag's "each value once"
         command.set_defaults(_run=module.run)
     return parser
 

@@ -111,18 +111,21 @@ class ExperimentConfig:
         return cls(**base)
 
     def validate(self) -> None:
+        from .. import _numbers as num
+
         arms = list(self.arms)
         if len(arms) < 2:
             raise ValueError(f"arms={arms!r}: an experiment needs the baseline and at least one more arm")
-        if len(set(arms)) != len(arms):
-            raise ValueError(f"arms={arms!r} repeats an arm; accepted: distinct objective specs")
+        num.check_unique(arms, "arm", num.objective_key)
         if self.baseline not in arms:
             raise ValueError(f"baseline={self.baseline!r} is not one of the arms {arms}")
         seeds = list(self.seeds)
-        if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-            raise ValueError(f"seeds={seeds!r}: accepted: one or more distinct integers")
-        if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"confidence={self.confidence!r}: accepted: a number in (0, 1)")
+        if not seeds:
+            raise ValueError("seeds=[]: accepted: one or more distinct integers")
+        for seed in seeds:
+            num.SEED.check(seed, "seed")
+        num.check_unique(seeds, "seed")
+        num.CONFIDENCE.check(self.confidence, "confidence")
         for seed in seeds:
             self.demo_config(seed).validate()  # every demo setting checked (names the bad one)
 
@@ -160,11 +163,11 @@ def run_experiment(
 
     ``jobs`` > 1 runs seeds in that many worker processes (each with ``config.threads`` threads);
     the numbers do not depend on it, since every phase of a seed is seeded on its own."""
+    from .._numbers import JOBS
     from ._deps import check_dependencies
 
     config.validate()
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs={jobs!r} is invalid; accepted: an int >= 1 (worker processes, one seed each)")
+    JOBS.check(jobs, "jobs")
     check_dependencies(show_progress=show_progress)
     out = Path(output_dir)
     t0 = time.perf_counter()

@@ -75,34 +75,37 @@ class DemoConfig:
         return cls(**base)
 
     def validate(self) -> None:
+        from .. import _numbers as num
+
         if self.retrain_target and self.target_dir is not None:
             raise ValueError("retrain_target and target_dir exclude each other; accepted: one of them")
         if self.target_dir is not None and not str(self.target_dir).strip():
             raise ValueError("target_dir='' is invalid; accepted: a target + tokenizer directory, or None")
-        if self.target_steps is not None and (not isinstance(self.target_steps, int) or self.target_steps < 1):
-            raise ValueError(f"target_steps={self.target_steps!r} is invalid; accepted: None or an int >= 1")
+        num.POSITIVE.check_optional(self.target_steps, "target_steps")
         if self.target_steps is not None and not self.retrain_target:
             raise ValueError(f"target_steps={self.target_steps} applies only with retrain_target (--retrain-target)")
         if not self.objectives:
             raise ValueError("objectives is empty; accepted: one or more objective specs, e.g. 'dpace'")
-        for name, value, low in (
-            ("num_train_seqs", self.num_train_seqs, 1),
-            ("prompt_len", self.prompt_len, 1),
-            ("gen_len", self.gen_len, 2),
-            ("block_size", self.block_size, 2),
-            ("steps", self.steps, 1),
-            ("batch_size", self.batch_size, 1),
-            ("num_anchors", self.num_anchors, 1),
-            ("eval_prompts", self.eval_prompts, 1),
-            ("eval_max_new_tokens", self.eval_max_new_tokens, 1),
-            ("draft_layers", self.draft_layers, 1),
-            ("threads", self.threads, 1),
+        for name, rng in (
+            ("seed", num.SEED),
+            ("num_train_seqs", num.TRAIN_SEQUENCES),
+            ("prompt_len", num.SEQUENCE_LENGTH),
+            ("gen_len", num.GEN_LEN),
+            ("block_size", num.BLOCK_SIZE),
+            ("steps", num.POSITIVE),
+            ("batch_size", num.BATCH_SIZE),
+            ("lr", num.LEARNING_RATE),
+            ("num_anchors", num.NUM_ANCHORS),
+            ("eval_prompts", num.POSITIVE),
+            ("eval_prompt_len", num.SEQUENCE_LENGTH),
+            ("eval_max_new_tokens", num.NEW_TOKENS),
+            ("draft_layers", num.DRAFT_LAYERS),
+            ("threads", num.THREADS),
+            ("data_temperature", num.TEMPERATURE),
+            ("eval_temperature", num.TEMPERATURE),
         ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r} is invalid; accepted: an int >= {low}")
-        for name, value in (("data_temperature", self.data_temperature), ("eval_temperature", self.eval_temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise ValueError(f"{name}={value!r} is invalid; accepted: a finite number >= 0 (0 = greedy)")
+            rng.check(getattr(self, name), name)
+        num.check_unique(self.objectives, "objective", num.objective_key)
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is invalid; accepted: {', '.join(METHODS)}")
         from specforge_dpace.evaluate._sampling import check_draft_sampling
