@@ -92,6 +92,11 @@ def parse_args(argv=None):
         help="worker processes, one seed each (default 1; 2 on a 2-core machine with --threads 1 roughly halves "
         "the wall time; the numbers do not depend on it)",
     )
+    p.add_argument(
+        "--allow-non-finite",
+        action="store_true",
+        help="train on through a NaN or infinite loss or gradient (recorded) instead of stopping with an error",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return num.annotate_help(p).parse_args(argv)
 
@@ -119,6 +124,8 @@ def config_from_args(args):
     ):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.allow_non_finite:
+        overrides["allow_non_finite"] = True
     if args.arms is not None:
         overrides["arms"] = tuple(args.arms)
     if args.seeds is not None:
@@ -144,6 +151,9 @@ def main(argv=None) -> int:
             f"\nbench_acceptance: interrupted, rerun to resume (cells are cached in {args.output_dir})", file=sys.stderr
         )
         return 130
+    except ValueError as exc:  # the output directory in use or unusable, a non-finite training step, ...
+        print(f"bench_acceptance: error: {exc}", file=sys.stderr)
+        return 2
     print(rpt.format_table(experiment.main_table(result), title=experiment.title(result)))
     print()
     print(rpt.format_table(experiment.calibration_table(result), floatfmt=".3f", title="predicted vs measured tau"))

@@ -45,9 +45,9 @@ def _problem(flag: str, path: Path, what: str) -> ValueError:
 def check_writable_dir(path: Path | str, flag: str) -> Path:
     """Create ``path`` and write + remove a probe file in it; a ``ValueError`` naming ``flag`` and the
     path (the file it sits under, when it does) if that fails."""
-    path = Path(path)
-    if not str(path).strip():
+    if not str(path).strip():  # before Path(), which reads '' as '.'
         raise ValueError(f"{flag} '' is invalid; accepted: a directory path")
+    path = Path(path)
     for ancestor in (path, *path.parents):
         if ancestor.exists():
             if not ancestor.is_dir():
@@ -207,6 +207,26 @@ def output_dir(
     if path is None:
         yield None
         return
+    if not str(path).strip():  # before Path(), which reads '' as '.'
+        raise ValueError(f"{flag} '' is invalid; accepted: a directory path")
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     checked = check_output_dir(path, flag, files=files, appended=appended, directories=directories)
-    with locked_output(checked, command, flag):
-        yield checked
+    try:
+        with locked_output(checked, command, flag):
+            yield checked
+    except BaseException:
+        _remove_if_unused(created)  # a run refused before writing anything leaves no directory behind
+        raise
+
+
+def _remove_if_unused(created: Sequence[Path]) -> None:
+    """Remove the directories this run created, deepest first, while they hold nothing but the lock file."""
+    for directory in created:
+        try:
+            if {p.name for p in directory.iterdir()} - {LOCK_NAME}:
+                return
+            (directory / LOCK_NAME).unlink(missing_ok=True)
+            directory.rmdir()
+        except OSError:
+            return

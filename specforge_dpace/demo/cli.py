@@ -134,6 +134,12 @@ def configure(parser) -> None:
     parser.add_argument(
         "--target-steps", type=num.POSITIVE, default=None, help="target training steps with --retrain-target"
     )
+    parser.add_argument(
+        "--allow-non-finite",
+        action="store_true",
+        help="train on through a NaN or infinite loss or gradient (recorded in the train log) instead of stopping "
+        "with an error naming the objective and the step",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -165,6 +171,7 @@ def config_from_args(args):
     overrides = {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name, None) is not None}
     overrides["objectives"] = tuple(args.objectives)
     overrides["retrain_target"] = bool(args.retrain_target)
+    overrides["allow_non_finite"] = bool(getattr(args, "allow_non_finite", False))
     return DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
 
 

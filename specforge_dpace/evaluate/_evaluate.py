@@ -175,12 +175,14 @@ def evaluate_paths(
 
     Prompts: a JSONL path (``"prompt"`` text or ``"input_ids"`` per line) or a list.  Text is
     encoded with the tokenizer in ``tokenizer_path`` or, by default, ``target_path``."""
+    from .._quiet import library_progress
     from ._checkpoint import load_draft, load_target, read_draft_config, validate_pair
     from ._prompts import load_prompts, needs_tokenizer, read_prompt_records
 
     config = config or EvalConfig()
     config.validate()
-    target = load_target(target_path, device=device)
+    with library_progress(config.show_progress):  # --no-progress silences transformers' loading bar too
+        target = load_target(target_path, device=device)
     validate_pair(target.config, read_draft_config(draft_path), config.block_size)
     draft = load_draft(
         draft_path, target.config, dtype=next(target.parameters()).dtype, device=device, block_size=config.block_size

@@ -116,12 +116,14 @@ def test_cli_reports_both_tau_conventions_and_applies_top_k_top_p(checkpoint_dir
     assert overall["tau_sglang"] == pytest.approx(overall["completion_tokens"] / overall["verify_steps"])
     assert overall["tau"] == pytest.approx((overall["completion_tokens"] - 2) / overall["verify_steps"])
     for flag, value, message in (
-        ("--top-k", "0", "top_k=0 is invalid; accepted: -1 (disabled) or an int >= 1"),
-        ("--top-p", "0", "top_p=0.0 is invalid; accepted: a number in (0, 1]"),
+        ("--top-k", "0", "--top-k: 0 is invalid; accepted: -1 (off) or an int in [1, 2147483647]"),
+        ("--top-p", "0", "--top-p: 0 is invalid; accepted: a finite number in (0, 1]"),
     ):
         bad = list(argv)
         bad[bad.index(flag) + 1] = value
-        assert main(bad) == 2 and message in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:
+            main(bad)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cli_output_dir_that_cannot_be_written_fails_before_decoding(checkpoint_dirs, tmp_path, capsys):
@@ -145,7 +147,7 @@ def test_cli_output_dir_that_cannot_be_written_fails_before_decoding(checkpoint_
     ]
     assert main(argv) == 2
     captured = capsys.readouterr()
-    assert f"--output-dir {str(out)!r} is not a writable directory" in captured.err
+    assert f"--output-dir {str(out)!r}: sits under {str(blocker)!r}, which is a file" in captured.err
     assert "accepted-length histogram" not in captured.out  # nothing was decoded
     # checked before any model is loaded: a missing target is not even looked at
     argv[argv.index("--target") + 1] = str(tmp_path / "no-such-target")
@@ -187,20 +189,15 @@ def test_cli_reports_bad_input_without_traceback(checkpoint_dirs, tmp_path, caps
     code = main(["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompts", str(bad)])
     assert code == 2
     assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
-    code = main(
-        [
-            "evaluate",
-            "--target",
-            str(root / "target"),
-            "--draft",
-            str(root / "draft"),
-            "--prompts",
-            str(root / "prompts.jsonl"),
-            "--block-size",
-            "1",
-        ]
-    )
-    assert code == 2 and "block_size=1 is invalid" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused at parse time, before anything is loaded
+        main(
+            ["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompts", str(bad)]
+            + [
+                "--block-size",
+                "1",
+            ]
+        )
+    assert exc.value.code == 2 and "--block-size: 1 is invalid; accepted: an int in [2, 256]" in capsys.readouterr().err
 
 
 def test_cli_help_explains_every_flag():
