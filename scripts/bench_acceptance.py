@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     from specforge_dpace import _numbers as num
     from specforge_dpace.demo.experiment import BASELINE, DEFAULT_ARMS, ExperimentConfig
 
@@ -98,7 +98,11 @@ def parse_args(argv=None):
         help="train on through a NaN or infinite loss or gradient (recorded) instead of stopping with an error",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return num.annotate_help(p).parse_args(argv)
+    return num.annotate_help(p)  # every number's accepted range in --help
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def config_from_args(args):

@@ -16,6 +16,7 @@ import sys
 import warnings
 from typing import Iterator, Optional, Sequence
 
+from ._atomic import WriteError
 from ._numbers import annotate_help
 
 COMMANDS = {
@@ -91,6 +92,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"specforge-dpace {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except WriteError as exc:  # a full disk: names the file, which kept its previous content
+        if debug:
+            raise
+        print(f"specforge-dpace {args.command}: error: {exc.strerror} (its previous version is kept)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
