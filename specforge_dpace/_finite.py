@@ -10,9 +10,10 @@ opted to train on (``--allow-non-finite``; inside SpecForge, whose flags are not
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 #: Environment switch for processes this package does not start (SpecForge's trainer): 1 = train on.
 ENV_VAR = "SPECFORGE_DPACE_ALLOW_NON_FINITE"
@@ -23,8 +24,29 @@ class NonFiniteTraining(ValueError):
     one line, since its cause is a value: a learning rate, the data, an objective's options)."""
 
 
+_caller_checks = 0
+
+
 def allowed_by_environment() -> bool:
     return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def checked_elsewhere() -> bool:
+    """Whether the objective's own per-forward check stands down: the environment lets the run go on, or
+    the training loop around it (:func:`checked_by_caller`) checks each step itself, with more to say."""
+    return _caller_checks > 0 or allowed_by_environment()
+
+
+@contextlib.contextmanager
+def checked_by_caller() -> Iterator[None]:
+    """While active, the plugin objectives' check leaves non-finite values to the caller's loop (the demo's,
+    which names the step, the learning rate and the gradient, and honours ``--allow-non-finite``)."""
+    global _caller_checks
+    _caller_checks += 1
+    try:
+        yield
+    finally:
+        _caller_checks -= 1
 
 
 def _number(value: Any) -> Optional[float]:

@@ -115,7 +115,9 @@ def train_drafter(
     ``target_last_hidden_states [N, S, H]``, captured with the features.  A non-finite loss or
     gradient stops training (``_finite.NonFiniteTraining``, naming the objective and step) unless
     ``allow_non_finite``, which records the steps in ``log["non_finite_steps"]`` instead."""
-    with _plugin_installed():
+    from .._finite import checked_by_caller
+
+    with _plugin_installed(), checked_by_caller():  # the loop below checks every step (and names it)
         return _train(
             target,
             input_ids,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from specforge_dpace.demo.experiment import PREDICTORS, SETTINGS, ExperimentConfig, analyse, main_table
+from specforge_dpace.demo.experiment import PREDICTORS, SETTINGS, ExperimentConfig, analyse, main_table, title
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_acceptance.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SPECFORGE_DPACE_THREADS": "1"}
@@ -170,3 +170,16 @@ def test_the_walk_predictor_counts_verify_steps_as_decoding_does(accept, tau):
             s[a] = 1 + 0.5 * s[a + 1] + 0.25 * s[a + 2] + 0.25 * s[a + 3]
         tau = 6.0 / s[0]
     assert tokens == 6.0 and tokens / steps == pytest.approx(tau)
+
+
+def test_one_seed_reports_no_interval_and_says_why():
+    """Before: a zero-width "95 % interval" [x, x] printed as if it were a result."""
+    taus = {"dflash(gamma=7)": {0: 2.0}, "dpace": {0: 2.2}}
+    result = analyse(_cells(taus), ExperimentConfig(arms=tuple(taus), seeds=(0,)))
+    row = next(r for r in result["rows"] if r["arm"] == "dpace" and r["setting"] == "T0")
+    assert row["change"] == pytest.approx(0.1)
+    assert row["change_ci"] == [None, None] and row["change_bootstrap_ci"] == [None, None]
+    assert row["tau_ci"] == [None, None] and "one seed" in row["interval_note"] and not row["excludes_zero"]
+    table = main_table(result)
+    assert table[1]["T=0 vs baseline, % [CI]"] == "+10.0 [no interval: 1 seed]"
+    assert "no interval: one value (one seed) says nothing about the spread" in title(result)

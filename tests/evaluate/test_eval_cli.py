@@ -375,3 +375,21 @@ def test_a_full_disk_leaves_the_previous_reports_not_an_empty_per_prompt_jsonl(c
     for name, text in previous.items():
         assert (out / name).read_text() == text, name
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_max_new_tokens_past_the_targets_context_window_is_refused(checkpoint_dirs, tmp_path, capsys):
+    """tiny_target has 1024 positions: before, decoding ran on past them without a word."""
+    argv = _evaluate_argv(checkpoint_dirs, tmp_path / "out", "--max-new-tokens", "1022")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "max_new_tokens=1022 is invalid for these prompts: prompt 1 has 4 tokens" in err
+    assert "(max_position_embeddings=1024); accepted: max_new_tokens <= 1020" in err
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_no_progress_also_silences_transformers_weight_loading_bar(checkpoint_dirs, tmp_path, capsys, quiet):
+    argv = _evaluate_argv(checkpoint_dirs, tmp_path / "out", "--max-new-tokens", "2", "--num-prompts", "1")
+    if not quiet:
+        argv.remove("--no-progress")
+    assert main(argv) == 0
+    assert ("Loading weights" in capsys.readouterr().err) is not quiet
