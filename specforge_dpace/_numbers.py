@@ -143,7 +143,7 @@ BATCH_SIZE = Range(int, 1, 4096, why=_MEMORY)
 #: Draft decoder layers.
 DRAFT_LAYERS = Range(int, 1, 128, why=_MEMORY)
 #: Sequences generated and captured as demo training data.
-TRAIN_SEQUENCES = Range(int, 1, 65_536, why=_MEMORY)
+TRAIN_SEQUENCES = Range(int, 1, 16_384, why=_MEMORY)
 #: Counts that size nothing (steps, prompts, epochs, intervals).
 POSITIVE = Range(int, 1)
 NON_NEGATIVE = Range(int, 0)
