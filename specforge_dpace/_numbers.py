@@ -140,8 +140,10 @@ BLOCK_SIZE = Range(int, 2, 256, why=_MEMORY)
 NUM_ANCHORS = Range(int, 1, 16_384, why=_MEMORY)
 #: Sequences per training micro-batch.
 BATCH_SIZE = Range(int, 1, 4096, why=_MEMORY)
-#: Draft decoder layers.
-DRAFT_LAYERS = Range(int, 1, 128, why=_MEMORY)
+#: Decoder layers (of a draft, or of the demo's target when it is rebuilt).
+DRAFT_LAYERS = LAYERS = Range(int, 1, 128, why=_MEMORY)
+#: Hidden size of a model built here (the demo's target).
+HIDDEN_SIZE = Range(int, 8, 16_384, why=_MEMORY)
 #: Sequences generated and captured as demo training data.
 TRAIN_SEQUENCES = Range(int, 1, 16_384, why=_MEMORY)
 #: Counts that size nothing (steps, prompts, epochs, intervals).

@@ -171,6 +171,7 @@ REPEATED = [
     (["demo", "--objectives", "dpace", "dflash", "dpace"], "--objectives: 'dpace' given twice"),
     (["demo", "--objectives", "dpace", "dpace(alpha=0.5)"], "--objectives: 'dpace(alpha=0.5)' repeats 'dpace'"),
     (["losses", "--try", "dpace", "--spec", "dpace"], "objective spec 'dpace' given twice"),
+    (["train-dflash", "--server-url", "http://a:1", "--server-url", "http://a:1"], "'http://a:1' given twice"),
 ]
 
 
@@ -197,3 +198,11 @@ def test_the_acceptance_script_refuses_repeated_seeds_and_arms(capsys):
         with pytest.raises(SystemExit):
             script.parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_the_target_build_script_checks_its_numbers_too():
+    script = [sys.executable, str(REPO / "scripts" / "build_demo_target.py")]
+    text = " ".join(subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout.split())
+    assert "--hidden-size HIDDEN_SIZE target hidden size; accepted: an int in [8, 16384] (it sizes memory)" in text
+    refused = subprocess.run([*script, "--lr", "inf", "--out-dir", "/nonexistent"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "argument --lr: inf is invalid (not finite)" in refused.stderr

@@ -295,7 +295,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     online.add_argument(
         "--server-url",
         dest="server_urls",
-        action="append",
+        action=num.AppendUnique,
+        why="one capture server listed twice",
         default=None,
         metavar="URL",
         help="unified online runtime: SGLang capture server URL (repeatable); online training "
