@@ -131,3 +131,10 @@ def test_a_waiting_holder_does_not_block_after_it_is_killed(tmp_path):
     with locked_output(tmp_path, "me", "--out", note=lambda _m: None):
         pass
     assert time.monotonic() - start < 5
+
+
+def test_the_errors_are_public():
+    import specforge_dpace
+
+    assert specforge_dpace.OutputDirInUse is OutputDirInUse and issubclass(OutputDirInUse, ValueError)
+    assert issubclass(specforge_dpace.NonFiniteTraining, ValueError)

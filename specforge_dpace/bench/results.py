@@ -5,8 +5,11 @@ interrupted run resumes by skipping every key already there; the key includes ``
 digest of everything the result was measured with (``provenance``). ``server_stats.jsonl`` keeps
 the server-average tau of each measured segment. A last line without its newline (a run killed
 mid-write) is completed when it is a whole record and dropped with a warning naming the file and
-line when it is torn, so the next record starts on a line of its own. The summary (JSON with
-provenance, Markdown, CSV, PNG) is rebuilt from those files at the end of every run.
+line when it is torn, so the next record starts on a line of its own; any other line that is not a
+JSON record is refused (:class:`DamagedResults`, naming the file and line) rather than skipped and
+measured again. Every summary counts each key once (its first record), whatever the history of the
+file, and a record is never stored under a key it already has or under a non-finite one. The summary
+(JSON with provenance, Markdown, CSV, PNG) is rebuilt from those files at the end of every run.
 """
 
 from __future__ import annotations
