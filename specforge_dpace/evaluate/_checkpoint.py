@@ -64,11 +64,20 @@ def validate_pair(
         )
         verdict.raise_for_errors(f"the {draft_methods.METHOD_NAMES[method]} draft does not fit the target:")
     spec = verdict.spec
+    _check_block_size(spec.block_size, block_size, "the draft")
     return {
         "block_size": spec.block_size,
         "target_layer_ids": list(spec.target_layer_ids),
         "mask_token_id": spec.mask_token_id,
     }
+
+
+def _check_block_size(resolved: int, given: Optional[int], draft: str) -> None:
+    """Refuse a block size that would size the draft's buffers absurdly (SGLang's rules only want >= 2)."""
+    from .._numbers import BLOCK_SIZE
+
+    source = "the given block size" if given is not None else f"{draft}'s config (dflash_config.block_size first)"
+    BLOCK_SIZE.check(resolved, f"block_size (from {source})")
 
 
 def _shapes(state: dict) -> dict:
@@ -195,6 +204,7 @@ def load_draft(
             "SGLang 0.5.14's loader, head rules of SpecForge's class):"
         )
     spec = verdict.spec
+    _check_block_size(spec.block_size, block_size, f"draft {str(path)!r}")
     config_dict = {k: v for k, v in raw.items() if k not in ("architectures", "model_type")}
     # SpecForge's DFlashDraftModel reads block_size / num_target_layers at the top level and the ids
     # from dflash_config: give it the values SGLang resolves.

@@ -30,6 +30,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
+from .._atomic import write_with
+
 FEATURE_FORMAT = "specforge_hidden_states_v1"
 FEATURE_SUFFIX = ".ckpt"
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -240,9 +242,7 @@ def capture_offline_features(
                 _check_last_hidden(model, input_ids[None].to(device), out[1])
             payload[LAST_HIDDEN_KEY] = out[1][0].to(device="cpu", dtype=store_dtype).contiguous()
         path = os.path.join(out_dir, f"{prefix}_{index:08d}{FEATURE_SUFFIX}")
-        temporary = path + ".tmp"
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
+        write_with(path, lambda tmp: torch.save(payload, tmp))  # noqa: B023 (called at once)
         paths.append(path)
     return paths
 

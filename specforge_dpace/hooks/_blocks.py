@@ -185,6 +185,28 @@ def slot_terms(
     )
 
 
+_forward_calls = {"train": 0, "eval": 0}
+
+
+def check_finite_loss(objective: Any, loss: Tensor, *, count: bool = True) -> None:
+    """Stop (``_finite.NonFiniteTraining``) at the first non-finite objective value, naming the objective and the
+    forward call of this process; ``SPECFORGE_DPACE_ALLOW_NON_FINITE=1`` lets the run go on, and a training loop
+    that checks its steps itself (the demo's) takes over (one device sync per forward otherwise, to read it)."""
+    from .._finite import check_step, checked_elsewhere
+
+    mode = "train" if torch.is_grad_enabled() else "eval"
+    _forward_calls[mode] += int(count)
+    if checked_elsewhere():
+        return
+    check_step(
+        objective.spec(),
+        f"{'training' if mode == 'train' else 'evaluation'} forward call {_forward_calls[mode]} of this process",
+        loss=loss,
+        hint="Lower the learning rate or check the features and the objective's options; "
+        "SPECFORGE_DPACE_ALLOW_NON_FINITE=1 trains on anyway",
+    )
+
+
 def assemble_outputs(
     objective: Any,
     totals: tuple[Tensor, ...],
@@ -196,6 +218,7 @@ def assemble_outputs(
     """``(loss, accuracy, metrics)`` in the shape SpecForge's unified trainer logs and reduces."""
     num, den, correct_num, accuracy_den, tau_num, tau_den, sur_num, sur_den, pos_num, pos_den = totals[:10]
     value = objective.reduce(num, den, batch_size)
+    check_finite_loss(objective, value.loss)
     ratio_metrics: dict[str, tuple[Tensor, Tensor]] = {"acc": (correct_num.detach(), accuracy_den.detach())}
     if acceptance_metrics:
         ratio_metrics[f"{ratio_prefix}sim_tau"] = (tau_num, tau_den)

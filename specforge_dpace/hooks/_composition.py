@@ -7,7 +7,8 @@ registration: ``resolve_run`` (``specforge train`` in the launcher and in every 
 (:func:`specforge_dpace.hooks._target_hidden.with_target_hidden`) when, and only when,
 ``training.strategy`` is ``dflash`` or ``domino`` (that strategy's own registration) and
 ``training.loss_type`` reads the target distribution (DSpark's registration carries the key already); for
-offline runs it also checks, before anything is launched, that the feature files carry the key.
+offline runs it also checks, before anything is launched, that the feature files carry the key, for
+those runs and for every DSpark run (DSpark's own data path always reads it, whatever the objective).
 Every other run gets SpecForge's registration object itself, so hard objectives and built-in names
 run exactly as before.
 
@@ -47,10 +48,10 @@ def _make_bind_run(original: Any) -> Any:
 
         swapped = registration_for(cfg, algorithm)
         resolved = original(cfg, swapped)
-        if _target_hidden.carries_target_hidden(swapped):
-            spec = _target_hidden.soft_spec(cfg.training)
-            if spec is not None and cfg.mode == "offline":
-                _target_hidden.check_offline_features(cfg, spec)
+        if cfg.mode == "offline":
+            reason = _target_hidden.why_target_hidden(cfg.training, swapped)
+            if reason is not None:
+                _target_hidden.check_offline_features(cfg, *reason)
         return resolved
 
     setattr(bind_run, MARKER, True)

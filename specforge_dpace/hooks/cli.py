@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .._numbers import SECONDS
 from .._versions import package_version, package_versions
 from ._autoload import ENV_VAR, enabled, switch
 
@@ -64,7 +65,7 @@ class Check:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as JSON instead of a table")
     parser.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds allowed for the fresh-process check (default 120)"
+        "--timeout", type=SECONDS, default=120.0, help="seconds allowed for the fresh-process check (default 120)"
     )
 
 
@@ -182,8 +183,6 @@ def run_checks(timeout: float = 120.0) -> list[Check]:
 def run(args: argparse.Namespace) -> int:
     from ..report import format_table
 
-    if args.timeout <= 0:
-        raise ValueError(f"--timeout {args.timeout} is invalid; accepted: seconds > 0")
     checks = run_checks(args.timeout)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))

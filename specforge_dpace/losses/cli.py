@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .. import _numbers as num
+
 HELP = "list registered objectives, their options and where they come from"
 DESCRIPTION = """List every registered objective (built-in or from a distribution's
 `specforge_dpace.losses` entry point) with its options and defaults.
@@ -18,6 +20,10 @@ and print value, gradient norm and time:
 
   specforge-dpace losses --try
   specforge-dpace losses --try 'dpace(alpha=0.3)' 'dpace + 0.3*first-error-focal'"""
+
+
+#: Logits per tensor of the random batch (B*N*K*V): 256 MiB in fp32; --try holds several such tensors.
+TRY_ELEMENTS = 1 << 26
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,11 +43,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="one more spec to try (repeatable; implies --try)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="B of the random batch (default 4)")
-    parser.add_argument("--blocks", type=int, default=64, help="N, blocks per sequence (default 64)")
-    parser.add_argument("--block-size", type=int, default=16, help="K, slots per block (default 16)")
-    parser.add_argument("--vocab", type=int, default=32, help="V of the random draft and target logits (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--batch-size", type=num.BATCH_SIZE, default=4, help="B of the random batch (default 4)")
+    parser.add_argument("--blocks", type=num.NUM_ANCHORS, default=64, help="N, blocks per sequence (default 64)")
+    parser.add_argument("--block-size", type=num.BLOCK_SIZE, default=16, help="K, slots per block (default 16)")
+    parser.add_argument(
+        "--vocab",
+        type=num.VOCAB,
+        default=32,
+        help=f"V of the random draft and target logits (default 32; B*N*K*V at most {TRY_ELEMENTS})",
+    )
+    parser.add_argument("--seed", type=num.SEED, default=0, help="random seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print the listing as JSON")
 
 
@@ -114,15 +125,14 @@ def run(args: argparse.Namespace) -> int:
     from ..report import format_table
     from . import available_losses
 
-    for name, value in (
-        ("--batch-size", args.batch_size),
-        ("--blocks", args.blocks),
-        ("--block-size", args.block_size),
-        ("--vocab", args.vocab),
-    ):
-        if value < 1:
-            raise SystemExit(f"{name} must be >= 1, got {value}")
-    asked = [*(args.try_specs or ()), *(args.spec or ())]
+    asked = num.check_unique([*(args.try_specs or ()), *(args.spec or ())], "objective spec", num.objective_key)
+    elements = args.batch_size * args.blocks * args.block_size * args.vocab
+    if elements > TRY_ELEMENTS:
+        raise ValueError(
+            f"--batch-size {args.batch_size} x --blocks {args.blocks} x --block-size {args.block_size} x --vocab "
+            f"{args.vocab} = {elements} logits per tensor; accepted: at most {TRY_ELEMENTS} (the random batch holds "
+            "several such fp32 tensors)"
+        )
     if not asked:  # the listing, unless the user asked about particular specs
         rows = _listing_rows()
         if args.json:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from specforge_dpace.demo.experiment import PREDICTORS, SETTINGS, ExperimentConfig, analyse, main_table
+from specforge_dpace.demo.experiment import PREDICTORS, SETTINGS, ExperimentConfig, analyse, main_table, title
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_acceptance.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SPECFORGE_DPACE_THREADS": "1"}
@@ -75,9 +75,12 @@ def test_the_predictor_that_ranks_the_arms_is_trusted():
     "overrides,error",
     [
         (dict(arms=("dpace",)), "needs the baseline and at least one more arm"),
-        (dict(arms=("dflash(gamma=7)", "dpace", "dpace")), "repeats an arm"),
+        (dict(arms=("dflash(gamma=7)", "dpace", "dpace")), "arm 'dpace' given twice"),
+        (dict(arms=("dflash(gamma=7)", "dpace", "dpace(alpha=0.5)")), r"arm 'dpace\(alpha=0.5\)' repeats 'dpace'"),
         (dict(arms=("dpace", "kl")), "is not one of the arms"),
-        (dict(seeds=(0, 0)), "distinct integers"),
+        (dict(seeds=(0, 0)), "seed 0 given twice"),
+        (dict(seeds=(2**40,)), r"seed=1099511627776 is invalid; accepted: an int in \[0, 4294967295\]"),
+        (dict(lr=float("inf")), r"lr=inf is invalid \(not finite\)"),
         (dict(confidence=1.0), r"confidence=1.0"),
         (dict(steps=0), "steps=0 is invalid"),
         (dict(data_temperature=float("nan")), "data_temperature=nan is invalid"),
@@ -167,3 +170,16 @@ def test_the_walk_predictor_counts_verify_steps_as_decoding_does(accept, tau):
             s[a] = 1 + 0.5 * s[a + 1] + 0.25 * s[a + 2] + 0.25 * s[a + 3]
         tau = 6.0 / s[0]
     assert tokens == 6.0 and tokens / steps == pytest.approx(tau)
+
+
+def test_one_seed_reports_no_interval_and_says_why():
+    """Before: a zero-width "95 % interval" [x, x] printed as if it were a result."""
+    taus = {"dflash(gamma=7)": {0: 2.0}, "dpace": {0: 2.2}}
+    result = analyse(_cells(taus), ExperimentConfig(arms=tuple(taus), seeds=(0,)))
+    row = next(r for r in result["rows"] if r["arm"] == "dpace" and r["setting"] == "T0")
+    assert row["change"] == pytest.approx(0.1)
+    assert row["change_ci"] == [None, None] and row["change_bootstrap_ci"] == [None, None]
+    assert row["tau_ci"] == [None, None] and "one seed" in row["interval_note"] and not row["excludes_zero"]
+    table = main_table(result)
+    assert table[1]["T=0 vs baseline, % [CI]"] == "+10.0 [no interval: 1 seed]"
+    assert "no interval: one value (one seed) says nothing about the spread" in title(result)
