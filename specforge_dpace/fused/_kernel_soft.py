@@ -108,11 +108,7 @@ class KernelSoftPass(SoftPass):
             return
         coef = self._coefficients(p0, p1, block0, block1)
         rows = p1 - p0
-        row_stats = torch.zeros(launch.ROW_STATS, rows, dtype=stats[0].dtype, device=a.device)
-        for slot, values in enumerate(stats):
-            width = launch.SLOT_WIDTH
-            row_stats[slot * width : (slot + 1) * width] = values[[launch.L_Q, launch.L_P, launch.LOG_ALPHA]]
-        row_stats[launch.ROW_L_ONE] = stats[0][launch.L_ONE]
+        row_stats = launch.direction_row_stats(stats)
         ratios = [values[launch.RATIO] for values in stats]
         outputs = [a, b]
         if self.outputs > 2:

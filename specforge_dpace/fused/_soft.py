@@ -268,9 +268,9 @@ class SoftPass:
         out.copy_(logits)
 
     def _gradient(self, direction: Tensor, out: Tensor) -> None:
-        """``out = direction @ W`` (``direction`` [rows, V] in the work dtype)."""
+        """``out = direction @ W`` (``direction`` [rows, V] in the work or the compute dtype)."""
         weight = self.weight
-        if weight.dtype == direction.dtype:
+        if weight.dtype == direction.dtype == out.dtype:
             torch.mm(direction, weight, out=out)
         else:
             out.copy_(torch.mm(direction.to(weight.dtype), weight))

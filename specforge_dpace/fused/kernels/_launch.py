@@ -165,6 +165,16 @@ def soft_stats(
     return stats, ids
 
 
+def direction_row_stats(stats: Sequence[Tensor]) -> Tensor:
+    """:func:`soft_directions`' ``row_stats [ROW_STATS, R]`` from :func:`soft_stats` results, one per
+    temperature slot (the first one's log-sum-exp at T = 1 serves cross-entropy)."""
+    out = torch.zeros(ROW_STATS, stats[0].shape[1], dtype=stats[0].dtype, device=stats[0].device)
+    for slot, values in enumerate(stats):
+        out[slot * SLOT_WIDTH : (slot + 1) * SLOT_WIDTH] = values[[L_Q, L_P, LOG_ALPHA]]
+    out[ROW_L_ONE] = stats[0][L_ONE]
+    return out
+
+
 def soft_directions(
     draft: Tensor,
     target: Tensor,

@@ -76,10 +76,8 @@ class _KernelStatistics(torch.autograd.Function):
             coef[0, launch.Q0] += scale
             coef[0, launch.E_Y] -= scale
             basis.add(launch.E_Y)
-        row_stats = torch.zeros(launch.ROW_STATS, z.shape[0], dtype=stats.dtype, device=z.device)
-        row_stats[: launch.SLOT_WIDTH] = stats[[launch.L_Q, launch.L_P, launch.LOG_ALPHA]]
-        row_stats[launch.ROW_L_ONE] = stats[launch.L_ONE]
         grad = torch.empty_like(z)
+        row_stats = launch.direction_row_stats([stats])
         launch.soft_directions(z, target, [grad], (t,), row_stats, coef, frozenset(basis), labels=labels)
         return grad.view(logits.shape), None, None, None, None, None
 
