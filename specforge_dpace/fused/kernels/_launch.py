@@ -3,7 +3,7 @@
 Every buffer is a 2-D ``[rows, V]`` view with unit column stride in the compute dtype (bf16, fp16, fp32 or
 fp64); per-row outputs are fp32 (fp64 for fp64 buffers).  Tile sizes are fixed per kernel (no autotuning, so a
 first call compiles once per dtype and flag set): on a GPU one row per program and up to
-:data:`GPU_BLOCK_V` columns per tile; in Triton's interpreter (CPU tests) :data:`INTERPRETER_BLOCK`, since
+:data:`GPU_TILE` columns per tile; in Triton's interpreter (CPU tests) :data:`INTERPRETER_BLOCK`, since
 there each tile operation costs a Python call.
 """
 
@@ -43,8 +43,9 @@ Tensor = torch.Tensor
 
 #: Whether the kernels were built for Triton's interpreter (``TRITON_INTERPRET=1`` when first imported).
 INTERPRETED = type(K.hard_rows_kernel).__name__ == "InterpretedFunction"
-#: Columns per tile on a GPU, by kernel (the hard kernel keeps two tiles live, the others up to a dozen).
-GPU_BLOCK_V = {"hard": 4096, "stats": 2048, "directions": 2048}
+#: Elements per program on a GPU (one row of up to this many columns a tile, 16 warps: 8 elements a thread;
+#: compiled for sm_90 every kernel stays at 40-63 registers a thread without spills).
+GPU_TILE = 4096
 #: ``(rows, columns)`` per program in the interpreter.
 INTERPRETER_BLOCK = (64, 1024)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -69,15 +70,16 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _settings(kind: str, n_cols: int) -> dict:
+def _settings(n_cols: int) -> dict:
     if _override is not None:
         block_r, block_v = _override
     elif INTERPRETED:
         block_r, block_v = INTERPRETER_BLOCK[0], min(_next_power_of_two(n_cols), INTERPRETER_BLOCK[1])
     else:
-        block_v = min(_next_power_of_two(n_cols), GPU_BLOCK_V[kind])
-        block_r = max(1, GPU_BLOCK_V[kind] // max(block_v, 1024))
-    warps = 8 if block_r * block_v >= 2048 else 4
+        block_v = min(_next_power_of_two(n_cols), GPU_TILE)
+        block_r = max(1, GPU_TILE // block_v)
+    tile = block_r * block_v
+    warps = 16 if tile >= 4096 else 8 if tile >= 2048 else 4
     return {"BLOCK_R": block_r, "BLOCK_V": block_v, "num_warps": warps}
 
 
@@ -123,7 +125,7 @@ def hard_rows(logits: Tensor, labels: Tensor, nlq: Tensor, argmax: Tensor, write
     rows, cols = logits.shape
     if rows == 0:
         return
-    settings = _settings("hard", cols)
+    settings = _settings(cols)
     with _launch_scope(logits):
         K.hard_rows_kernel[_grid(rows, settings)](
             logits, logits.stride(0), labels, nlq, argmax, rows, cols,
@@ -153,7 +155,7 @@ def soft_stats(
     ids = torch.empty(2, rows, dtype=torch.long, device=draft.device) if argmaxes else None
     if rows == 0:
         return stats, ids
-    settings = _settings("stats", cols)
+    settings = _settings(cols)
     inv_t = _inverse_temperatures((float(temperature),), acc, draft.device)
     with _launch_scope(draft):
         K.soft_stats_kernel[_grid(rows, settings)](
@@ -204,7 +206,7 @@ def soft_directions(
     acc = accumulation_dtype(draft.dtype)
     coef, row_stats = coef.to(acc).contiguous(), row_stats.to(acc).contiguous()
     outs = list(outputs) + [outputs[0]] * (3 - len(outputs))
-    settings = _settings("directions", cols)
+    settings = _settings(cols)
     inv_t = _inverse_temperatures(tuple(float(t) for t in temperatures), acc, draft.device)
     two = len(temperatures) == 2
     with _launch_scope(draft):
