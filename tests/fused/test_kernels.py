@@ -204,6 +204,9 @@ def test_kernels_compile_for_an_h100_without_a_gpu():
     import subprocess
     import sys
 
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine compiles the kernels for real in the other tests")
+
     script = os.path.join(os.path.dirname(__file__), "_compile_kernels.py")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, script, "bf16", "fp32"], capture_output=True, text=True, env=env)
