@@ -12,6 +12,10 @@ chain term the value is not linear in it), gradients from ``slot_grad``.
 Soft-label objectives (``needs_target``) take the target's hidden states of the same slots and run
 :mod:`._soft`: the target logits of each piece are formed there (forward only), and the gradient
 directions of DESIGN.md 3.1 come from the same buffers (one gradient product per direction).
+
+On CUDA tensors (:func:`.kernels.kernels_for`) the element-wise work runs in Triton kernels, with the
+``[tokens, V]`` buffers in the compute dtype: :func:`.kernels.hard_rows_kernel` for hard objectives,
+:class:`._kernel_soft.KernelSoftPass` for soft ones (docs/gpu-kernels.md).
 """
 
 from __future__ import annotations
