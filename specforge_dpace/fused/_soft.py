@@ -203,6 +203,7 @@ class SoftPass:
         self.objective, self.plan = objective, plan
         self.weight, self.bias = weight, bias
         self.work = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        self.buffer_dtype = self.work  # of the [rows, V] logits buffers (subclasses may keep the compute dtype)
         self.vocab = weight.shape[0]
         self.slots = slots
         self.step = step  # blocks per sub-chunk
@@ -267,9 +268,9 @@ class SoftPass:
         out.copy_(logits)
 
     def _gradient(self, direction: Tensor, out: Tensor) -> None:
-        """``out = direction @ W`` (``direction`` [rows, V] in the work dtype)."""
+        """``out = direction @ W`` (``direction`` [rows, V] in the work or the compute dtype)."""
         weight = self.weight
-        if weight.dtype == direction.dtype:
+        if weight.dtype == direction.dtype == out.dtype:
             torch.mm(direction, weight, out=out)
         else:
             out.copy_(torch.mm(direction.to(weight.dtype), weight))
@@ -313,8 +314,8 @@ class SoftPass:
         self.piece = max(1, min(self.step, total) // 2)
         step_rows = min(self.step, total) * slots
         piece_rows = self.piece * slots
-        logits = torch.empty(step_rows, self.vocab, dtype=self.work, device=device)
-        target = torch.empty(piece_rows, self.vocab, dtype=self.work, device=device)
+        logits = torch.empty(step_rows, self.vocab, dtype=self.buffer_dtype, device=device)
+        target = torch.empty(piece_rows, self.vocab, dtype=self.buffer_dtype, device=device)
         self.scratch = _Scratch(piece_rows, self.tile, self.work, device)
         for start in range(0, total, self.step):
             stop = min(start + self.step, total)

@@ -82,7 +82,7 @@ def soft_statistics(objective: Any, lm_head: Any, logits: Tensor, target_hidden:
     """``(soft, neg_log_q)`` of one chunk: the soft statistics at every temperature the objective reads
     (target head frozen) and the hard cross-entropy, from the temperature-1 statistics' own log-softmax
     when the objective reads T = 1 (one log-softmax of the logits, not two), else ``F.cross_entropy``."""
-    from ..losses import soft_slot_stats
+    from ..fused.kernels import slot_stats as soft_slot_stats  # the PyTorch function, or the kernels on a GPU
 
     if target_hidden is None:
         raise ValueError(MISSING_TARGET_HIDDEN.format(spec=objective.spec()))
