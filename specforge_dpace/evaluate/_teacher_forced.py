@@ -113,7 +113,11 @@ class PassSums:
 
     def vector(self) -> list[float]:
         """Every sum in a fixed order (for ``all_reduce``); ``seconds`` is not a sum and stays out."""
-        return [v for name in self.settings for v in self.values[name]] + [*self.agreement, self.anchors, self.sequences]
+        return [v for name in self.settings for v in self.values[name]] + [
+            *self.agreement,
+            self.anchors,
+            self.sequences,
+        ]
 
     def load_vector(self, vector: Sequence[float]) -> None:
         vector = [float(v) for v in vector]
@@ -163,7 +167,9 @@ def _blocks_with_anchors(model, input_ids, hidden_states, loss_mask, anchors, ke
 
     model._sample_anchor_positions = chosen  # shadows the method on this instance only
     try:
-        _, _, hidden = model._forward_draft_blocks(input_ids=input_ids, hidden_states=hidden_states, loss_mask=loss_mask)
+        _, _, hidden = model._forward_draft_blocks(
+            input_ids=input_ids, hidden_states=hidden_states, loss_mask=loss_mask
+        )
     finally:
         del model._sample_anchor_positions
     return hidden.reshape(input_ids.shape[0], anchors.shape[1], model.block_size, -1)
@@ -192,15 +198,15 @@ def draft_slot_logits(model, method: str, alignment: SlotAlignment, hidden4d: Te
     if method == "domino":  # the GRU runs over the whole block: base + correction on every row, then pick
         block = anchors.unsqueeze(-1) + torch.arange(hidden4d.shape[2], device=anchors.device).view(1, 1, -1)
         embeddings = model.embed_tokens(_gather_tokens(input_ids, block))
-        final = draft.apply_logits_head(
-            lm_head(hidden4d), prev_token_embeddings=embeddings, hidden_states=hidden4d
-        )
+        final = draft.apply_logits_head(lm_head(hidden4d), prev_token_embeddings=embeddings, hidden_states=hidden4d)
         return final[:, :, rows]
     hidden = hidden4d[:, :, rows]
     logits = lm_head(hidden)
     if method == "dspark":
         previous = anchors.unsqueeze(-1) + torch.arange(alignment.drafted, device=anchors.device).view(1, 1, -1)
-        logits = draft.apply_logits_head(logits, prev_token_ids=_gather_tokens(input_ids, previous), hidden_states=hidden)
+        logits = draft.apply_logits_head(
+            logits, prev_token_ids=_gather_tokens(input_ids, previous), hidden_states=hidden
+        )
     return logits
 
 
@@ -269,7 +275,10 @@ def teacher_forced_pass(
     started = time.perf_counter()
     method = method_of(model.draft_model)
     alignment = slot_alignment(
-        method, model.block_size, shift_label=bool(getattr(model.draft_model, "shift_label", False)), convention=convention
+        method,
+        model.block_size,
+        shift_label=bool(getattr(model.draft_model, "shift_label", False)),
+        convention=convention,
     )
     anchors, keep = anchor_grid(loss_mask, anchor_stride)
     width = anchors.shape[1]
@@ -295,7 +304,9 @@ def teacher_forced_pass(
             valid_all[:, columns] = valid.cpu()
             for name, probs in accept.items():
                 at_least = torch.cumprod(torch.where(valid, probs, torch.zeros_like(probs)), dim=-1)
-                buffer = per_setting.setdefault(name, torch.zeros(*anchors.shape, alignment.drafted, dtype=torch.float64))
+                buffer = per_setting.setdefault(
+                    name, torch.zeros(*anchors.shape, alignment.drafted, dtype=torch.float64)
+                )
                 buffer[:, columns] = at_least.cpu()
             if target is not None:
                 agree = (target.argmax(dim=-1) == labels) & valid

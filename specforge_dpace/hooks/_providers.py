@@ -6,7 +6,8 @@ the patched builder also forwards ``loss_options`` (present once the schema hook
 hard-code their loss); the patched builders pass ``loss_type``, ``dpace_alpha`` and
 ``loss_options`` to ``OnlineDominoModel`` / ``OnlineDSparkModel`` (patched by ``_family``), which
 record the canonical spec as their ``loss_type`` for the resume contracts
-(:mod:`._method_providers`).  ``loss_type`` left at ``dflash`` without ``loss_options`` calls
+(:mod:`._method_providers`).  Every DFlash-family model a patched builder returns carries the run's
+evaluation settings (:func:`with_eval_settings`).  ``loss_type`` left at ``dflash`` without ``loss_options`` calls
 SpecForge's own builder.
 """
 
@@ -19,6 +20,21 @@ from ._patching import PatchSet
 
 TARGET_MODULE = "specforge.algorithms.model_providers"
 MARKER = "__specforge_dpace_patched__"
+EVAL_ATTR = "_specforge_dpace_eval"
+
+
+def with_eval_settings(model: Any, cfg: Any) -> Any:
+    """``model`` carrying the run's evaluation settings (``training.eval_walk`` / ``best_metric``) for the
+    evaluation and checkpoint hooks (:mod:`._evaluation`)."""
+    from ._eval_settings import settings_of_training
+
+    setattr(model, EVAL_ATTR, settings_of_training(cfg.training))
+    return model
+
+
+def eval_settings_of(model: Any) -> Any:
+    """The settings a patched builder attached (``None`` for a model built otherwise)."""
+    return getattr(model, EVAL_ATTR, None)
 
 
 def _make_builder(module: Any, original: Any):
@@ -26,23 +42,28 @@ def _make_builder(module: Any, original: Any):
     def build_dflash_model(cfg, draft_model, _draft_config, _target_config, tokenizer):
         options = getattr(cfg.training, "loss_options", None)
         if not options:
-            return original(cfg, draft_model, _draft_config, _target_config, tokenizer)
-        from specforge.algorithms.common.dflash_family_model import OnlineDFlashModel
+            return with_eval_settings(original(cfg, draft_model, _draft_config, _target_config, tokenizer), cfg)
 
-        return module._build_dflash_family_model(
-            cfg,
-            draft_model,
-            tokenizer,
-            lambda common: OnlineDFlashModel(
-                **common,
-                loss_type=cfg.training.loss_type,
-                dpace_alpha=cfg.training.dpace_alpha,
-                loss_options=dict(options),
-            ),
-        )
+        return with_eval_settings(_build_plugin_dflash(module, cfg, draft_model, tokenizer, options), cfg)
 
     setattr(build_dflash_model, MARKER, True)
     return build_dflash_model
+
+
+def _build_plugin_dflash(module: Any, cfg: Any, draft_model: Any, tokenizer: Any, options: Any) -> Any:
+    from specforge.algorithms.common.dflash_family_model import OnlineDFlashModel
+
+    return module._build_dflash_family_model(
+        cfg,
+        draft_model,
+        tokenizer,
+        lambda common: OnlineDFlashModel(
+            **common,
+            loss_type=cfg.training.loss_type,
+            dpace_alpha=cfg.training.dpace_alpha,
+            loss_options=dict(options),
+        ),
+    )
 
 
 def _method_kwargs(method: str, cfg: Any, draft_model: Any) -> dict:
@@ -62,11 +83,11 @@ def _make_method_builder(module: Any, original: Any, method: str, class_name: st
         training = cfg.training
         options = getattr(training, "loss_options", None)
         if training.loss_type == "dflash" and not options:
-            return original(cfg, draft_model, _draft_config, _target_config, tokenizer)
+            return with_eval_settings(original(cfg, draft_model, _draft_config, _target_config, tokenizer), cfg)
         from specforge.algorithms.common import dflash_family_model
 
         model_class = getattr(dflash_family_model, class_name)
-        return module._build_dflash_family_model(
+        model = module._build_dflash_family_model(
             cfg,
             draft_model,
             tokenizer,
@@ -78,6 +99,7 @@ def _make_method_builder(module: Any, original: Any, method: str, class_name: st
                 loss_options=dict(options or {}),
             ),
         )
+        return with_eval_settings(model, cfg)
 
     setattr(builder, MARKER, True)
     return builder

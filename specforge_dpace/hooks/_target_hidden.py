@@ -249,12 +249,31 @@ def with_target_hidden(registration: Any) -> Any:
 # -- early data validation ---------------------------------------------------------------------
 
 
-def check_offline_features(cfg: Any, spec: str) -> None:
+def needs_target_hidden(training: Any) -> Optional[str]:
+    """Why a DFlash / Domino run needs the key, or ``None``: a soft-label objective, or walks at T > 0 the
+    user asked for (``training.eval_walk.temperatures`` or a ``training.best_metric`` at a temperature)."""
+    spec = soft_spec(training)
+    if spec is not None:
+        return f"training.loss_type={spec!r} is a soft-label objective: it needs the target's distribution p"
+    from ._eval_settings import settings_of_training
+
+    settings = settings_of_training(training)
+    if settings.temperatures_required:
+        return (
+            f"the eval walks at T = {', '.join(f'{t:g}' for t in settings.temperatures)} (training.eval_walk / "
+            "training.best_metric) need the target's distribution p"
+        )
+    return None
+
+
+def check_offline_features(cfg: Any, spec: str, reason: Optional[str] = None) -> None:
     """Refuse, before training starts, offline features whose first file lacks the key.
 
     One file per directory is opened (``data.hidden_states_path`` and ``data.eval_hidden_states_path``);
-    SpecForge's own eager check of every file is ``SPECFORGE_VALIDATE_OFFLINE_FEATURES=1``.
+    SpecForge's own eager check of every file is ``SPECFORGE_VALIDATE_OFFLINE_FEATURES=1``.  ``reason``
+    (default: ``spec`` is a soft-label objective) opens the error.
     """
+    reason = reason or f"training.loss_type={spec!r} is a soft-label objective: it needs the target's distribution p"
     from specforge.runtime.data_plane.feature_store import load_feature_file
     from specforge.runtime.data_plane.offline_reader import list_feature_files
 
@@ -268,9 +287,8 @@ def check_offline_features(cfg: Any, spec: str) -> None:
         raw = load_feature_file(files[0])
         if TARGET_HIDDEN_KEY not in raw:
             raise ValueError(
-                f"training.loss_type={spec!r} is a soft-label objective: it needs the target's distribution p, "
-                f"computed from the target's last hidden state (post final norm), but the offline feature file "
-                f"{files[0]} (data.{field}={path!r}) has no {TARGET_HIDDEN_KEY!r} (it has {sorted(raw)}); "
+                f"{reason}, computed from the target's last hidden state (post final norm), but the offline "
+                f"feature file {files[0]} (data.{field}={path!r}) has no {TARGET_HIDDEN_KEY!r} (it has {sorted(raw)}); "
                 + CAPTURE_HINT
             )
 
@@ -284,6 +302,7 @@ __all__ = [
     "build_step",
     "carries_target_hidden",
     "check_offline_features",
+    "needs_target_hidden",
     "normalize_offline_sample",
     "soft_spec",
     "strategy_class",

@@ -100,7 +100,9 @@ def test_alignment_table():
 @pytest.mark.parametrize("method, head", HEADS, ids=IDS)
 def test_the_greedy_walk_is_the_evaluators_tau(target, held, method, head):
     draft = _draft(target, method, head)
-    measured = evaluate_drafter(target, draft, held["prompts"], EvalConfig(max_new_tokens=NEW_TOKENS, show_progress=False))
+    measured = evaluate_drafter(
+        target, draft, held["prompts"], EvalConfig(max_new_tokens=NEW_TOKENS, show_progress=False)
+    )
     convention = SPECFORGE_CLASS if method == "dspark" else SERVING  # the evaluator's DSpark decoding today
     sums = _pass(target, draft, held, convention=convention)
     assert sums.walk("T0") == measured.overall["tau"]
@@ -171,9 +173,7 @@ def _serving_dspark_tau(target, draft, prompts, new_tokens):
 def test_dspark_serving_walk_is_the_serving_decodings_tau(target, held, head):
     draft = _draft(target, "dspark", head)
     sums = _pass(target, draft, held, convention=SERVING)
-    assert sums.walk("T0") == pytest.approx(
-        _serving_dspark_tau(target, draft, held["prompts"], NEW_TOKENS), rel=1e-12
-    )
+    assert sums.walk("T0") == pytest.approx(_serving_dspark_tau(target, draft, held["prompts"], NEW_TOKENS), rel=1e-12)
 
 
 def test_grouping_and_chunking_change_nothing(target, held):
