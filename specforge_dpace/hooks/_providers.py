@@ -23,13 +23,13 @@ MARKER = "__specforge_dpace_patched__"
 EVAL_ATTR = "_specforge_dpace_eval"
 
 
-def with_eval_settings(model: Any, cfg: Any) -> Any:
-    """``model`` carrying the run's evaluation settings (``training.eval_walk`` / ``best_metric``) for the
-    evaluation and checkpoint hooks (:mod:`._evaluation`)."""
+def with_eval_settings(parts: Any, cfg: Any) -> Any:
+    """A builder's result (SpecForge's ``TrainingModelParts``) whose training model carries the run's
+    evaluation settings (``training.eval_walk`` / ``best_metric``) for :mod:`._evaluation`."""
     from ._eval_settings import settings_of_training
 
-    setattr(model, EVAL_ATTR, settings_of_training(cfg.training))
-    return model
+    setattr(getattr(parts, "model", parts), EVAL_ATTR, settings_of_training(cfg.training))
+    return parts
 
 
 def eval_settings_of(model: Any) -> Any:

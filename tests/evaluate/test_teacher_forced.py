@@ -5,8 +5,7 @@ equal the evaluator's measured tau *exactly*, for every head of every method: th
 Domino (whose SpecForge-class decoding equals the serving rollout), and for DSpark in the convention the
 evaluator decodes today (``specforge-class``).  DSpark's serving convention (the anchor row drafts the
 first token, gamma = K tokens) is checked against a plain greedy loop written from SGLang 0.5.23's DSpark
-drafter (``speculative/dspark_components/dspark_draft.py``: ``draft_markov_block`` feeds the anchor, then
-each drafted token, over the ``gamma`` query rows of ``[anchor, mask, ...]``).  Real tiny Qwen3 targets and
+drafter (``tests/_serving_reference.py``).  Real tiny Qwen3 targets and
 SpecForge draft classes; float64 so that no near-tie decides an argmax differently.
 """
 
@@ -16,6 +15,8 @@ import pytest
 import torch
 
 pytest.importorskip("specforge")
+
+from _serving_reference import serving_dspark_tau  # noqa: E402
 
 from specforge_dpace.evaluate import EvalConfig, evaluate_drafter, greedy_reference, tiny_draft, tiny_target  # noqa: E402
 from specforge_dpace.evaluate._speculative import context_features  # noqa: E402
@@ -115,65 +116,13 @@ def test_the_heads_accept_something(target, held):
     assert max(accepted) > 1.03
 
 
-def _serving_dspark_tau(target, draft, prompts, new_tokens):
-    """Greedy speculative decoding with DSpark's serving convention, no caches: each step drafts from the
-    block [anchor, mask * (K - 1)] placed after the context, hidden row i -> draft i + 1 (the anchor row
-    first), the Markov head fed the anchor, then each drafted token; the target verifies the K drafts."""
-    from specforge.modeling.draft.dspark import RNNMarkovHead
-
-    k, embed, head = draft.block_size, target.get_input_embeddings(), target.get_output_embeddings()
-    emitted_total = steps = 0
-    with torch.no_grad():
-        for prompt in prompts:
-            tokens = list(prompt) + greedy_reference(target, prompt, 1)
-            produced = 1
-            while produced < new_tokens:
-                start = len(tokens) - 1  # the anchor: the last emitted token
-                out = target(input_ids=torch.tensor([tokens]), output_hidden_states=True)
-                features = context_features(out.hidden_states, LAYERS)[:, :start]
-                block = torch.full((1, k), draft.mask_token_id)
-                block[0, 0] = tokens[-1]
-                hidden = draft(
-                    target_hidden=features,
-                    noise_embedding=embed(block),
-                    position_ids=torch.arange(start + k).unsqueeze(0),
-                    is_causal=False,
-                )[0, -k:]
-                base, previous, drafts = head(hidden), torch.tensor([tokens[-1]]), []
-                state = None
-                for i in range(k):
-                    if draft.markov_head is None:
-                        logits = base[i : i + 1]
-                    elif isinstance(draft.markov_head, RNNMarkovHead):
-                        if state is None:
-                            state = torch.zeros(1, draft.markov_head.markov_rank, dtype=hidden.dtype)
-                        state, bias = draft.markov_head._rnn_step(
-                            state, draft.markov_head.get_prev_embeddings(previous), hidden[i : i + 1]
-                        )
-                        logits = base[i : i + 1] + bias
-                    else:
-                        logits = draft.markov_head.apply_step_logits(
-                            base[i : i + 1], token_ids=previous, hidden_states=hidden[i : i + 1]
-                        )
-                    previous = logits.argmax(dim=-1)
-                    drafts.append(int(previous))
-                check = target(input_ids=torch.tensor([tokens + drafts])).logits[0, start:].argmax(dim=-1).tolist()
-                accepted = 0
-                while accepted < k and drafts[accepted] == check[accepted]:
-                    accepted += 1
-                new = (drafts[:accepted] + [check[accepted]])[: new_tokens - produced]
-                tokens += new
-                produced += len(new)
-                emitted_total += len(new)
-                steps += 1
-    return emitted_total / steps
-
-
 @pytest.mark.parametrize("head", [h for m, h in HEADS if m == "dspark"], ids=[i for i in IDS if "dspark" in i])
 def test_dspark_serving_walk_is_the_serving_decodings_tau(target, held, head):
     draft = _draft(target, "dspark", head)
     sums = _pass(target, draft, held, convention=SERVING)
-    assert sums.walk("T0") == pytest.approx(_serving_dspark_tau(target, draft, held["prompts"], NEW_TOKENS), rel=1e-12)
+    assert sums.walk("T0") == pytest.approx(
+        serving_dspark_tau(target, draft, held["prompts"], NEW_TOKENS, LAYERS), rel=1e-12
+    )
 
 
 def test_grouping_and_chunking_change_nothing(target, held):
