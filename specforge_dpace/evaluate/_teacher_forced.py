@@ -95,6 +95,16 @@ def check_temperatures(temperatures: Any, where: str = "temperatures") -> tuple[
     return tuple(float(t) for t in values)
 
 
+def check_stride(stride: Any, drafted: int, where: str = "anchor stride") -> int:
+    """A stride every token of a continuation is drafted under: 1 .. the tokens a block drafts."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max(drafted, 1):
+        raise ValueError(
+            f"{where} {stride!r} is invalid; accepted: an int in 1 .. {drafted} (the tokens a block drafts, so that "
+            "every token is drafted by an evaluated block; 1 = every anchor)"
+        )
+    return stride
+
+
 @dataclass
 class PassSums:
     """Additive sums of one pass (float64): per setting ``[block_num, block_den, walk_tokens, walk_steps]``,
@@ -280,6 +290,7 @@ def teacher_forced_pass(
         shift_label=bool(getattr(model.draft_model, "shift_label", False)),
         convention=convention,
     )
+    check_stride(anchor_stride, alignment.drafted)
     anchors, keep = anchor_grid(loss_mask, anchor_stride)
     width = anchors.shape[1]
     groups = _chunks(width, blocks_per_forward or getattr(model, "num_anchors", None))
@@ -303,20 +314,19 @@ def teacher_forced_pass(
             columns = slice(group.start + chunk.start, group.start + chunk.stop)
             valid_all[:, columns] = valid.cpu()
             for name, probs in accept.items():
-                at_least = torch.cumprod(torch.where(valid, probs, torch.zeros_like(probs)), dim=-1)
                 buffer = per_setting.setdefault(
                     name, torch.zeros(*anchors.shape, alignment.drafted, dtype=torch.float64)
                 )
-                buffer[:, columns] = at_least.cpu()
+                buffer[:, columns] = torch.where(valid, probs, torch.zeros_like(probs)).cpu()
             if target is not None:
                 agree = (target.argmax(dim=-1) == labels) & valid
                 sums.agreement[0] += float(agree.sum())
                 sums.agreement[1] += float(valid.sum())
     keep_cpu, anchors_cpu, mask_cpu = keep.cpu(), anchors.cpu(), loss_mask.cpu()
-    for name, at_least in per_setting.items():
+    for name, probs in per_setting.items():
         entry = sums.values[name]
-        num, den = block_sums(keep_cpu, at_least, valid_all)
-        tokens, steps = walk_sums(anchors_cpu, keep_cpu, at_least, mask_cpu, anchor_stride)
+        num, den = block_sums(keep_cpu, probs, valid_all)
+        tokens, steps = walk_sums(anchors_cpu, keep_cpu, probs, mask_cpu, anchor_stride)
         entry[0] += num
         entry[1] += den
         entry[2] += tokens
@@ -333,6 +343,7 @@ __all__ = [
     "SPECFORGE_CLASS",
     "PassSums",
     "SlotAlignment",
+    "check_stride",
     "check_temperatures",
     "draft_slot_logits",
     "method_of",

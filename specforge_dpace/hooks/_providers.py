@@ -28,7 +28,17 @@ def with_eval_settings(parts: Any, cfg: Any) -> Any:
     evaluation settings (``training.eval_walk`` / ``best_metric``) for :mod:`._evaluation`."""
     from ._eval_settings import settings_of_training
 
-    setattr(getattr(parts, "model", parts), EVAL_ATTR, settings_of_training(cfg.training))
+    model = getattr(parts, "model", parts)
+    settings = settings_of_training(cfg.training)
+    if settings.enabled and settings.anchor_stride > 1:  # refused before training, not at the first evaluation
+        from specforge_dpace.evaluate._teacher_forced import check_stride, method_of, slot_alignment
+
+        draft = model.draft_model
+        alignment = slot_alignment(
+            method_of(draft), model.block_size, shift_label=bool(getattr(draft, "shift_label", False))
+        )
+        check_stride(settings.anchor_stride, alignment.drafted, "training.eval_walk.anchor_stride")
+    setattr(model, EVAL_ATTR, settings)
     return parts
 
 
