@@ -17,8 +17,9 @@ import torch
 pytest.importorskip("specforge")
 
 from _serving_reference import serving_dspark_tau  # noqa: E402
+from test_eval_methods import HEADS, IDS, _draft  # noqa: E402  (every head of every method, heads amplified)
 
-from specforge_dpace.evaluate import EvalConfig, evaluate_drafter, greedy_reference, tiny_draft, tiny_target  # noqa: E402
+from specforge_dpace.evaluate import EvalConfig, evaluate_drafter, greedy_reference, tiny_target  # noqa: E402
 from specforge_dpace.evaluate._speculative import context_features  # noqa: E402
 from specforge_dpace.evaluate._teacher_forced import (  # noqa: E402
     SERVING,
@@ -28,17 +29,6 @@ from specforge_dpace.evaluate._teacher_forced import (  # noqa: E402
     teacher_forced_pass,
 )
 
-HEADS = [
-    ("dflash", None),
-    ("domino", None),
-    ("domino", {"shift_label": True}),
-    ("domino", {"pure_draft_prefix_len": 1}),
-    ("dspark", {"markov_head_type": "vanilla"}),
-    ("dspark", {"markov_head_type": "gated"}),
-    ("dspark", {"markov_head_type": "rnn", "confidence_head_with_markov": True}),
-    ("dspark", {"markov_rank": 0, "enable_confidence_head": False}),
-]
-IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in (h or {}).items()) or 'default'}" for m, h in HEADS]
 LAYERS = [0, 1]
 NEW_TOKENS = 24
 
@@ -66,17 +56,6 @@ def held(target):
         "hidden_states": context_features(out.hidden_states, LAYERS),
         "last": out.hidden_states[-1],
     }
-
-
-def _draft(target, method, head, block_size=5):
-    draft = tiny_draft(target, block_size=block_size, target_layer_ids=LAYERS, method=method, head=head, seed=1)
-    with torch.no_grad():  # heads large enough to change the argmax (as in test_eval_methods)
-        for name, param in draft.named_parameters():
-            if name.startswith(("embed_proj.", "markov_head.")):
-                param.mul_(8.0)
-            elif name == "prefix_gru.weight_ih_l0":
-                param.mul_(40.0)
-    return draft
 
 
 def _pass(target, draft, held, **kwargs):
