@@ -81,7 +81,7 @@ class ExperimentConfig:
     seeds: Sequence[int] = (0, 1, 2, 3, 4)
     baseline: str = BASELINE
     data_temperature: float = 0.0
-    method: str = "dflash"  # "domino" / "dspark": measured tau only (the teacher-forced predictors are DFlash's)
+    method: str = "dflash"  # "domino" / "dspark": their predictors follow each method's serving convention
     steps: int = 600
     num_train_seqs: int = 512
     gen_len: int = 96

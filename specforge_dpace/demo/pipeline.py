@@ -531,14 +531,15 @@ class DemoPipeline:
 
     def predicted(self, objective: str, draft, temperatures: Sequence[float]) -> dict:
         """Teacher-forced acceptance metrics of ``draft`` on :meth:`heldout` (see ``teacher_forced``)."""
+        from specforge_dpace.evaluate._teacher_forced import SERVING
+
         from .teacher_forced import teacher_forced_metrics
 
-        if self.config.method != "dflash":  # their logits go through the method's head: not the plugin's DFlash metrics
-            return {"method": self.config.method, "note": "teacher-forced predictors are computed for dflash only"}
         directory = self.drafter_dir(objective)
         temperatures = sorted({float(t) for t in temperatures if t > 0})
         key = _key(
-            "predicted-v2",  # v2: with the walk predictors
+            "predicted-v3",  # v3: the shared per-anchor pass, every method in its serving convention
+            SERVING,
             directory.name,
             _cache.content_digest(directory, exclude=("train_log.json",)),
             self.heldout_key(),

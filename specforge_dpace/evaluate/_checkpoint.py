@@ -181,6 +181,32 @@ def load_draft(
     ``block_size`` stands for an explicit block size (SGLang's ``--speculative-num-draft-tokens``).
     Domino / DSpark: the backbone by the same rules, the head fields and tensors by the class's
     (:mod:`specforge_dpace.draft_methods`); early ``logit_head.`` head names are mapped as SpecForge does."""
+    path = Path(path)
+    return draft_from_state(
+        read_draft_config(path),
+        _read_safetensors(path),
+        str(path),
+        target_config,
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+        block_size=block_size,
+    )
+
+
+def draft_from_state(
+    raw: dict,
+    state: dict,
+    where: str,
+    target_config=None,
+    *,
+    dtype=None,
+    device=None,
+    attn_implementation: str = "sdpa",
+    block_size: Optional[int] = None,
+):
+    """:func:`load_draft` of a config dict and a weight dict (``where`` names their source in errors): the
+    same rules, so SpecForge's own checkpoints (``draft_state_dict``) load like an export directory."""
     from specforge.modeling.draft.dflash import DFlashDraftModel
     from specforge.modeling.draft.domino import DominoDraftModel
     from specforge.modeling.draft.dspark import DSparkDraftModel
@@ -191,10 +217,8 @@ def load_draft(
         draft_methods.DOMINO: DominoDraftModel,
         draft_methods.DSPARK: DSparkDraftModel,
     }
-    path = Path(path)
-    raw = read_draft_config(path)
-    method = draft_methods.draft_method(raw)
-    state = _read_safetensors(path)
+    path = where
+    method = draft_methods.draft_method(raw, where=f"draft config of {where!r}")
     verdict = draft_methods.check_draft(raw, _shapes(state), target=target_config, block_size=block_size, method=method)
     if method == draft_methods.DFLASH:
         verdict.raise_for_errors(f"draft {str(path)!r} is not servable by SGLang DFlash:")

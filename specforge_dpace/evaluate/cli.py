@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from .. import _numbers as num
+from . import cli_teacher_forced
 
 HELP = "measure a DFlash/Domino/DSpark drafter's acceptance length (tau) offline with an HF target (no SGLang, CPU ok)"
-DESCRIPTION = """Speculative decoding, batch 1, with an HF causal-LM target and a SpecForge DFlash-family draft
+DESCRIPTION = (
+    """Speculative decoding, batch 1, with an HF causal-LM target and a SpecForge DFlash-family draft
 checkpoint: a DFlash draft in the directory layout SGLang serves, or a Domino / DSpark draft as SpecForge's
 HF export writes it (architectures DominoDraftModel / DSparkDraftModel), decoded the way its own SpecForge
 class samples a block.  Temperature 0 verifies greedily (output identical to the target's greedy decoding);
@@ -30,6 +32,8 @@ per_prompt.jsonl.  --output-dir is checked for writing before any model is loade
 
 Prompts file: JSONL, one object per line with "input_ids" (list of ints) or "prompt" (text, encoded
 without chat template by the tokenizer in --tokenizer or --target)."""
+    + cli_teacher_forced.DESCRIPTION
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,11 +46,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--draft",
         required=True,
+        action="append",
         metavar="PATH",
         help="draft directory (config.json + *.safetensors): DFlash, validated against SGLang 0.5.14's DFlash "
-        "loader rules (docs/bench.md), or a Domino / DSpark export",
+        "loader rules (docs/bench.md), or a Domino / DSpark export (repeatable with --teacher-forced)",
     )
-    parser.add_argument("--prompts", required=True, metavar="FILE", help="prompts JSONL ('prompt' or 'input_ids')")
+    parser.add_argument(
+        "--prompts", default=None, metavar="FILE", help="prompts JSONL ('prompt' or 'input_ids'); required to decode"
+    )
     parser.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer directory (default: --target)")
     parser.add_argument(
         "--temperature",
@@ -118,6 +125,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also time plain autoregressive decoding with the target alone and report the speed-up",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar over prompts")
+    cli_teacher_forced.configure(parser)
 
 
 #: What --output-dir receives, in writing order: eval.json last, so a complete eval.json means the others are too.
@@ -127,9 +135,11 @@ OUTPUT_FILES = ("per_prompt.jsonl", "table.txt", "eval.json")
 def run(args: argparse.Namespace) -> int:
     from .._outdir import output_dir
 
+    cli_teacher_forced.check_mode(args)  # flags of the other mode refused before anything else
+    files = ("teacher_forced.json",) if args.teacher_forced else OUTPUT_FILES
     # --output-dir checked (a directory, writable, no directory where a report file goes) and locked
     # against a second run before any model is loaded
-    with output_dir(args.output_dir, "--output-dir", "specforge-dpace evaluate", files=OUTPUT_FILES):
+    with output_dir(args.output_dir, "--output-dir", "specforge-dpace evaluate", files=files):
         return _run(args)
 
 
@@ -147,6 +157,8 @@ def _run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.teacher_forced:
+        return cli_teacher_forced.run(args)
     config = EvalConfig(
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,
@@ -161,14 +173,14 @@ def _run(args: argparse.Namespace) -> int:
     )
     result = evaluate_paths(
         args.target,
-        args.draft,
+        args.draft[0],
         args.prompts,
         config,
         tokenizer_path=args.tokenizer,
         num_prompts=args.num_prompts,
         device=args.device,
     )
-    result.overall.update({"target": str(args.target), "draft": str(args.draft), "prompts": str(args.prompts)})
+    result.overall.update({"target": str(args.target), "draft": str(args.draft[0]), "prompts": str(args.prompts)})
     table = result.table()
     print(table)
     if args.output_dir is not None:

@@ -250,11 +250,28 @@ def with_target_hidden(registration: Any) -> Any:
 # -- early data validation ---------------------------------------------------------------------
 
 
+def needs_target_hidden(training: Any) -> Optional[str]:
+    """Why a DFlash / Domino run needs the key, or ``None``: a soft-label objective, or walks at T > 0 the
+    user asked for (``training.eval_walk.temperatures`` or a ``training.best_metric`` at a temperature)."""
+    spec = soft_spec(training)
+    if spec is not None:
+        return f"training.loss_type={spec!r} is a soft-label objective: it needs the target's distribution p"
+    from ._eval_settings import settings_of_training
+
+    settings = settings_of_training(training)
+    if settings.temperatures_required:
+        return (
+            f"the eval walks at T = {', '.join(f'{t:g}' for t in settings.temperatures)} (training.eval_walk / "
+            "training.best_metric) need the target's distribution p"
+        )
+    return None
+
+
 def why_target_hidden(training: Any, registration: Any) -> Optional[tuple[str, str]]:
     """``(why, hint)`` when a run's data path reads ``target_last_hidden_states`` (the sentence that opens the
-    error when the features lack it, and how to get them), or ``None``: a soft-label objective on a derived
-    DFlash / Domino registration, or any DSpark run (SpecForge's DSpark reader, normalizer and collator always
-    read it, so a hard objective is no way out there)."""
+    error when the features lack it, and how to get them), or ``None``: a derived DFlash / Domino registration
+    whose run needs p (:func:`needs_target_hidden`), or any DSpark run (SpecForge's DSpark reader, normalizer and
+    collator always read it, so a hard objective is no way out there)."""
     if training.strategy == "dspark" and registration.name == "dspark":
         why = (
             "training.strategy='dspark' trains against the target's distribution p whatever the objective "
@@ -263,13 +280,9 @@ def why_target_hidden(training: Any, registration: Any) -> Optional[tuple[str, s
         )
         return why, CAPTURE
     if carries_target_hidden(registration):
-        spec = soft_spec(training)
-        if spec is not None:
-            why = (
-                f"training.loss_type={spec!r} is a soft-label objective: it needs the target's distribution p, "
-                "computed from the target's last hidden state (post final norm)"
-            )
-            return why, CAPTURE_HINT
+        reason = needs_target_hidden(training)
+        if reason is not None:
+            return f"{reason}, computed from the target's last hidden state (post final norm)", CAPTURE_HINT
     return None
 
 
@@ -307,6 +320,7 @@ __all__ = [
     "build_step",
     "carries_target_hidden",
     "check_offline_features",
+    "needs_target_hidden",
     "normalize_offline_sample",
     "why_target_hidden",
     "soft_spec",

@@ -143,35 +143,6 @@ def test_a_killed_run_resumes_to_the_same_numbers(tmp_path):
     assert _taus(resumed) == _taus(reference)
 
 
-@pytest.mark.parametrize(
-    "accept,tau",
-    [
-        (1.0, 3.0),  # K=3: two drafted tokens accepted + the bonus at every step: 6 tokens in 2 steps
-        (0.0, 1.0),  # nothing accepted: one token per step
-        (0.5, 6.0 / 3.75),  # by hand below: S(5)=1, S(4)=1.5, S(3)=2, S(2)=2.625, S(1)=3.1875, S(0)=3.75
-    ],
-)
-def test_the_walk_predictor_counts_verify_steps_as_decoding_does(accept, tau):
-    """A continuation of 7 tokens (the first is the prefill token), block K=3, acceptance per slot p:
-    S(a) = 1 + P(L=0) S(a+1) + P(L=1) S(a+2) + P(L=2) S(a+3), S(a) = 0 once a >= 6 (the last token)."""
-    import torch
-
-    from specforge_dpace.demo.teacher_forced import walk_terms
-
-    anchors = torch.arange(0, 6).view(1, -1)
-    valid = torch.ones(1, 6, 3, dtype=torch.bool)
-    valid[..., 0] = False
-    tokens, steps = walk_terms(
-        anchors, torch.ones_like(anchors, dtype=torch.bool), torch.full((1, 6, 3), accept), valid, torch.ones(1, 7)
-    )
-    if accept == 0.5:  # P(L=0)=0.5, P(L=1)=0.25, P(L=2)=0.25
-        s = {a: 0.0 for a in range(6, 10)}
-        for a in range(5, -1, -1):
-            s[a] = 1 + 0.5 * s[a + 1] + 0.25 * s[a + 2] + 0.25 * s[a + 3]
-        tau = 6.0 / s[0]
-    assert tokens == 6.0 and tokens / steps == pytest.approx(tau)
-
-
 def test_one_seed_reports_no_interval_and_says_why():
     """Before: a zero-width "95 % interval" [x, x] printed as if it were a result."""
     taus = {"dflash(gamma=7)": {0: 2.0}, "dpace": {0: 2.2}}

@@ -38,6 +38,10 @@ def test_installed_plugin_patches_every_unified_module_in_a_fresh_process():
         assert checks[f"patched on import: {target}"]["status"] == "ok"
     assert checks["autoload .pth"]["status"] == "ok"
     assert "specforge 0.2.0" in checks["versions"]["detail"]
+    for target in ("unified-evaluation", "unified-trainer", "unified-checkpoint", "unified-dflash-providers"):
+        assert checks[f"patched on import: {target}"]["status"] == "ok"
+    recommended = checks["best checkpoint metric"]
+    assert recommended["status"] == "info" and "training.best_metric: eval/tau_walk" in recommended["detail"]
 
 
 def test_autoload_switched_off_fails_and_says_why():

@@ -12,6 +12,8 @@ pytest.importorskip("specforge")
 import specforge.algorithms.common.dflash_family_model  # noqa: E402,F401
 import specforge.algorithms.model_providers  # noqa: E402,F401
 import specforge.config.schema  # noqa: E402,F401
+import specforge.training.controller  # noqa: E402,F401
+import specforge.training.trainer  # noqa: E402,F401
 from _tiny_specforge import tiny_online_model  # noqa: E402
 
 import specforge_dpace  # noqa: E402
@@ -55,6 +57,10 @@ def test_install_is_idempotent_and_uninstall_restores_identity():
         "unified-composition",
         "unified-domino-providers",
         "unified-dspark-providers",
+        "unified-dflash-providers",
+        "unified-evaluation",
+        "unified-trainer",
+        "unified-checkpoint",
     ]
     patched = _originals()
     assert all(patched[name] is not before[name] for name in before)
