@@ -216,6 +216,10 @@ def assemble_outputs(
             one = num.new_ones(())
             for name, part in value.parts.items():
                 ratio_metrics[f"{ratio_prefix}loss[{name}]"] = (part.detach(), one)
+        if value.magnitudes is not None:  # normalize=true: what each term was divided by
+            one = num.new_ones(())
+            for name, magnitude in zip(value.parts, value.magnitudes.unbind()):
+                ratio_metrics[f"{ratio_prefix}loss_magnitude[{name}]"] = (magnitude.detach(), one)
     metrics: dict[str, Any] = {
         "accuracy_denom": accuracy_den.detach(),
         "ratio_metrics": ratio_metrics,

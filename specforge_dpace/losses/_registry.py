@@ -15,8 +15,8 @@ from importlib import metadata
 from typing import Any, Callable, Mapping, Optional, Union
 
 from ._base import BlockObjective, Option
-from ._composite import CompositeObjective
-from ._spec import GRAMMAR, Term, parse_spec
+from ._composite import COMPOSITE_OPTIONS, CompositeObjective, composite_options
+from ._spec import GRAMMAR, Term, parse_composite
 
 ENTRY_POINT_GROUP = "specforge_dpace.losses"
 DISTRIBUTION = "specforge-dpace"
@@ -101,10 +101,10 @@ class LossRegistry:
         description: Optional[str] = None,
     ) -> LossInfo:
         """Register ``factory`` under ``name``; a duplicate is refused unless ``replace=True``."""
-        if not isinstance(name, str) or not name or any(c in name for c in "+*(),= \t"):
+        if not isinstance(name, str) or not name or any(c in name for c in "+*(),=; \t"):
             raise ValueError(
                 f"invalid objective name {name!r}: use letters, digits, '-', '_' or '.' "
-                "(the characters + * ( ) , = and spaces belong to the spec grammar)"
+                "(the characters + * ( ) , = ; and spaces belong to the spec grammar)"
             )
         if not callable(factory):
             raise TypeError(f"objective factory for {name!r} must be callable, got {type(factory).__name__}")
@@ -263,7 +263,9 @@ class LossRegistry:
     def build(self, spec: Any, options: Optional[Mapping[str, Any]] = None) -> Objective:
         """Objective from a name or composite spec (or an objective, returned as is).
 
-        ``options`` apply to a single-term spec, on top of options written in the spec.
+        ``options`` apply to a single-term spec, on top of options written in the spec; beside a
+        multi-term spec they may hold the composite options (``normalize``, ``normalize_decay``), as the
+        spec's ``; key=value`` part does.
         """
         if isinstance(spec, (BlockObjective, CompositeObjective)):
             if options:
@@ -271,22 +273,34 @@ class LossRegistry:
             return spec
         if not isinstance(spec, str):
             raise TypeError(f"objective spec must be a string, got {type(spec).__name__} {spec!r}")
-        terms = parse_spec(spec)
+        terms, composite = parse_composite(spec)
         options = dict(options or {})
+        if len(terms) > 1:
+            given = {k: options.pop(k) for k in list(options) if k in COMPOSITE_OPTIONS}
+            clash = sorted(set(given) & set(composite))
+            if clash:
+                raise ValueError(f"composite option(s) {clash} given both in the spec {spec!r} and separately")
+            composite.update(given)
         if options:
             if len(terms) != 1:
                 raise ValueError(
                     f"separate options {options} apply only to a single-term spec, but {spec!r} has "
-                    f"{len(terms)} terms; write them inside the spec, e.g. 'dpace(alpha=0.3) + 0.3*chain'"
+                    f"{len(terms)} terms; write them inside the spec, e.g. 'dpace(alpha=0.3) + 0.3*chain' "
+                    f"(the composite's own options: {', '.join(COMPOSITE_OPTIONS)})"
                 )
             clash = sorted(set(options) & set(terms[0].options))
             if clash:
                 raise ValueError(f"option(s) {clash} given both in the spec {spec!r} and separately")
             terms = [Term(terms[0].name, terms[0].weight, {**terms[0].options, **options})]
+        settings = {
+            key: value
+            for key, value in composite_options(composite, f"objective spec {spec!r}").items()
+            if value != COMPOSITE_OPTIONS[key].default
+        }
         built = [(t.weight, self.create(t.name, **t.options)) for t in terms]
-        if len(built) == 1 and built[0][0] == 1.0:
+        if len(built) == 1 and built[0][0] == 1.0 and not settings:
             return built[0][1]
-        return CompositeObjective(built)
+        return CompositeObjective(built, **settings)
 
 
 default_registry = LossRegistry()

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from ._base import BlockObjective, LossValue, Option, OptionError, Tensor, check_block_tensors, mask_as
+from ._state import CommittedOnRead, in_backward
 from ._weighted import decay_weights
 
 #: Statistic keys of soft-label gradients (``slot_grad`` of soft objectives returns a mapping).
@@ -221,13 +222,6 @@ class _SoftStatistics(torch.autograd.Function):
         return grad.view(logits.shape).to(logits.dtype), None, None, None, None, None
 
 
-def _in_backward() -> bool:
-    """Whether autograd's engine is running a backward pass in this thread (a checkpointed chunk
-    being recomputed).  Without the private probe, assume not."""
-    probe = getattr(torch._C, "_current_graph_task_id", None)
-    return probe is not None and probe() != -1
-
-
 class _RecomputeStore:
     """The statistics a forward pass formed for a chunk, kept for its recomputation in backward.
 
@@ -300,12 +294,12 @@ def soft_slot_stats(
         )
     temperature = float(temperature)
     stored = None
-    if reuse is not None and _in_backward():
+    if reuse is not None and in_backward():
         stored = RECOMPUTE_STORE.take(reuse, temperature, labels is not None)
     outputs = _SoftStatistics.apply(
         draft_logits, target.detach(), temperature, labels, target_log_probs is not None, stored
     )
-    if reuse is not None and stored is None and not _in_backward():
+    if reuse is not None and stored is None and not in_backward():
         RECOMPUTE_STORE.put(reuse, temperature, labels is not None, tuple(o.detach() for o in outputs))
     draft = draft_logits.detach()
     # argmaxes formed when first read: after the objective (the metrics), so never in a recomputation
@@ -424,36 +418,34 @@ class LaggedAlpha:
     (``lk-lambda(lagged=true)``), kept on the objective between calls.
 
     ``reduce`` records a micro-batch's sums as *pending*; the first read outside a backward pass
-    commits them.  So every chunk of a micro-batch, and its recomputation by activation checkpointing
-    in backward (after ``reduce`` ran), sees the same lambda.  Before any training micro-batch, and
-    at positions never supervised so far, the mean is 0 (lambda = 1: KL only, the LK schedule's start).
+    commits them (:mod:`._state`: per rank, not saved in checkpoints).  So every chunk of a
+    micro-batch, and its recomputation by activation checkpointing in backward (after ``reduce``
+    ran), sees the same lambda.  Before any training micro-batch, and at positions never supervised
+    so far, the mean is 0 (lambda = 1: KL only, the LK schedule's start).
     """
 
-    __slots__ = ("_mean", "_pending")
+    __slots__ = ("_state",)
 
     def __init__(self) -> None:
-        self._mean: Optional[Tensor] = None
-        self._pending: Optional[tuple[Tensor, Tensor]] = None
+        self._state = CommittedOnRead(_merge_position_means)
 
     def mean(self, positions: int, like: Tensor) -> Tensor:
         """``[positions]`` mean alpha in ``like``'s dtype and device (0 where none is known)."""
-        if self._pending is not None and not _in_backward():
-            self._commit()
-        if self._mean is None or self._mean.shape[0] != positions:
+        mean = self._state.read()
+        if mean is None or mean.shape[0] != positions:
             return torch.zeros(positions, dtype=like.dtype, device=like.device)
-        return self._mean.to(dtype=like.dtype, device=like.device)
+        return mean.to(dtype=like.dtype, device=like.device)
 
     def record(self, alpha_sum: Tensor, count: Tensor) -> None:
-        self._pending = (alpha_sum.detach().clone(), count.detach().clone())
+        self._state.record((alpha_sum.detach().clone(), count.detach().clone()))
 
-    def _commit(self) -> None:
-        alpha_sum, count = self._pending
-        self._pending = None
-        fresh = alpha_sum / count.clamp_min(1.0)
-        previous = self._mean
-        if previous is not None and previous.shape == fresh.shape:
-            fresh = torch.where(count > 0, fresh, previous.to(fresh))  # unsupervised positions keep theirs
-        self._mean = fresh
+
+def _merge_position_means(previous: Optional[Tensor], pending: tuple[Tensor, Tensor]) -> Tensor:
+    alpha_sum, count = pending
+    fresh = alpha_sum / count.clamp_min(1.0)
+    if previous is not None and previous.shape == fresh.shape:
+        fresh = torch.where(count > 0, fresh, previous.to(fresh))  # unsupervised positions keep theirs
+    return fresh
 
 
 class LKLambdaLoss(SoftObjective):

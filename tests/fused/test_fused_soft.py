@@ -376,10 +376,19 @@ def test_exact_ties_at_a_large_vocabulary_go_where_the_plain_path_puts_them(spec
     assert rel_err(fused_grad, plain_grad) <= 1e-5
 
 
-@pytest.mark.parametrize("spec", ["lk-lambda(lagged=true)", "dpace + 0.5*lk-lambda(lagged=true,gamma=7)"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "lk-lambda(lagged=true)",
+        "dpace + 0.5*lk-lambda(lagged=true,gamma=7)",
+        "dpace + 0.5*lk-lambda; normalize=true",  # running magnitudes instead of (or beside) a lagged lambda
+        "dpace + 0.5*lk-lambda(lagged=true) + tv; normalize=true,normalize_decay=0.5",
+    ],
+)
 def test_lagged_lambda_over_successive_micro_batches_equals_the_plain_path(spec):
-    """Each path keeps its own objective (the lagged state lives on it): fed the same micro-batches in
-    turn, both use the same lambda at every step, and agree on values and gradients."""
+    """Each path keeps its own objective (the lagged state, the normalize magnitudes live on it): fed the
+    same micro-batches in turn, both use the same lambda and magnitudes at every step, and agree on values
+    and gradients."""
     plain_objective, fused_objective = build_loss(spec), build_loss(spec)
     losses = []
     for step in range(3):

@@ -142,3 +142,32 @@ def test_lagged_lambda_survives_checkpoint_recomputation(specforge_installed):
     fresh, _ = _greedy_setup("lk-lambda(lagged=true)", chunk=1)
     torch.manual_seed(3)
     assert abs(float(fresh(**second_batch)[0].detach()) - float(l1)) > 1e-5  # lambda moved after the first batch
+
+
+@pytest.mark.parametrize(
+    "spec", ["dpace + 0.5*lk-lambda; normalize=true", "dpace + 0.5*lk-lambda(lagged=true); normalize=true"]
+)
+def test_normalized_composite_survives_checkpoint_recomputation(specforge_installed, spec):
+    """``normalize=true`` keeps a running magnitude per term, updated by each training micro-batch's reduce:
+    checkpointed chunks (recomputed in backward after reduce) and one unchecked evaluation agree on the
+    second micro-batch, whose magnitudes average both micro-batches."""
+    _, second_batch = _greedy_setup(seed=1)
+    results = []
+    for chunk in (0, 1):
+        model, first_batch = _greedy_setup(spec, chunk=chunk)
+        for batch in (first_batch, second_batch):
+            model.zero_grad()
+            torch.manual_seed(3)
+            loss, _, metrics = model(**batch)
+            loss.backward()
+        grads = [p.grad.clone() for p in model.draft_model.parameters() if p.grad is not None]
+        results.append((loss.detach(), grads, metrics))
+    (l0, g0, m0), (l1, g1, _) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
+    assert g0 and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g0, g1))
+    assert model.loss_type == spec  # the canonical spec, recorded for resume checks
+    magnitudes = {k: v for k, v in m0["ratio_metrics"].items() if k.startswith("loss_magnitude[")}
+    assert set(magnitudes) == {"loss_magnitude[dpace]", f"loss_magnitude[{spec.split('*')[1].split(';')[0]}]"}
+    fresh, _ = _greedy_setup(spec, chunk=1)
+    torch.manual_seed(3)
+    assert abs(float(fresh(**second_batch)[0].detach()) - float(l1)) > 1e-5  # the estimate moved after the first
