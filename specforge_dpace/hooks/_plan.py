@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 
 from ..losses import CompositeObjective, Option, build_loss
 from ..losses._composite import COMPOSITE_OPTIONS
+from ..losses._shares import SHARE_BLOCKS
 from ..losses._spec import Term, format_spec, parse_composite
 
 UPSTREAM_NAMES = (
@@ -36,6 +37,12 @@ PATH_OPTIONS: dict[str, Option] = {
     "acceptance_metrics": Option(
         None, (bool,), nullable=True, help="log sim_tau/surrogate/accept_pos (default: on for plugin objectives)"
     ),
+    "share_blocks": Option(
+        SHARE_BLOCKS,
+        (int,),
+        minimum=0,
+        help="composites: blocks per micro-batch sampled for the grad_share[term] metrics (0: loss_share only)",
+    ),
 }
 
 
@@ -50,6 +57,7 @@ class ObjectivePlan:
     fused: bool = False
     fused_sub_chunk: Optional[int] = None
     acceptance_metrics: bool = True
+    share_blocks: int = SHARE_BLOCKS  # composites: blocks sampled per micro-batch for grad_share (0: none)
 
 
 def _check_same(name: str, key: str, spec_value: Any, arg: str, arg_value: Any, arg_default: Any) -> None:
@@ -115,6 +123,7 @@ def _plan(
     fused = bool(path.get("fused", False))
     sub_chunk = path.get("fused_sub_chunk")
     metrics_opt = path.get("acceptance_metrics")
+    share_blocks = path.get("share_blocks", SHARE_BLOCKS)
 
     if not isinstance(loss_type, str):
         raise TypeError(f"loss_type must be a string (name or composite spec), got {loss_type!r}")
@@ -142,6 +151,12 @@ def _plan(
         terms = [Term(terms[0].name, terms[0].weight, {**terms[0].options, **options})]
 
     single = terms[0] if len(terms) == 1 and terms[0].weight == 1.0 and not composite else None
+    if "share_blocks" in path and single is not None:
+        raise ValueError(
+            f"loss_options share_blocks={share_blocks!r} applies to composites (it samples blocks for the "
+            f"grad_share[term] metrics), but loss_type {loss_type!r} is one term; accepted: a multi-term "
+            "loss_type, or leave share_blocks out"
+        )
     # SpecForge's own code computes a built-in name whose options are all its own (alpha, gamma); any other
     # option (e.g. labels=target) makes it a plugin objective
     if single is not None and single.name in upstream_names and not set(single.options) - {"alpha", "gamma"}:
@@ -187,6 +202,7 @@ def _plan(
         fused=fused,
         fused_sub_chunk=sub_chunk,
         acceptance_metrics=True if metrics_opt is None else bool(metrics_opt),
+        share_blocks=share_blocks,
     )
 
 

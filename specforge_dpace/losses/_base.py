@@ -200,6 +200,12 @@ class BlockObjective:
         """Temperatures at which this objective needs the soft statistics of p and q (none if hard)."""
         return (self.temperature,) if self.needs_target else ()
 
+    @property
+    def soft_extras(self) -> dict[float, tuple]:
+        """Statistic keys beyond log alpha and KL this objective reads, per temperature (none by default;
+        see :mod:`._statistics`): callers form them beside the soft statistics."""
+        return {}
+
     def spec(self) -> str:
         """Canonical spec string that rebuilds this objective (used for configs and resume checks)."""
         changed = {k: v for k, v in self.settings.items() if v != self.options[k].default}

@@ -124,6 +124,14 @@ class CompositeObjective:
         found = {t for _, obj in self.terms for t in getattr(obj, "soft_temperatures", ())}
         return tuple(sorted(found))
 
+    @property
+    def soft_extras(self) -> dict[float, tuple]:
+        found: dict[float, tuple] = {}
+        for _, obj in self.terms:
+            for t, keys in getattr(obj, "soft_extras", {}).items():
+                found[t] = tuple(dict.fromkeys(found.get(t, ()) + tuple(keys)))
+        return found
+
     def _term_spec(self) -> str:
         parts = []
         for weight, obj in self.terms:
@@ -155,17 +163,20 @@ class CompositeObjective:
             return torch.cat([obj.slot_grad(neg_log_q, weight_mask, correct) for _, obj in self.terms])
         per_term = [stat_grads(obj, neg_log_q, weight_mask, correct, soft) for _, obj in self.terms]
         keys = list(dict.fromkeys(key for grads in per_term for key in grads))
+        dtype = torch.float32
+        for grads in per_term:  # the widest coefficient dtype (fp64 inputs keep fp64 coefficients)
+            for value in grads.values():
+                dtype = torch.promote_types(dtype, value.dtype)
         merged = {}
         for key in keys:
             blocks = []
             for grads in per_term:
                 if key in grads:
-                    blocks.append(grads[key])
+                    blocks.append(grads[key].to(dtype))
                 else:
                     size = next(iter(grads.values())).shape[0]
-                    blocks.append(torch.zeros((size, *neg_log_q.shape), dtype=torch.float32, device=neg_log_q.device))
-            dtype = blocks[0].dtype
-            merged[key] = torch.cat([b.to(dtype) for b in blocks])
+                    blocks.append(torch.zeros((size, *neg_log_q.shape), dtype=dtype, device=neg_log_q.device))
+            merged[key] = torch.cat(blocks)
         return merged
 
     def _simple(self, num: Tensor) -> bool:

@@ -40,6 +40,7 @@ class LossInfo:
 
 def _builtin_factories() -> dict[str, Callable[..., BlockObjective]]:
     """Used only when the package runs from a source tree without installed metadata."""
+    from ._divergences import RenyiHalfLoss, TopKKLLoss
     from ._prefix import AcceptUntilFailLoss, ChainLoss, FirstErrorFocalLoss
     from ._soft import KLLoss, LKLambdaLoss, TVLoss
     from ._twin import LKAlphaLoss
@@ -62,8 +63,21 @@ def _builtin_factories() -> dict[str, Callable[..., BlockObjective]]:
         LKLambdaLoss,
         TVLoss,
         KLLoss,
+        RenyiHalfLoss,
+        TopKKLLoss,
     ]
     return {cls.name: cls for cls in classes}
+
+
+def _listed_options(factory: Callable[..., Any]) -> dict[str, Option]:
+    """The options a registered name takes: the factory's own, plus ``labels`` for a hard objective
+    (the registry wraps it in :class:`~._twin.TargetLabels` for ``labels=target``)."""
+    from ._twin import LABELS
+
+    options = _options_of(factory)
+    if not getattr(factory, "needs_target", False) and "labels" not in options:
+        options["labels"] = LABELS
+    return options
 
 
 def _options_of(factory: Callable[..., Any]) -> dict[str, Option]:
@@ -122,7 +136,7 @@ class LossRegistry:
         info = LossInfo(
             name=name,
             factory=factory,
-            options=_options_of(factory),
+            options=_listed_options(factory),
             source=source,
             description=description if description is not None else getattr(factory, "description", "") or "",
             needs_correct=bool(getattr(factory, "needs_correct", False)),
@@ -174,7 +188,7 @@ class LossRegistry:
             self._entries[ep.name] = LossInfo(
                 ep.name,
                 factory,
-                _options_of(factory),
+                _listed_options(factory),
                 source,
                 getattr(factory, "description", "") or "",
                 bool(getattr(factory, "needs_correct", False)),
@@ -186,7 +200,7 @@ class LossRegistry:
                     self._entries[name] = LossInfo(
                         name,
                         factory,
-                        _options_of(factory),
+                        _listed_options(factory),
                         BUILTIN_SOURCE,
                         factory.description,
                         factory.needs_correct,
@@ -212,7 +226,7 @@ class LossRegistry:
 
     def _twin_info(self, name: str, base: LossInfo) -> LossInfo:
         from ._soft import TEMPERATURE
-        from ._twin import twin_factory
+        from ._twin import DIVERGENCE, twin_factory
 
         if base.needs_target:
             raise ValueError(
@@ -222,9 +236,14 @@ class LossRegistry:
         return LossInfo(
             name=name,
             factory=twin_factory(base.factory, name),
-            options={**base.options, "temperature": TEMPERATURE},
+            options={
+                **{k: v for k, v in base.options.items() if k != "labels"},
+                "temperature": TEMPERATURE,
+                "divergence": DIVERGENCE,
+            },
             source=f"soft twin of {base.name} ({base.source})",
-            description=f"soft twin of {base.name}: {base.description or base.name}, run on -log alpha",
+            description=f"soft twin of {base.name}: {base.description or base.name}, run on -log alpha "
+            "(or -2 log sum sqrt(p q) with divergence=renyi-half)",
             needs_correct=False,
             needs_target=True,
             twin_of=base.name,
@@ -251,7 +270,14 @@ class LossRegistry:
             accepted = ", ".join(f"{k} ({o.describe()})" for k, o in info.options.items()) or "none"
             raise ValueError(f"{name}: unknown option(s) {unknown}; accepted options: {accepted}")
         coerced = {k: info.options[k].coerce(name, k, v) for k, v in options.items()}
+        from ._twin import LABELS
+
+        labels = coerced.pop("labels", "data") if info.options.get("labels") is LABELS else "data"
         objective = info.factory(**coerced)
+        if labels == "target":
+            from ._twin import TargetLabels
+
+            objective = TargetLabels(objective)
         for attr in ("chunk_terms", "reduce"):
             if not callable(getattr(objective, attr, None)):
                 raise TypeError(

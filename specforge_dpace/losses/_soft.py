@@ -64,14 +64,30 @@ class SoftSlots:
     ``teacher_ids`` (argmax p) and ``draft_ids`` (argmax q, the same at every temperature) are long
     tensors, detached; either may be given as a zero-argument function, called when first read."""
 
-    __slots__ = ("temperature", "log_alpha", "kl", "_teacher", "_draft")
+    __slots__ = ("temperature", "log_alpha", "kl", "extras", "_teacher", "_draft")
 
-    def __init__(self, temperature: float, log_alpha: Tensor, kl: Tensor, teacher_ids, draft_ids):
+    def __init__(
+        self, temperature: float, log_alpha: Tensor, kl: Tensor, teacher_ids, draft_ids, extras: Optional[dict] = None
+    ):
         self.temperature = temperature
         self.log_alpha = log_alpha  # log acceptance rate; carries grad
         self.kl = kl  # KL(p || q); carries grad
+        #: statistics only some objectives read, by their ``stat_grads`` key (e.g. ``("log_bc", T)``,
+        #: :mod:`._statistics`), formed when the objective declares them (``soft_extras``); carry grad
+        self.extras = dict(extras or {})
         self._teacher = teacher_ids if isinstance(teacher_ids, _Deferred) else _Deferred(teacher_ids)
         self._draft = draft_ids if isinstance(draft_ids, _Deferred) else _Deferred(draft_ids)
+
+    def extra(self, key) -> Tensor:
+        """The statistic ``key`` (an error naming what was computed when it is missing)."""
+        found = self.extras.get(key)
+        if found is None:
+            raise ValueError(
+                f"soft statistics at temperature {self.temperature:g} have no {key!r} (computed: "
+                f"{sorted(map(str, self.extras)) or 'none'}); the caller forms the statistics an objective "
+                "declares in soft_extras"
+            )
+        return found
 
     @property
     def teacher_ids(self) -> Tensor:
@@ -92,7 +108,10 @@ class SoftSlots:
 
     def detached(self) -> "SoftSlots":
         """The same statistics without grad (the deferred argmaxes shared, formed at most once)."""
-        return SoftSlots(self.temperature, self.log_alpha.detach(), self.kl.detach(), self._teacher, self._draft)
+        extras = {key: value.detach() for key, value in self.extras.items()}
+        return SoftSlots(
+            self.temperature, self.log_alpha.detach(), self.kl.detach(), self._teacher, self._draft, extras
+        )
 
 
 SoftInput = Union[SoftSlots, Mapping[float, SoftSlots], None]
@@ -268,6 +287,7 @@ def soft_slot_stats(
     target_log_probs: Optional[Tensor] = None,
     labels: Optional[Tensor] = None,
     reuse: Optional[Tensor] = None,
+    extras: tuple = (),
 ) -> Union[SoftSlots, tuple[SoftSlots, Tensor]]:
     """Soft statistics of one chunk: ``draft_logits [..., V]`` (carries grad) against the target.
 
@@ -278,7 +298,8 @@ def soft_slot_stats(
     ``reuse``: a tensor that identifies the chunk (an argument of a checkpointed chunk function, e.g. its
     target hidden states): the values are stored under it, and a call for the same chunk during a
     backward pass (the checkpoint's recomputation) takes them instead of forming them again
-    (:class:`_RecomputeStore`).
+    (:class:`_RecomputeStore`).  ``extras``: further statistic keys at this temperature (``soft_extras`` of
+    the objective, :mod:`._statistics`), formed tile by tile with their analytic gradient (not stored).
     """
     if (target_logits is None) == (target_log_probs is None):
         raise ValueError("soft_slot_stats: pass exactly one of target_logits and target_log_probs")
@@ -303,7 +324,12 @@ def soft_slot_stats(
         RECOMPUTE_STORE.put(reuse, temperature, labels is not None, tuple(o.detach() for o in outputs))
     draft = draft_logits.detach()
     # argmaxes formed when first read: after the objective (the metrics), so never in a recomputation
-    slots = SoftSlots(temperature, outputs[0], outputs[1], lambda: _argmax(target), lambda: _argmax(draft))
+    formed = {}
+    if extras:
+        from ._statistics import extra_statistics
+
+        formed = extra_statistics(draft_logits, target, temperature, tuple(extras), target_log_probs is not None)
+    slots = SoftSlots(temperature, outputs[0], outputs[1], lambda: _argmax(target), lambda: _argmax(draft), formed)
     return slots if labels is None else (slots, outputs[2])
 
 

@@ -85,7 +85,17 @@ def test_shifting_the_alignment_breaks_agreement():
         assert bool(agree.all()) is expect_all
 
 
-@pytest.mark.parametrize("spec", ["lk-lambda", "soft-dpace", "dpace + 0.5*lk-lambda", "kl(temperature=0.5) + tv"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "lk-lambda",
+        "soft-dpace",
+        "dpace + 0.5*lk-lambda",
+        "kl(temperature=0.5) + tv",
+        "renyi-half",
+        "topk-kl(k=5) + dflash(labels=target)",
+    ],
+)
 def test_soft_objectives_train_and_are_chunk_invariant(specforge_installed, spec):
     results = []
     for chunk in (0, 1):
@@ -171,3 +181,26 @@ def test_normalized_composite_survives_checkpoint_recomputation(specforge_instal
     fresh, _ = _greedy_setup(spec, chunk=1)
     torch.manual_seed(3)
     assert abs(float(fresh(**second_batch)[0].detach()) - float(l1)) > 1e-5  # the estimate moved after the first
+
+
+@pytest.mark.parametrize("name", ["dpace", "first-error-focal", "chain"])
+def test_target_labels_equal_data_labels_on_greedy_data(specforge_installed, name):
+    """On data the target regenerated greedily, argmax p is the data token at every supervised slot, so
+    ``<name>(labels=target)`` (which needs the target's last hidden state) trains exactly as ``<name>``; the
+    patched model asks for that state, like every soft-label objective."""
+    results = []
+    for spec in (name, f"{name}(labels=target)"):
+        model, batch = _greedy_setup(spec, chunk=1)
+        torch.manual_seed(3)
+        loss, _, metrics = model(**batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.draft_model.parameters() if p.grad is not None]
+        results.append((loss.detach(), grads, metrics))
+    (hard, hard_grads, _), (target, target_grads, metrics) = results
+    assert metrics["ratio_metrics"]["teacher_agreement"][0] == metrics["ratio_metrics"]["teacher_agreement"][1]
+    torch.testing.assert_close(target, hard, rtol=1e-5, atol=1e-7)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(target_grads, hard_grads))
+    model, batch = _greedy_setup(f"{name}(labels=target)")
+    del batch["target_last_hidden_states"]
+    with pytest.raises(ValueError, match="no 'target_last_hidden_states'"):
+        model(**batch)
