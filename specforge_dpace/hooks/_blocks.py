@@ -266,11 +266,13 @@ def assemble_outputs(
 def share_metrics(objective: Any, value: Any, num: Tensor, gram: Optional[Tensor], prefix: str = "") -> dict:
     """``loss_share[term]`` and ``grad_share[term]`` ratio metrics of a composite; a training call (``num``
     carries grad) also feeds the composite's :class:`~specforge_dpace.losses._shares.ShareMonitor`."""
-    from ..losses._shares import ShareMonitor, gradient_norms, loss_shares
+    from ..losses._shares import NO_GRADIENT_SHARES, ShareMonitor, gradient_norms, loss_shares
 
     labels = list(value.parts)
     sizes, total = loss_shares(value.weighted)
     out = {f"{prefix}loss_share[{label}]": (size, total) for label, size in zip(labels, sizes.unbind())}
+    if getattr(objective, NO_GRADIENT_SHARES, False):
+        gram = None
     norms = None if gram is None else gradient_norms(value.weighted, num, gram)
     if norms is not None:
         norm_total = norms.sum()

@@ -43,6 +43,8 @@ DOMINANT_SHARE = 0.99
 SUSTAINED_STEPS = 50
 #: blocks per micro-batch whose slots form the gradient-share Gram matrix (the ``share_blocks`` default)
 SHARE_BLOCKS = 32
+#: set on a composite whose gradient shares cannot be formed (a term has no ``slot_grad``)
+NO_GRADIENT_SHARES = "no_gradient_shares"
 
 
 def sample_blocks(batch: int, blocks: int, budget: int, device: Any = None) -> Optional[Tensor]:
@@ -101,13 +103,23 @@ def gram_terms(
     count = int(chosen.sum())
     if count == 0:
         return gram
-    grads = stat_grads(
-        objective,
-        _flat_blocks(neg_log_q.detach(), chosen),
-        _flat_blocks(weight_mask, chosen),
-        None if correct is None else _flat_blocks(correct, chosen),
-        _soft_blocks(soft, chosen),
-    )
+    try:
+        grads = stat_grads(
+            objective,
+            _flat_blocks(neg_log_q.detach(), chosen),
+            _flat_blocks(weight_mask, chosen),
+            None if correct is None else _flat_blocks(correct, chosen),
+            _soft_blocks(soft, chosen),
+        )
+    except NotImplementedError:  # a term without an analytic slot gradient (e.g. a third-party objective)
+        if not getattr(objective, NO_GRADIENT_SHARES, False):
+            setattr(objective, NO_GRADIENT_SHARES, True)
+            logger.warning(
+                "specforge-dpace: composite %r has a term without an analytic slot gradient (slot_grad); "
+                "grad_share[term] is not logged (loss_share[term] is)",
+                objective.spec(),
+            )
+        return gram
     keys = list(grads)
     vocab = logits.shape[-1]
     coefficients = torch.stack([grads[key].reshape(entries, -1).to(work) for key in keys])  # [D, T, rows]

@@ -194,3 +194,27 @@ def test_a_real_dominated_composite_warns_during_training(caplog, monkeypatch):
         warnings = [r for r in caplog.records if "carries more than" in r.getMessage()]
         assert len(warnings) == expect, spec
         assert {f"grad_share[{t}]" for t in ("dpace", "kl")} <= set(metrics["ratio_metrics"])
+
+
+def test_a_term_without_an_analytic_gradient_logs_loss_shares_only(caplog):
+    """A third-party term with values only: the composite still trains and logs loss_share; grad_share is
+    left out (said once), not guessed."""
+    from specforge_dpace.losses import BlockObjective, CompositeObjective
+
+    class ValuesOnly(BlockObjective):
+        name = "values-only"
+
+        def _terms(self, nlq, mask, correct):
+            return (nlq.square() * mask).sum(), mask.sum()
+
+    objective = CompositeObjective([(1.0, build_loss("dflash")), (1.0, ValuesOnly())])
+    head, hidden, states, target, mask = setup(2)
+    with caplog.at_level(logging.WARNING, logger="specforge_dpace"):
+        for _ in range(2):
+            totals = objective_chunk_terms(
+                objective, head, hidden.requires_grad_(True), target, mask, None, torch.ones(B, N, dtype=torch.bool)
+            )
+            value = objective.reduce(totals[0], totals[1], B)
+            shares = share_metrics(objective, value, totals[0], totals[-1])
+    assert set(shares) == {"loss_share[dflash]", "loss_share[values-only]"}
+    assert len([r for r in caplog.records if "without an analytic slot gradient" in r.getMessage()]) == 1
