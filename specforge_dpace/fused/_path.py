@@ -320,6 +320,7 @@ def _reshape_slots(slots: SoftSlots, shape: tuple) -> SoftSlots:
         slots.kl.view(shape),
         slots.teacher_ids.view(shape),
         slots.draft_ids.view(shape),
+        {key: value.view(shape) for key, value in slots.extras.items()},
     )
 
 
@@ -333,20 +334,22 @@ def _finish(
 
 
 def _plain_chunk(lm_head: Any, hidden: Tensor, targets: Tensor, *rest: Any) -> tuple[Tensor, ...]:
-    """Per-slot CE and correctness of a sub-chunk; with ``(target_hidden, *temperatures)`` also
-    ``(teacher_ids, draft_ids, log_alpha_T, kl_T, ...)`` (target logits without grad)."""
+    """Per-slot CE and correctness of a sub-chunk; with ``(target_hidden, extras, *temperatures)`` also
+    ``(teacher_ids, draft_ids, log_alpha_T, kl_T, *extras_T, ...)`` (target logits without grad; ``extras``:
+    the objective's ``soft_extras``)."""
     logits = lm_head(hidden.reshape(-1, hidden.shape[-1]))
     nlq = F.cross_entropy(logits.float(), targets.reshape(-1), reduction="none")
     correct = logits.detach().argmax(dim=-1) == targets.reshape(-1)
     out: tuple[Tensor, ...] = (nlq.view(targets.shape), correct.view(targets.shape))
     if rest:
-        target_hidden, temperatures = rest[0], rest[1:]
+        target_hidden, extras, temperatures = rest[0], rest[1], rest[2:]
         with torch.no_grad():
             target_logits = lm_head(target_hidden.reshape(-1, target_hidden.shape[-1]))
-        stats = [slot_stats(logits, t, target_logits=target_logits) for t in temperatures]
+        stats = [slot_stats(logits, t, target_logits=target_logits, extras=extras.get(t, ())) for t in temperatures]
         out += (stats[0].teacher_ids.view(targets.shape), stats[0].draft_ids.view(targets.shape))
         for slots in stats:
             out += (slots.log_alpha.view(targets.shape), slots.kl.view(targets.shape))
+            out += tuple(value.view(targets.shape) for value in slots.extras.values())
     return out
 
 
@@ -366,6 +369,7 @@ def _plain_terms(
     flat_hidden = hidden.reshape(batch * blocks, slots, width)
     flat_targets = target_ids.reshape(batch * blocks, slots)
     temperatures = tuple(getattr(objective, "soft_temperatures", ())) if target_hidden is not None else ()
+    extras = dict(getattr(objective, "soft_extras", {}))
     flat_target_hidden = None if target_hidden is None else target_hidden.detach().reshape(batch * blocks, slots, width)
     checkpointed = torch.is_grad_enabled() and hidden.requires_grad
     pieces = []
@@ -373,7 +377,7 @@ def _plain_terms(
         part = slice(start, start + step)
         args = (lm_head, flat_hidden[part], flat_targets[part])
         if temperatures:
-            args += (flat_target_hidden[part], *temperatures)
+            args += (flat_target_hidden[part], extras, *temperatures)
         pieces.append(checkpoint(_plain_chunk, *args, use_reentrant=False) if checkpointed else _plain_chunk(*args))
     shape = (batch, blocks, slots)
     joined = [torch.cat([p[i] for p in pieces]).view(shape) for i in range(len(pieces[0]))]
@@ -382,7 +386,12 @@ def _plain_terms(
         num, den = objective.chunk_terms(nlq, weight_mask, correct)
         return _finish(num, den.detach(), nlq, correct, weight_mask)
     teacher, draft = joined[2], joined[3]
-    soft = {t: SoftSlots(t, joined[4 + 2 * i], joined[5 + 2 * i], teacher, draft) for i, t in enumerate(temperatures)}
+    soft, index = {}, 4
+    for t in temperatures:
+        keys = tuple(extras.get(t, ()))
+        formed = dict(zip(keys, joined[index + 2 : index + 2 + len(keys)]))
+        soft[t] = SoftSlots(t, joined[index], joined[index + 1], teacher, draft, formed)
+        index += 2 + len(keys)
     num, den = objective.chunk_terms(nlq, weight_mask, correct, soft=soft)
     detached = {t: slots_t.detached() for t, slots_t in soft.items()}
     return _finish(num, den.detach(), nlq, correct, weight_mask, detached)

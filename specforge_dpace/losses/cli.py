@@ -10,12 +10,16 @@ HELP = "list registered objectives, their options and where they come from"
 DESCRIPTION = """List every registered objective (built-in or from a distribution's
 `specforge_dpace.losses` entry point) with its options and defaults.
 
-Soft-label objectives (lk-alpha, lk-lambda, tv, kl, and the soft twin soft-<name> of every
-hard objective) read the target's distribution p at every slot: in SpecForge they need the
-target's last hidden state in the training data (column "needs target hidden").
+Soft-label objectives (lk-alpha, lk-lambda, tv, kl, renyi-half, topk-kl, the soft twin soft-<name>
+of every hard objective, soft-<name>(divergence=renyi-half) on Renyi-1/2's per-slot statistic, and
+<name>(labels=target), a hard objective trained on the target's argmax) read the target's
+distribution p at every slot: in SpecForge they need the target's last hidden state in the
+training data (column "needs target hidden").
 
 Objective specs combine them: 'dflash(gamma=10) + 0.3*first-error-focal + 40*chain',
-'dpace + 0.5*lk-lambda'. With --try, evaluate each objective (or the given specs) on a random DFlash block batch
+'dpace + 0.5*lk-lambda'; options after ';' belong to the composite: 'dpace + 0.5*lk-lambda;
+normalize=true' divides each term by its running magnitude, so the weights are relative.
+With --try, evaluate each objective (or the given specs) on a random DFlash block batch
 and print value, gradient norm and time:
 
   specforge-dpace losses --try
@@ -85,6 +89,7 @@ def try_objectives(specs, batch_size: int, blocks: int, block_size: int, seed: i
     import torch.nn.functional as F
 
     from . import build_loss, soft_slot_stats
+    from ._statistics import soft_extras_at
 
     gen = torch.Generator().manual_seed(seed)
     shape = (batch_size, blocks, block_size)
@@ -100,7 +105,10 @@ def try_objectives(specs, batch_size: int, blocks: int, block_size: int, seed: i
         start = time.perf_counter()
         neg_log_q = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), reduction="none").view(shape)
         correct = logits.detach().argmax(dim=-1) == labels
-        soft = {t: soft_slot_stats(logits, t, target_logits=target) for t in objective.soft_temperatures}
+        soft = {
+            t: soft_slot_stats(logits, t, target_logits=target, extras=soft_extras_at(objective, t))
+            for t in objective.soft_temperatures
+        }
         if soft:
             num, den = objective.chunk_terms(neg_log_q, mask, correct, soft=soft)
         else:
@@ -143,13 +151,19 @@ def run(args: argparse.Namespace) -> int:
             print(format_table(rows, title=f"{len(rows)} registered objectives"))
             print(
                 "every hard objective has a soft twin 'soft-<name>': the objective run on -log alpha "
-                "(alpha = sum_x min(p, q)) instead of the cross-entropy; options: its own plus temperature"
+                "(alpha = sum_x min(p, q)) instead of the cross-entropy, or with divergence=renyi-half on "
+                "-2 log sum_x sqrt(p q); options: its own plus temperature and divergence. labels=target "
+                "trains a hard objective on the target's argmax (needs the target's last hidden state). "
+                "Composites take options after ';': normalize=true, normalize_decay (default 0.99)"
             )
     if args.try_specs is not None or asked:
         specs = asked or available_losses() + [
             "soft-dpace",
             "dflash(gamma=10) + 0.3*first-error-focal + 40*chain",
             "dpace + 0.5*lk-lambda",
+            "dpace + 0.5*lk-lambda; normalize=true",
+            "soft-dpace(divergence=renyi-half)",
+            "dflash(labels=target)",
         ]
         shape = f"B={args.batch_size}, N={args.blocks}, K={args.block_size}, V={args.vocab}"
         table = try_objectives(specs, args.batch_size, args.blocks, args.block_size, args.seed, args.vocab)

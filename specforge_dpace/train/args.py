@@ -234,8 +234,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=loss_spec_type(),
         default=None,
         metavar="SPEC",
-        help="registered objective or composite spec, e.g. dpace or "
-        "'dflash(gamma=10) + 0.3*first-error-focal + 40*chain' (default: dflash)",
+        help="registered objective or composite spec, e.g. dpace, "
+        "'dflash(gamma=10) + 0.3*first-error-focal + 40*chain' or 'dpace + 0.5*lk-lambda; normalize=true' "
+        "(default: dflash)",
     )
     objective.add_argument(
         "--dpace-alpha", type=num.UNIT_INTERVAL, default=None, help="D-PACE smoothing alpha in [0, 1] (default 0.5)"

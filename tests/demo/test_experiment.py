@@ -92,6 +92,25 @@ def test_bad_settings_are_refused_by_name(overrides, error):
         ExperimentConfig.quick(**overrides).validate()
 
 
+def test_the_new_objectives_are_accepted_as_arms():
+    """Renyi-1/2, top-k KL, labels=target and normalized composites are arms like any spec; they read the
+    target's distribution, so the demo captures the target's last hidden state for them."""
+    from specforge_dpace.demo.pipeline import DemoPipeline
+
+    arms = (
+        "dflash(gamma=7)",
+        "renyi-half",
+        "topk-kl(k=8)",
+        "dflash(labels=target)",
+        "dpace + 0.5*lk-lambda; normalize=true",
+    )
+    config = ExperimentConfig.quick(arms=arms)
+    config.validate()
+    for spec in arms[1:]:
+        pipeline = DemoPipeline(Path("/nonexistent"), config.demo_config(0).__class__(objectives=(spec,)))
+        assert pipeline.needs_target_hidden, spec
+
+
 def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--output-dir", str(out), "--no-progress", *args],

@@ -287,3 +287,38 @@ def test_kernel_plan_reasons():
     plan = soft_plan(build_loss("lk-lambda + kl(temperature=2) + 0.1*dpace"))[0]  # four unit directions
     assert plan.temperatures == (1.0, 2.0)
     assert "keeps 4 gradient directions" in kernel_plan_reason(plan)
+
+
+@pytest.mark.parametrize("spec", ["renyi-half", "topk-kl(k=5)", "dpace(labels=target)", "lk-alpha + 0.5*renyi-half"])
+def test_objectives_beyond_the_kernels_statistics_take_the_pytorch_pass(kernel_device, spec, monkeypatch):
+    """The divergences added after the kernels (Renyi-1/2, top-k KL) read statistics the kernels do not form:
+    with the kernels forced, the fused path runs its PyTorch pass for them and the plain path's statistics
+    go to ``soft_slot_stats`` (same values and gradients as with the kernels off); ``labels=target`` reads
+    only statistics the kernels form."""
+    (ref, _, ref_grad, _), (out, _, grad, _) = _both(spec, kernel_device)
+    check_totals(ref, out, 1e-5)
+    assert rel_err(grad, ref_grad) <= 1e-5
+    ref_totals, ref_value, ref_plain_grad = _plain(spec, kernel_device, "off")
+    totals, value, plain_grad = _plain(spec, kernel_device, "force")
+    check_totals(ref_totals, totals, 1e-5)
+    assert abs(float(value - ref_value)) <= 1e-5 * max(1.0, abs(float(ref_value)))
+    assert rel_err(plain_grad, ref_plain_grad) <= 1e-5
+
+
+def test_plain_statistics_without_extras_run_the_kernel(kernel_device, monkeypatch):
+    """``extras=()`` (what the hook passes for every objective without further statistics) is no reason to
+    leave the kernels; a non-empty ``extras`` is."""
+    from specforge_dpace.fused.kernels import slot_stats
+    from specforge_dpace.losses._statistics import log_bc_key
+
+    launch = launcher()
+    ran = []
+    real = launch.soft_stats
+    monkeypatch.setattr(launch, "soft_stats", lambda *a, **k: ran.append(1) or real(*a, **k))
+    logits = torch.randn(4, 3, 97, device=kernel_device, requires_grad=True)
+    target = torch.randn(4, 3, 97, device=kernel_device)
+    with kernel_mode("force"):
+        slot_stats(logits, 1.0, target_logits=target, extras=())
+        assert ran == [1]
+        slot_stats(logits, 1.0, target_logits=target, extras=(log_bc_key(1.0),))
+        assert ran == [1]

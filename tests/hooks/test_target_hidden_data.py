@@ -29,7 +29,7 @@ from specforge_dpace.hooks._blocks import TARGET_HIDDEN_KEY as MODEL_KEY  # noqa
 
 KEY = _target_hidden.TARGET_HIDDEN_KEY
 HARD = ["dflash", "dpace", "chain", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"]
-SOFT = ["lk-lambda", "dpace + 0.5*lk-lambda", "soft-dpace"]
+SOFT = ["lk-lambda", "dpace + 0.5*lk-lambda", "soft-dpace", "renyi-half", "topk-kl(k=4)", "dflash(labels=target)"]
 VOCAB, HIDDEN, BLOCK = 64, 32, 4
 
 
@@ -257,7 +257,9 @@ def test_builtin_name_matches_unpatched_specforge(target, features):
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
 
 
-@pytest.mark.parametrize("loss_type", ["lk-lambda", "dpace + 0.5*lk-lambda"])
+@pytest.mark.parametrize(
+    "loss_type", ["lk-lambda", "dpace + 0.5*lk-lambda", "dpace(labels=target) + 0.5*renyi-half; normalize=true"]
+)
 def test_soft_objectives_train_through_specforges_offline_data_path(loss_type, target, features):
     registration = _composition_module().resolve_run(_config(loss_type, features[0])).algorithm
     batch = _batch(registration, features[0])

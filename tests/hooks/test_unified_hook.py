@@ -145,8 +145,17 @@ def test_metrics_in_specforge_trainer_form(specforge_installed):
         "accept_pos_3",
         "loss[dpace]",
         "loss[chain]",
+        "loss_share[dpace]",
+        "loss_share[chain]",
+        "grad_share[dpace]",
+        "grad_share[chain]",
     }
     assert expected == set(ratio)
+    for kind in ("loss_share", "grad_share"):  # shares of one total
+        assert ratio[f"{kind}[dpace]"][1] == ratio[f"{kind}[chain]"][1]
+        assert float(sum(ratio[f"{kind}[{t}]"][0] for t in ("dpace", "chain")) / ratio[f"{kind}[dpace]"][1]) == (
+            pytest.approx(1.0)
+        )
     for numerator, denominator in ratio.values():
         assert numerator.numel() == 1 and denominator.numel() == 1 and not numerator.requires_grad
     tau = ratio["sim_tau"][0] / ratio["sim_tau"][1]

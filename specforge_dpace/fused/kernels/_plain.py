@@ -16,7 +16,8 @@ from typing import Any, Optional
 import torch
 
 from ...losses import SoftSlots, soft_slot_stats
-from ...losses._soft import _in_backward, _RecomputeStore
+from ...losses._soft import _RecomputeStore
+from ...losses._state import in_backward
 from ._switch import check_labels, kernels_for, launcher
 
 Tensor = torch.Tensor
@@ -109,6 +110,8 @@ def slot_stats(
 ):
     """:func:`specforge_dpace.losses.soft_slot_stats` (same arguments and results), through the kernels on
     tensors :func:`kernels_for` accepts."""
+    if not options.get("extras", True):
+        del options["extras"]  # no further statistics: the kernels' own
     if options or target_log_probs is not None or not _kernel_ready(draft_logits, temperature, target_logits, labels):
         return soft_slot_stats(
             draft_logits,
@@ -123,11 +126,11 @@ def slot_stats(
     if labels is not None:
         check_labels(labels, draft_logits.shape[-1])
     stored = None
-    if reuse is not None and _in_backward():
+    if reuse is not None and in_backward():
         stored = KERNEL_RECOMPUTE_STORE.take(reuse, temperature, labels is not None)
     box: dict = {}
     outputs = _KernelStatistics.apply(draft_logits, target_logits.detach(), temperature, labels, box, stored)
-    if reuse is not None and stored is None and not _in_backward():
+    if reuse is not None and stored is None and not in_backward():
         KERNEL_RECOMPUTE_STORE.put(reuse, temperature, labels is not None, (box["stats"], box["ids"]))
     shape = draft_logits.shape[:-1]
     ids = box["ids"]
