@@ -126,6 +126,8 @@ JOBS = Range(int, 1, _cpu_count(), why="this machine's CPU count; each worker ho
 #: Sampling temperature: SGLang samples at >= 1e-6 and is greedy below; above 100 every distribution is
 #: flat (the tau of a uniform draft and target means nothing).
 TEMPERATURE = Range(float, 1e-6, 100.0, special=((0, "greedy"),))
+#: Temperature of a T > 0 walk predictor (the T = 0 walk is always reported): the sampling range above.
+WALK_TEMPERATURE = Range(float, 1e-6, 100.0)
 FRACTION = Range(float, 0.0, 1.0, low_open=True)
 TOP_P = FRACTION
 TOP_K = Range(int, 1, 2**31 - 1, special=((-1, "off"),))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .. import _numbers as num
+
 DESCRIPTION = """
 --teacher-forced: no decoding.  Drafts a block at every anchor of the eval features (SpecForge offline
 feature files, e.g. the run's data.eval_hidden_states_path) and reports the walk predictors of served tau,
@@ -65,18 +67,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--walk-temperature",
-        type=float,
-        action="append",
+        type=num.WALK_TEMPERATURE,
+        action=num.AppendUnique,
         default=None,
         metavar="T",
         help="temperature of the T > 0 walks (repeatable; default 1.0; needs target_last_hidden_states)",
     )
     group.add_argument(
-        "--anchor-stride", type=int, default=None, help="draft at every k-th anchor (default 1: every anchor)"
+        "--anchor-stride", type=num.POSITIVE, default=None, help="draft at every k-th anchor (default 1: every anchor)"
     )
-    group.add_argument("--blocks-per-forward", type=int, default=None, help="blocks drafted per forward (default 512)")
-    group.add_argument("--batch-size", type=int, default=None, help="sequences per pass (default 8)")
-    group.add_argument("--max-length", type=int, default=None, help="truncate every sequence to this many tokens")
+    group.add_argument(
+        "--blocks-per-forward", type=num.NUM_ANCHORS, default=None, help="blocks drafted per forward (default 512)"
+    )
+    group.add_argument("--batch-size", type=num.BATCH_SIZE, default=None, help="sequences per pass (default 8)")
+    group.add_argument(
+        "--max-length", type=num.SEQUENCE_LENGTH, default=None, help="truncate every sequence to this many tokens"
+    )
     group.add_argument(
         "--convention",
         choices=("serving", "specforge-class"),

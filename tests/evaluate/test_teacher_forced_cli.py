@@ -114,10 +114,27 @@ def test_a_specforge_checkpoint_loads_with_its_draft_config(setup, capsys, tmp_p
         (["--eval-features", "x", "--prompts", "p"], "--eval-features apply only with --teacher-forced"),
         (["--prompts", "p", "--draft", "d2"], "--draft is given 2 times"),
         ([], "--prompts FILE is required"),
-        (["--teacher-forced", "--eval-features", "x", "--anchor-stride", "0"], "--anchor-stride 0 is invalid"),
     ],
 )
 def test_flags_of_the_other_mode_are_refused(setup, capsys, argv, error):
     root, *_ = setup
     code = main(["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft1"), *argv])
     assert code == 2 and error in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,error",
+    [
+        (["--anchor-stride", "0"], "argument --anchor-stride: 0 is invalid; accepted: an int >= 1"),
+        (["--walk-temperature", "inf"], "argument --walk-temperature: inf is invalid (not finite)"),
+        (["--walk-temperature", "0"], "argument --walk-temperature: 0 is invalid"),
+        (["--walk-temperature", "1", "--walk-temperature", "1"], "1.0 given twice"),
+        (["--blocks-per-forward", "100000"], "argument --blocks-per-forward: 100000 is invalid"),
+    ],
+)
+def test_teacher_forced_numbers_are_checked_when_parsed(setup, capsys, argv, error):
+    root, *_ = setup
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft1"), "--teacher-forced",
+              "--eval-features", "x", *argv])  # fmt: skip
+    assert exit_.value.code == 2 and error in capsys.readouterr().err
