@@ -59,6 +59,13 @@ def parse_args(argv=None):
         help="DFlash-family method of the drafters (default dflash); for domino and dspark only the measured tau "
         "is reported (the teacher-forced predictors are DFlash's)",
     )
+    p.add_argument(
+        "--convention",
+        default=None,
+        help="the serving rule set whose decoding the evaluator reproduces (default sglang-0.5.23: DSpark drafts "
+        "gamma tokens from the anchor row, Domino with SGLang's GRU rollout and no sampled-proposal setting; "
+        "specforge-0.2.0 = SpecForge's classes' block sampling)",
+    )
     for name, kind, text in (
         ("steps", int, "drafter optimizer steps per arm"),
         ("num-train-seqs", int, "target-generated training sequences per seed"),
@@ -92,6 +99,7 @@ def config_from_args(args):
     overrides = {}
     for name in (
         "method",
+        "convention",
         "baseline",
         "data_temperature",
         "steps",
