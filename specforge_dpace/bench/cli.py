@@ -382,6 +382,12 @@ def run(args: argparse.Namespace) -> int:
             from specforge_dpace.bench.hf_backend import validate_hf_drafter
 
             info = validate_hf_drafter(path, cfg.target)
+            from specforge_dpace.evaluate._speculative import decoding_for, resolve_draft_sampling
+
+            # the convention must decode the method, with a proposal mode its server performs
+            resolve_draft_sampling(
+                decoding_for(cfg.convention, info.method), cfg.draft_sampling, cfg.convention, info.method
+            )
         else:
             info = validate_draft_dir(path, target=cfg.target, server=cfg.sglang_rules)
         cfg.methods[name] = info.method
