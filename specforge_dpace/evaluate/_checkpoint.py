@@ -15,15 +15,14 @@ of the layout it is in (:func:`serving.layout_of`), into SpecForge's class for t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 from specforge_dpace import serving
 from specforge_dpace.serving import DFLASH, METHOD_NAMES
+from specforge_dpace.serving._convert import MASK_EMBEDDING, read_config, read_state, shapes_of, specforge_state
 
 DRAFT_ARCHITECTURE = serving.ARCHITECTURES[DFLASH]
-MASK_EMBEDDING_FILE = "mask_embedding.pt"  # sglang/srt/speculative/dflash_worker_v2.py:1318-1380 (0.5.23)
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
@@ -71,10 +70,6 @@ def validate_pair(
     }
 
 
-def _shapes(state: dict) -> dict:
-    return {name: tuple(tensor.shape) for name, tensor in state.items()}
-
-
 def _model_spec(draft_model) -> serving.DraftSpec:
     n_target = _get(draft_model.config, "num_target_layers")
     return serving.DraftSpec(
@@ -109,75 +104,25 @@ def save_draft_checkpoint(draft_model, path, *, server: str = serving.DEFAULT_SE
     A drafter that server cannot serve (a method it does not serve, a Domino trained with
     ``pure_draft_prefix_len`` other than 1, a DSpark without a Markov head, a target layer id it never
     captures, a weight it would drop or mis-size) is refused before anything is written, naming why."""
-    from safetensors.torch import save_file
+    from specforge_dpace.serving._convert import write_layout
 
     path = Path(path)
     method, config = server_layout(draft_model, server)
     state = {k: v.detach().contiguous().cpu().clone() for k, v in draft_model.state_dict().items()}
-    verdict = serving.check_draft(config, _shapes(state), server=server, method=method)
-    verdict.raise_for_errors(
-        f"refusing to save a {METHOD_NAMES[method]} draft {server} could not serve to {str(path)!r}:"
-    )
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_layout(path, config, state, rules=serving.rules_for(server), method=method)
     return path
 
 
 def read_draft_config(path) -> dict:
     """The draft directory's ``config.json`` as a dict, with a clear error if it is not a DFlash, Domino
     or DSpark draft (its ``architectures`` / ``projector_type`` name the method)."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"draft path {str(path)!r} has no config.json (expected a DFlash-family draft directory)")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    if not isinstance(config, dict):
-        raise ValueError(f"draft config {str(config_file)!r} is not a JSON object")
-    serving.draft_method(config, where=f"draft config {str(config_file)!r}")
-    return config
-
-
-def read_safetensors(path: Path) -> dict:
-    """Every tensor of a directory's ``*.safetensors`` files (a name stored twice is an error)."""
-    from safetensors.torch import load_file
-
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"draft path {str(path)!r} has no *.safetensors weights")
-    state: dict = {}
-    for file in files:
-        part = load_file(str(file))
-        twice = sorted(set(part) & set(state))
-        if twice:
-            raise ValueError(f"draft weights {twice[:8]} are stored twice in {str(path)!r} (again in {file.name})")
-        state.update(part)
-    return state
-
-
-def specforge_state(state: dict, spec: serving.DraftSpec, rules: serving.ServerRules) -> dict:
-    """Tensors as SpecForge's class names them: ``model.`` stripped, early ``logit_head.`` names mapped,
-    tensors SGLang ignores dropped, SGLang's fused ``qkv_proj`` / ``gate_up_proj`` split, the rule set's
-    aliases (SGLang 0.5.23's ``encoder.*``) resolved."""
-    aliases = dict(rules.weight_aliases)
-    served = {}
-    for name, tensor in state.items():
-        if serving.is_unused_weight(name):
-            continue
-        served[aliases.get(name, serving.specforge_head_name(name))] = tensor
-    for fused, parts in serving.fused_weights(spec).items():
-        if fused in served:
-            tensor, offset = served.pop(fused), 0
-            for name, rows in parts:
-                served[name] = tensor[offset : offset + rows].clone()
-                offset += rows
-    return served
+    return read_config(Path(path))
 
 
 def _mask_embedding(path: Path, rules: serving.ServerRules, method: str, mask_token_id: int):
     """The trained mask embedding SGLang 0.5.23's DFLASH worker merges into the target's mask row
     (``mask_embedding.pt`` beside the weights, ``dflash_worker_v2.py:1318-1380``), or None."""
-    file = path / MASK_EMBEDDING_FILE
+    file = path / MASK_EMBEDDING
     if not file.is_file() or rules.name != "sglang-0.5.23" or method == serving.DSPARK:
         return None
     import torch
@@ -221,9 +166,9 @@ def load_draft(
     raw = read_draft_config(path)
     method = serving.draft_method(raw)
     rules = serving.rules_for(server) if server else serving.layout_of(raw)
-    state = read_safetensors(path)
+    state = read_state(path)
     verdict = serving.check_draft(
-        raw, _shapes(state), server=rules, method=method, target=target_config, block_size=block_size
+        raw, shapes_of(state), server=rules, method=method, target=target_config, block_size=block_size
     )
     verdict.raise_for_errors(f"{METHOD_NAMES[method]} draft {str(path)!r} does not load by the {rules.name} rules:")
     spec = verdict.spec
@@ -232,7 +177,7 @@ def load_draft(
     config.architectures = [serving.ARCHITECTURES[method]]
     config._attn_implementation = attn_implementation
     draft = classes[method](config)
-    served = specforge_state(state, spec, rules)
+    served = specforge_state(state, spec, rules)  # SpecForge's names, fused tensors split
     expected = set(draft.state_dict())
     missing = sorted(expected - set(served))
     unexpected = sorted(set(served) - expected)
