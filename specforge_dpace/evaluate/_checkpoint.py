@@ -173,6 +173,12 @@ def load_draft(
     verdict.raise_for_errors(f"{METHOD_NAMES[method]} draft {str(path)!r} does not load by the {rules.name} rules:")
     spec = verdict.spec
     canonical = serving.canonical_config(raw, method, spec)
+    if method == serving.DSPARK and not any(
+        serving.strip_model_prefix(n).startswith("confidence_head.") for n in state
+    ):
+        # a server that builds no confidence head (SGLang's static ragged-verify mode) serves this; decoding never
+        # reads the head, so SpecForge's class is built without it
+        canonical["dflash_config"].update(enable_confidence_head=False, confidence_head_with_markov=False)
     config = Qwen3Config(**{k: v for k, v in canonical.items() if k not in ("architectures", "model_type")})
     config.architectures = [serving.ARCHITECTURES[method]]
     config._attn_implementation = attn_implementation

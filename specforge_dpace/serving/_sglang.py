@@ -217,6 +217,9 @@ def _check_domino_weights(head: dict, settings: dict, spec, verdict: Verdict) ->
     if any(settings.get(k) is None for k in ("emb_dim", "gru_hidden_dim")) or not is_int(spec.vocab_size):
         return
     found = {strip_model(n): s for n, s in head.items()}  # load_weights resolves a 'model.' prefix both ways
+    prefixed = sorted(n for n in head if n.startswith("model."))
+    if prefixed:
+        verdict.notes.append(f"{len(prefixed)} projector weight names carry a 'model.' prefix; SGLang strips it (fine)")
     stray = sorted(n for n in found if n.startswith(("markov_head.", "confidence_head.")))
     for name in stray:
         found.pop(name)

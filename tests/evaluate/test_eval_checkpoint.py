@@ -1,6 +1,6 @@
 """Servable draft checkpoints: layout, round trip, and validation errors that name the bad value.
 
-The evaluator's loader applies the same rules as the bench validator (``specforge_dpace.servable``):
+The evaluator's loader applies the same rules as the bench validator (``specforge_dpace.serving``):
 both are run over the same table of checkpoint variants with SGLang's verdict on each."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ TARGET = {"hidden_size": 32, "vocab_size": 64, "num_hidden_layers": 3}
             r"id 2 is the last decoder layer: SGLang captures id i as the input of decoder layer i \+ 1",
         ),
         ({"dflash_config": {"target_layer_ids": [-1], "mask_token_id": 63}}, None, r"\[-1\] out of range"),
-        ({"dflash_config": {"target_layer_ids": [0]}}, None, r"mask_token_id is missing \(SGLang 0.5.14 reads dflash_config"),
+        ({"dflash_config": {"target_layer_ids": [0]}}, None, r"mask_token_id is missing \(SGLang 0.5.14 reads"),
         (
             {"dflash_config": {"target_layer_ids": [0], "mask_token_id": 64}},
             None,
