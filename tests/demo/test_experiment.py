@@ -167,3 +167,16 @@ def test_the_walk_predictor_counts_verify_steps_as_decoding_does(accept, tau):
             s[a] = 1 + 0.5 * s[a + 1] + 0.25 * s[a + 2] + 0.25 * s[a + 3]
         tau = 6.0 / s[0]
     assert tokens == 6.0 and tokens / steps == pytest.approx(tau)
+
+
+def test_each_method_is_measured_in_the_settings_its_server_performs():
+    """SGLang 0.5.23's Domino rollout is argmax only (no sampled-proposal setting); DFlash and DSpark keep all
+    three; SpecForge's classes sample any way."""
+    names = {m: [s.name for s in ExperimentConfig(method=m).settings] for m in ("dflash", "domino", "dspark")}
+    assert names == {
+        "dflash": ["T0", "T1", "T1-greedy-draft"],
+        "domino": ["T0", "T1-greedy-draft"],
+        "dspark": ["T0", "T1", "T1-greedy-draft"],
+    }
+    assert len(ExperimentConfig(method="domino", convention="specforge-0.2.0").settings) == 3
+    assert ExperimentConfig(method="dspark").demo_config(0).eval_convention == "sglang-0.5.23"
