@@ -27,6 +27,11 @@ _EXPORTS = {
     "uninstall": "specforge_dpace.hooks",
     "is_installed": "specforge_dpace.hooks",
     "detect_layout": "specforge_dpace.hooks",
+    # serving rules (one table entry per server version)
+    "check_draft": "specforge_dpace.serving",
+    "convert_draft": "specforge_dpace.serving",
+    "register_server": "specforge_dpace.serving",
+    "rules_for": "specforge_dpace.serving",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -30,6 +30,7 @@ from ._capture import (
     recommended_layer_range,
 )
 from ._common import DraftSpec, ServableError, TargetShape, Verdict, dflash_section, text_config
+from ._convert import convert as convert_draft
 from ._fields import FieldRead, read_field
 from ._heads import expected_head_shapes, is_head_weight, specforge_head_name, specforge_settings
 from ._layout import canonical_config, model_config
@@ -152,6 +153,7 @@ __all__ = [
     "capturable_layer_ids",
     "check_draft",
     "check_layer_ids",
+    "convert_draft",
     "default_target_layer_ids",
     "dflash_section",
     "draft_method",
