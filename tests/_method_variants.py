@@ -15,7 +15,6 @@ decided there (the model registry's resolution is checked separately).  ``option
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,17 +54,9 @@ def build_method_bases(root: Path) -> dict:
 
 
 def write_method_variant(root: Path, variant: MethodVariant, bases: dict) -> Path:
-    from safetensors.torch import save_file
+    from tests._servable_variants import write_edited
 
-    state, config = bases[variant.method]
-    state = {k: v.clone() for k, v in state.items()}
-    config = copy.deepcopy(config)
-    variant.edit(state, config)
-    path = root / variant.name
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    return path
+    return write_edited(root, variant.name, bases[variant.method], variant.edit)
 
 
 # -- edits --------------------------------------------------------------------------------------------

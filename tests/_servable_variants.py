@@ -62,19 +62,25 @@ def build_bases(root: Path) -> dict:
     return bases
 
 
-def write_variant(root: Path, variant: Variant, bases: dict) -> Path:
-    """The variant as a draft directory (config.json + model.safetensors) under ``root``."""
+def write_edited(root: Path, name: str, base: tuple, edit: Callable) -> Path:
+    """A copy of ``base`` = (state, config), edited by ``edit(state, config)``, as a draft directory
+    (config.json + model.safetensors) ``root / name``."""
     from safetensors.torch import save_file
 
-    state, config = bases[variant.base]
+    state, config = base
     state = {k: v.clone() for k, v in state.items()}
     config = copy.deepcopy(config)
-    variant.edit(state, config)
-    path = root / variant.name
+    edit(state, config)
+    path = root / name
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
+
+
+def write_variant(root: Path, variant: Variant, bases: dict) -> Path:
+    """The variant as a draft directory (config.json + model.safetensors) under ``root``."""
+    return write_edited(root, variant.name, bases[variant.base], variant.edit)
 
 
 def write_target(root: Path, variant: Variant) -> Path:

@@ -174,7 +174,7 @@ def load_draft(
     spec = verdict.spec
     canonical = serving.canonical_config(raw, method, spec)
     if method == serving.DSPARK and not any(
-        serving.strip_model_prefix(n).startswith("confidence_head.") for n in state
+        serving.specforge_head_name(n).startswith("confidence_head.") for n in state
     ):
         # a server that builds no confidence head (SGLang's static ragged-verify mode) serves this; decoding never
         # reads the head, so SpecForge's class is built without it

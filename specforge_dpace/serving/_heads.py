@@ -76,6 +76,15 @@ def expected_head_shapes(method: str, settings: Mapping[str, Any], *, hidden: in
     return {}
 
 
+def _choice(section: Mapping, key: str, default: str, choices: tuple, errors: list, hint: str = "") -> Optional[str]:
+    """``dflash_config.KEY`` lower-cased when it is one of ``choices`` (case-insensitive), else None + an error."""
+    value = section.get(key, default)
+    if not isinstance(value, str) or value.lower() not in choices:
+        errors.append(f"dflash_config.{key}={value!r} is invalid; accepted: {list(choices)}{hint}")
+        return None
+    return value.lower()
+
+
 def _bool(value: Any, default: bool, where: str, errors: list) -> bool:
     if value is None:
         return default
@@ -142,12 +151,7 @@ def specforge_settings(config: Any, method: str, *, block_size: Optional[int] = 
         }, errors
 
     heads, kv_heads = get(config, "num_attention_heads"), get(config, "num_key_value_heads")
-    mode = section.get("attention_mode", "gqa")
-    if not isinstance(mode, str) or mode.lower() not in ATTENTION_MODES:
-        errors.append(f"dflash_config.attention_mode={mode!r} is invalid; accepted: 'gqa' (the default) or 'mha'")
-        mode = None
-    else:
-        mode = mode.lower()
+    mode = _choice(section, "attention_mode", "gqa", ATTENTION_MODES, errors, " ('gqa' is the default)")
     if is_int(heads) and is_int(kv_heads) and heads > 0 and kv_heads > 0:
         if heads % kv_heads:
             errors.append(
@@ -169,12 +173,7 @@ def specforge_settings(config: Any, method: str, *, block_size: Optional[int] = 
     if not is_int(rank) or rank < 0:
         errors.append(f"dflash_config.markov_rank={rank!r} is invalid; accepted: an int >= 0 (0 = no Markov head)")
         rank = None
-    head_type = section.get("markov_head_type", "vanilla")
-    if not isinstance(head_type, str) or head_type.lower() not in MARKOV_HEAD_TYPES:
-        errors.append(f"dflash_config.markov_head_type={head_type!r} is invalid; accepted: {list(MARKOV_HEAD_TYPES)}")
-        head_type = None
-    else:
-        head_type = head_type.lower()
+    head_type = _choice(section, "markov_head_type", "vanilla", MARKOV_HEAD_TYPES, errors)
     alpha = section.get("confidence_head_alpha", 0.0)
     alpha = 0.0 if alpha is None else alpha
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:

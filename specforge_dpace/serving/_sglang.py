@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Optional
 
 from ._backbone import BackboneRules, check_backbone_config, check_backbone_weights
@@ -37,35 +38,43 @@ from ._table import ANCHOR_MARKOV, BLOCK, DOMINO_ROLLOUT, Decoding, MethodRules,
 
 # -- field reads -------------------------------------------------------------------------------------
 
-_DFLASH_PARSER_14 = "srt/speculative/dflash_utils.py:470-551"
-_DFLASH_PARSER_23 = "srt/speculative/dflash_utils.py:588-813"
+
+def _dflash_reads(lines: dict, mask_places: tuple) -> dict:
+    """``parse_dflash_draft_config``'s reads (``srt/speculative/dflash_utils.py``, at ``lines``): dflash_config
+    first, then the top level; ``mask_token_id`` from ``mask_places``."""
+    return {
+        name: FieldRead(
+            name,
+            mask_places if name == "mask_token_id" else ("dflash_config", "top"),
+            f"srt/speculative/dflash_utils.py:{line}",
+        )  # fmt: skip
+        for name, line in lines.items()
+    }
+
+
 BACKBONE_0_5_14 = BackboneRules(
     version="0.5.14",
-    reads={
-        "block_size": FieldRead("block_size", ("dflash_config", "top"), "srt/speculative/dflash_utils.py:491-499"),
-        "num_target_layers": FieldRead(
-            "num_target_layers", ("dflash_config", "top"), "srt/speculative/dflash_utils.py:480-489"
-        ),
-        "target_layer_ids": FieldRead(
-            "target_layer_ids", ("dflash_config", "top"), "srt/speculative/dflash_utils.py:501-519"
-        ),
-        "mask_token_id": FieldRead("mask_token_id", ("dflash_config",), "srt/speculative/dflash_utils.py:530-542"),
-    },
+    reads=_dflash_reads(
+        {
+            "block_size": "491-499",
+            "num_target_layers": "480-489",
+            "target_layer_ids": "501-519",
+            "mask_token_id": "530-542",
+        },  # fmt: skip
+        ("dflash_config",),
+    ),
 )
 BACKBONE_0_5_23 = BackboneRules(
     version="0.5.23",
-    reads={
-        "block_size": FieldRead("block_size", ("dflash_config", "top"), "srt/speculative/dflash_utils.py:609-617"),
-        "num_target_layers": FieldRead(
-            "num_target_layers", ("dflash_config", "top"), "srt/speculative/dflash_utils.py:598-606"
-        ),
-        "target_layer_ids": FieldRead(
-            "target_layer_ids", ("dflash_config", "top"), "srt/speculative/dflash_utils.py:657-674"
-        ),
-        "mask_token_id": FieldRead(
-            "mask_token_id", ("dflash_config", "top"), "srt/speculative/dflash_utils.py:688-702"
-        ),
-    },
+    reads=_dflash_reads(
+        {
+            "block_size": "609-617",
+            "num_target_layers": "598-606",
+            "target_layer_ids": "657-674",
+            "mask_token_id": "688-702",
+        },  # fmt: skip
+        ("dflash_config", "top"),
+    ),
     weight_aliases={  # models/dflash.py:900-903 (_VENDOR_ENCODER_ALIASES)
         "encoder.fc.weight": "fc.weight",
         "encoder.output_norm_enc.weight": "hidden_norm.weight",
@@ -355,25 +364,27 @@ _NOT_IN_0_5_14 = (
     "of the wheel mentions {name}: serve it with SGLang 0.5.23"
 )
 
+_DFLASH_0_5_14 = MethodRules(
+    DFLASH,
+    served=True,
+    algorithm="DFLASH",
+    architectures=("DFlashDraftModel",),
+    export_architecture="DFlashDraftModel",
+    decoding=Decoding(BLOCK, ("greedy", "sample"), "srt/speculative/dflash_worker_v2.py (argmax proposals)"),
+    launch=_dflash_launch,
+    block_flags=DFLASH_BLOCK_FLAGS,
+    devices=("cuda", "npu", "xpu"),  # arg_groups/speculative_hook.py _handle_dflash
+    sampling_verify=True,
+    write_config=_dflash_layout,
+    source="srt/models/dflash.py:308-459, srt/speculative/dflash_utils.py:470-551",
+)
+
 SGLANG_0_5_14 = ServerRules(
     name="sglang-0.5.14",
     server="sglang",
     version="0.5.14",
     methods={
-        DFLASH: MethodRules(
-            DFLASH,
-            served=True,
-            algorithm="DFLASH",
-            architectures=("DFlashDraftModel",),
-            export_architecture="DFlashDraftModel",
-            decoding=Decoding(BLOCK, ("greedy", "sample"), "srt/speculative/dflash_worker_v2.py (argmax proposals)"),
-            launch=_dflash_launch,
-            block_flags=DFLASH_BLOCK_FLAGS,
-            devices=("cuda", "npu", "xpu"),
-            sampling_verify=True,
-            write_config=_dflash_layout,
-            source="srt/models/dflash.py:308-459, srt/speculative/dflash_utils.py:470-551",
-        ),
+        DFLASH: _DFLASH_0_5_14,
         DOMINO: MethodRules(DOMINO, served=False, reason=_NOT_IN_0_5_14.format(name="Domino")),
         DSPARK: MethodRules(DSPARK, served=False, reason=_NOT_IN_0_5_14.format(name="DSpark")),
     },
@@ -401,21 +412,12 @@ SGLANG_0_5_23 = ServerRules(
     server="sglang",
     version="0.5.23",
     methods={
-        DFLASH: MethodRules(
-            DFLASH,
-            served=True,
-            algorithm="DFLASH",
-            architectures=("DFlashDraftModel",),
-            export_architecture="DFlashDraftModel",
+        DFLASH: replace(
+            _DFLASH_0_5_14,
             decoding=Decoding(
                 BLOCK, ("greedy", "sample"), "srt/speculative/dflash_worker_v2.py:491-505 (greedy draft proposals)"
             ),
-            launch=_dflash_launch,
-            block_flags=DFLASH_BLOCK_FLAGS,
-            devices=("cuda", "npu", "xpu"),
             dtypes={"float32": _FP32_DFLASH, "float": _FP32_DFLASH},
-            sampling_verify=True,
-            write_config=_dflash_layout,
             source="srt/models/dflash.py:671-999, srt/speculative/dflash_utils.py:588-813",
         ),
         DOMINO: MethodRules(

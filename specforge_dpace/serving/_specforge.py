@@ -108,40 +108,28 @@ def _architecture_check(check):
     return wrapped
 
 
-_CLASS_SAMPLINGS = ("sample", "greedy")
+def _class_rules(method: str, proposals: str, source: str) -> MethodRules:
+    """A SpecForge class: its name, its block sampling (either proposal mode), its own layout."""
+    return MethodRules(
+        method,
+        served=True,
+        architectures=(ARCHITECTURES[method],),
+        export_architecture=ARCHITECTURES[method],
+        decoding=Decoding(proposals, ("sample", "greedy"), source),
+        write_config=_layout(method),
+        source=source,
+    )
+
+
 SPECFORGE_0_2_0 = ServerRules(
     name="specforge-0.2.0",
     server="specforge",
     version="0.2.0",
     methods={
-        DFLASH: MethodRules(
-            DFLASH,
-            served=True,
-            architectures=(ARCHITECTURES[DFLASH],),
-            export_architecture=ARCHITECTURES[DFLASH],
-            decoding=Decoding(BLOCK, _CLASS_SAMPLINGS, "specforge/modeling/draft/dflash.py:423-430"),
-            write_config=_layout(DFLASH),
-            source="specforge/modeling/draft/dflash.py",
-        ),
-        DOMINO: MethodRules(
-            DOMINO,
-            served=True,
-            architectures=(ARCHITECTURES[DOMINO],),
-            export_architecture=ARCHITECTURES[DOMINO],
-            decoding=Decoding(DOMINO_CLASS, _CLASS_SAMPLINGS, "specforge/modeling/draft/domino.py:85-106"),
-            write_config=_layout(DOMINO),
-            source="specforge/modeling/draft/domino.py",
-        ),
-        DSPARK: MethodRules(
-            DSPARK,
-            served=True,
-            architectures=(ARCHITECTURES[DSPARK],),
-            export_architecture=ARCHITECTURES[DSPARK],
-            decoding=Decoding(DSPARK_CLASS, _CLASS_SAMPLINGS, "specforge/modeling/draft/dspark.py:326-343"),
-            write_config=_layout(DSPARK),
-            source="specforge/modeling/draft/dspark.py",
-        ),
-    },  # fmt: skip
+        DFLASH: _class_rules(DFLASH, BLOCK, "specforge/modeling/draft/dflash.py:423-430"),
+        DOMINO: _class_rules(DOMINO, DOMINO_CLASS, "specforge/modeling/draft/domino.py:85-106"),
+        DSPARK: _class_rules(DSPARK, DSPARK_CLASS, "specforge/modeling/draft/dspark.py:326-343"),
+    },
     check=_architecture_check(check_specforge_draft),
     summary="the layout SpecForge's export --to hf writes and from_pretrained loads; its classes' block sampling",
 )

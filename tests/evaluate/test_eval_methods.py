@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from _eval_helpers import random_blocks
 
 pytest.importorskip("specforge")
 
@@ -71,14 +72,11 @@ def test_proposals_are_the_classes_own_block_sampling(target, method, head):
     the argmax of the plain ``lm_head`` logits in some blocks)."""
     draft = _draft(target, method, head)
     assert model_method(draft) == method
-    k, gen = draft.block_size, torch.Generator().manual_seed(0)
+    k, seed = draft.block_size, 0
     embed, lm_head = target.get_input_embeddings(), target.get_output_embeddings()
     head_changes = 0
     with torch.no_grad():
-        for _ in range(20):
-            hidden = 3 * torch.randn(1, k, 32, generator=gen, dtype=torch.float64)
-            block = torch.full((1, k), 47, dtype=torch.long)
-            block[0, 0] = int(torch.randint(0, 47, (1,), generator=gen))
+        for hidden, block in random_blocks(20, k, seed):
             ours, q = propose_block(draft, CLASS[method], hidden, block, lm_head, embed, _argmax)
             theirs = draft._sample_draft_tokens(target, hidden, block.clone())[0]
             assert q is None and ours.tolist() == theirs.tolist()
@@ -128,12 +126,9 @@ def test_sampled_proposals_carry_their_conditional_q(target, method, head):
         draft_sampling="sample",
         convention=SPECFORGE,
     )
-    k, gen = draft.block_size, torch.Generator().manual_seed(1)
+    k, seed, gen = draft.block_size, 1, torch.Generator().manual_seed(11)
     with torch.no_grad():
-        for _ in range(8):
-            hidden = 3 * torch.randn(1, k, 32, generator=gen, dtype=torch.float64)
-            block = torch.full((1, k), 47, dtype=torch.long)
-            block[0, 0] = int(torch.randint(0, 47, (1,), generator=gen))
+        for hidden, block in random_blocks(8, k, seed):
             drafted, q = propose_block(
                 draft, CLASS[method], hidden, block, decoder.lm_head, decoder.embed, lambda x: decoder._choose(x, gen)
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _eval_helpers import random_blocks
 
 pytest.importorskip("specforge")
 
@@ -126,14 +127,11 @@ DSPARK_HEADS = [{"markov_head_type": t} for t in ("vanilla", "gated", "rnn")]
 @pytest.mark.parametrize("head", DOMINO_HEADS, ids=["shift_label=False", "shift_label=True"])
 def test_domino_proposals_are_sglangs_gru_rollout(target, head, pool):
     draft = _draft(target, "domino", head)
-    k, gen = draft.block_size, torch.Generator().manual_seed(0)
+    k, seed = draft.block_size, 0
     embed, lm_head = target.get_input_embeddings(), target.get_output_embeddings()
     differs_from_class = 0
     with torch.no_grad():
-        for _ in range(25):
-            hidden = 3 * torch.randn(1, k, 32, generator=gen, dtype=torch.float64)
-            block = torch.full((1, k), 47, dtype=torch.long)
-            block[0, 0] = int(torch.randint(0, 47, (1,), generator=gen))
+        for hidden, block in random_blocks(25, k, seed):
             ours, q = propose_block(draft, "domino-rollout", hidden, block, lm_head, embed, None, candidate_pool=pool)
             theirs = sglang_domino_greedy_rollout(
                 hidden,
@@ -161,13 +159,10 @@ def test_dspark_proposals_are_sglangs_anchor_row_markov_block(target, head):
     the Markov head fed the anchor, then each drafted token; SpecForge's class instead proposes block_size - 1
     tokens from rows 1.."""
     draft = _draft(target, "dspark", head)
-    gamma, gen = draft.block_size, torch.Generator().manual_seed(1)
+    gamma, seed = draft.block_size, 1
     embed, lm_head = target.get_input_embeddings(), target.get_output_embeddings()
     with torch.no_grad():
-        for _ in range(20):
-            hidden = 3 * torch.randn(1, gamma, 32, generator=gen, dtype=torch.float64)
-            block = torch.full((1, gamma), 47, dtype=torch.long)
-            block[0, 0] = int(torch.randint(0, 47, (1,), generator=gen))
+        for hidden, block in random_blocks(20, gamma, seed):
             ours, _ = propose_block(
                 draft, "anchor-markov", hidden, block, lm_head, embed, lambda x: (x.argmax(-1), None)
             )
