@@ -126,6 +126,11 @@ class DFlashDecoder:
         self.convention = convention
         self.decoding = decoding_for(convention, self.method)
         self.draft_sampling = resolve_draft_sampling(self.decoding, draft_sampling, convention, self.method)
+        if candidate_pool is not None and self.decoding.candidate_pool is None:
+            raise ValueError(
+                f"candidate_pool={candidate_pool!r} applies to Domino's rollout only (sglang-0.5.23's "
+                "--speculative-domino-candidate-pool-size); this drafter is decoded without one: drop it"
+            )
         pool = self.decoding.candidate_pool if candidate_pool is None else candidate_pool
         if pool is not None and (not isinstance(pool, int) or isinstance(pool, bool) or pool < 0):
             raise ValueError(f"candidate_pool={pool!r} is invalid; accepted: an int >= 0 (0 = the full vocabulary)")

@@ -269,6 +269,8 @@ def test_draft_sampling_defaults_to_what_the_server_does_and_refuses_what_it_doe
         DFlashDecoder(target, domino, block_size=5, temperature=1.0, draft_sampling="sample")
     with pytest.raises(ValueError, match=r"candidate_pool=-1 is invalid"):
         DFlashDecoder(target, domino, block_size=5, candidate_pool=-1)
+    with pytest.raises(ValueError, match=r"candidate_pool=8 applies to Domino's rollout only"):
+        DFlashDecoder(target, dspark, block_size=5, candidate_pool=8)
     with pytest.raises(ValueError, match=r"unknown server 'sglang-9'; accepted: .*sglang-0.5.23"):
         EvalConfig(convention="sglang-9").validate()
 
