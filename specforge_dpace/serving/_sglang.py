@@ -391,8 +391,6 @@ SGLANG_0_5_14 = ServerRules(
     check=_check_with({DFLASH: BACKBONE_0_5_14}),
     meta_fields=META_FIELD_PROFILES["0.5.14"],
     sampling_verify_devices=("cuda",),
-    flush_timeout=True,  # entrypoints/http_server.py:839-854, managers/scheduler_components/flush_wrapper.py
-    summary="DFlash only (--speculative-algorithm DFLASH)",
 )
 
 _FP32_DFLASH = (
@@ -462,9 +460,7 @@ SGLANG_0_5_23 = ServerRules(
     check=_check_with({DFLASH: BACKBONE_0_5_23, DOMINO: BACKBONE_0_5_23, DSPARK: BACKBONE_0_5_23_DSPARK}),
     meta_fields=META_FIELD_PROFILES["0.5.23"],
     sampling_verify_devices=("cuda",),  # kernels/ops/speculative/verify_sampling.py: CUDA (and MUSA builds) only
-    flush_timeout=True,  # entrypoints/http_server.py:1025-1040, managers/scheduler_components/flush_wrapper.py
     weight_aliases=BACKBONE_0_5_23.weight_aliases,
-    summary="DFlash and Domino (--speculative-algorithm DFLASH), DSpark (--speculative-algorithm DSPARK)",
 )
 
 SGLANG_RULES = {r.version: r for r in (SGLANG_0_5_14, SGLANG_0_5_23)}

@@ -131,5 +131,4 @@ SPECFORGE_0_2_0 = ServerRules(
         DSPARK: _class_rules(DSPARK, DSPARK_CLASS, "specforge/modeling/draft/dspark.py:326-343"),
     },
     check=_architecture_check(check_specforge_draft),
-    summary="the layout SpecForge's export --to hf writes and from_pretrained loads; its classes' block sampling",
 )

@@ -92,10 +92,7 @@ class ServerRules:
     check: Callable[..., Any]
     meta_fields: Mapping[str, str] = field(default_factory=dict)
     sampling_verify_devices: tuple[str, ...] = ()
-    flush_timeout: bool = False  # /flush_cache?timeout=S waits for idle
     weight_aliases: Mapping[str, str] = field(default_factory=dict)  # stored name -> the loader's parameter name
-    summary: str = ""
-    sources: tuple[str, ...] = ()
 
     def method(self, method: str) -> MethodRules:
         try:
