@@ -63,7 +63,12 @@ def configure(parser) -> None:
         "SGLang 0.5.23 loads (DFlash and Domino: --speculative-algorithm DFLASH; DSpark: DSPARK) and evaluated as "
         "it decodes them (--eval-convention)",
     )
-    parser.add_argument("--block-size", type=int, default=None, help="DFlash block size K (default 8)")
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="block size K of the drafters (default 8; DSpark: gamma, the drafted tokens, verified in a window of K + 1)",
+    )
     parser.add_argument("--num-anchors", type=int, default=None, help="blocks sampled per sequence (default 32)")
     parser.add_argument("--draft-layers", type=int, default=None, help="draft decoder layers (default 1)")
     parser.add_argument(
