@@ -67,7 +67,7 @@ def configure(parser) -> None:
         "--block-size",
         type=int,
         default=None,
-        help="block size K of the drafters (default 8; DSpark: gamma, the drafted tokens, verified in a window of K + 1)",
+        help="block size K of the drafters (default 8; DSpark: gamma, the drafted tokens, verified in K + 1)",
     )
     parser.add_argument("--num-anchors", type=int, default=None, help="blocks sampled per sequence (default 32)")
     parser.add_argument("--draft-layers", type=int, default=None, help="draft decoder layers (default 1)")
