@@ -419,7 +419,8 @@ class DemoPipeline:
 
         c = self.config
         temperature = c.eval_temperature if temperature is None else temperature
-        draft_sampling = self.resolved_draft_sampling(draft_sampling)
+        # at temperature 0 verification is greedy whatever proposes: the mode is neither resolved nor keyed
+        draft_sampling = self.resolved_draft_sampling(draft_sampling if temperature > 0 else None)
         directory = self.drafter_dir(objective)
         parts = [
             "eval",

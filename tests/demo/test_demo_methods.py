@@ -28,10 +28,11 @@ def test_each_method_trains_plugin_objectives_and_is_evaluated(tmp_path, method)
         config = read_draft_config(pipeline.drafter_dir(objective))
         assert config["architectures"] == [{"domino": "DFlashDraftModel", "dspark": "DSparkDraftModel"}[method]]
         assert method != "domino" or config["dflash_config"]["pure_draft_prefix_len"] == 1
-    evaluation = pipeline.evaluate(
-        "dpace", pipeline.train("dpace", pipeline.data(), pipeline.features(pipeline.data()))[0]
-    )
+    draft = pipeline.train("dpace", pipeline.data(), pipeline.features(pipeline.data()))[0]
+    evaluation = pipeline.evaluate("dpace", draft)
     assert evaluation["overall"]["convention"] == "sglang-0.5.23"
+    # the acceptance experiment's T=0 setting names a proposal mode; at T=0 it is irrelevant, even for Domino
+    assert pipeline.evaluate("dpace", draft, temperature=0.0, draft_sampling="sample") == evaluation
     assert evaluation["overall"]["proposals"] == {"domino": "domino-rollout", "dspark": "anchor-markov"}[method]
 
 
