@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="DFlash-family method of the drafters (default dflash); for domino and dspark only the measured tau "
         "is reported (the teacher-forced predictors are DFlash's)",
     )
+    p.add_argument(
+        "--convention",
+        default=None,
+        help="the serving rule set whose decoding the evaluator reproduces (default sglang-0.5.23: DSpark drafts "
+        "gamma tokens from the anchor row, Domino with SGLang's GRU rollout and no sampled-proposal setting; "
+        "specforge-0.2.0 = SpecForge's classes' block sampling)",
+    )
     for name, kind, text in (
         ("steps", num.POSITIVE, "drafter optimizer steps per arm"),
         ("num-train-seqs", num.TRAIN_SEQUENCES, "target-generated training sequences per seed"),
@@ -111,6 +118,7 @@ def config_from_args(args):
     overrides = {}
     for name in (
         "method",
+        "convention",
         "baseline",
         "data_temperature",
         "steps",

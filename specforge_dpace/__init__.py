@@ -30,6 +30,11 @@ _EXPORTS = {
     # errors a run may stop with (docs/limits.md)
     "NonFiniteTraining": "specforge_dpace._finite",
     "OutputDirInUse": "specforge_dpace._outdir",
+    # serving rules (one table entry per server version)
+    "check_draft": "specforge_dpace.serving",
+    "convert_draft": "specforge_dpace.serving",
+    "register_server": "specforge_dpace.serving",
+    "rules_for": "specforge_dpace.serving",
 }
 
 __all__ = ["__version__", *_EXPORTS]

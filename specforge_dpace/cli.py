@@ -25,6 +25,7 @@ COMMANDS = {
     "evaluate": "specforge_dpace.evaluate.cli",
     "demo": "specforge_dpace.demo.cli",
     "bench": "specforge_dpace.bench.cli",
+    "convert": "specforge_dpace.serving.cli",
     "doctor": "specforge_dpace.hooks.cli",
 }
 

@@ -1,10 +1,11 @@
-"""Checkpoint variants with SGLang 0.5.14's verdict on each, derived from its source.
+"""DFlash checkpoint variants with SGLang 0.5.14's and 0.5.23's verdict on each, derived from their source.
 
-One table, used by both the bench validator's tests (``tests/bench/test_validate.py``) and the
-evaluator loader's (``tests/evaluate/test_eval_checkpoint.py``): the two must agree with SGLang on
-every row.  The base is a real SpecForge ``DFlashDraftModel`` (2 layers, ids [1, 2]) for a real
-4-layer tiny Qwen3 target, written by ``save_draft_checkpoint``; each row edits a copy of its
-config / tensors and is written as a real safetensors directory.
+One table, used by the serving rules' tests (``tests/serving/test_variants.py``), the bench validator's
+(``tests/bench/test_validate.py``) and the evaluator loader's (``tests/evaluate/test_eval_checkpoint.py``):
+they must agree with SGLang on every row and version.  ``verdict`` / ``needle`` are 0.5.14's; ``v23`` /
+``v23_needle`` give 0.5.23's where it differs.  The base is a real SpecForge ``DFlashDraftModel`` (2 layers,
+ids [1, 2]) for a real 4-layer tiny Qwen3 target, written by ``save_draft_checkpoint``; each row edits a copy
+of its config / tensors and is written as a real safetensors directory.
 
 Verdicts: ``ok`` = SGLang serves it as trained; ``error`` = SGLang refuses it or serves it wrong
 (untrained or dropped tensors, features it cannot capture).  ``needle`` must appear in the error
@@ -17,7 +18,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 TARGET = {"hidden_size": 32, "vocab_size": 64, "num_hidden_layers": 4}
 LAYER_IDS = [1, 2]
@@ -32,9 +33,17 @@ class Variant:
     edit: Callable = lambda state, config: None
     target: dict = field(default_factory=dict)  # changes to TARGET for this row
     base: str = "plain"  # "plain" | "bias" (attention_bias: true, biases trained)
+    v23: Optional[str] = None  # SGLang 0.5.23's verdict where it differs from 0.5.14's
+    v23_needle: Optional[str] = None
 
     def target_config(self) -> dict:
         return {**TARGET, **self.target}
+
+    def verdict_for(self, version: str) -> str:
+        return self.v23 if version == "0.5.23" and self.v23 is not None else self.verdict
+
+    def needle_for(self, version: str) -> str:
+        return self.v23_needle if version == "0.5.23" and self.v23_needle is not None else self.needle
 
 
 def build_bases(root: Path) -> dict:
@@ -53,19 +62,25 @@ def build_bases(root: Path) -> dict:
     return bases
 
 
-def write_variant(root: Path, variant: Variant, bases: dict) -> Path:
-    """The variant as a draft directory (config.json + model.safetensors) under ``root``."""
+def write_edited(root: Path, name: str, base: tuple, edit: Callable) -> Path:
+    """A copy of ``base`` = (state, config), edited by ``edit(state, config)``, as a draft directory
+    (config.json + model.safetensors) ``root / name``."""
     from safetensors.torch import save_file
 
-    state, config = bases[variant.base]
+    state, config = base
     state = {k: v.clone() for k, v in state.items()}
     config = copy.deepcopy(config)
-    variant.edit(state, config)
-    path = root / variant.name
+    edit(state, config)
+    path = root / name
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
+
+
+def write_variant(root: Path, variant: Variant, bases: dict) -> Path:
+    """The variant as a draft directory (config.json + model.safetensors) under ``root``."""
+    return write_edited(root, variant.name, bases[variant.base], variant.edit)
 
 
 def write_target(root: Path, variant: Variant) -> Path:
@@ -168,6 +183,15 @@ def _mask_top_level(state, config):
     config["mask_token_id"] = config["dflash_config"].pop("mask_token_id")
 
 
+def _null_block_size(state, config):
+    config["dflash_config"]["block_size"] = None
+
+
+def _domino_weights(state, config):
+    state["prefix_gru.weight_ih_l0"] = _zeros(96, 32)
+    state["embed_proj.0.weight"] = _zeros(32, 64)
+
+
 def _config(**changes):
     def edit(state, config):
         config.update(changes)
@@ -242,8 +266,38 @@ VARIANTS = [
     Variant("block_size_missing", "error", "block_size is missing", _pop_config("block_size")),
     # dflash_worker_v2._resolve_mask_token_id falls back to adding '<|MASK|>' to the tokenizer: another id.
     Variant("mask_token_id_missing", "error", "mask_token_id is missing", _pop_config("mask_token_id")),
-    # parse_dflash_draft_config reads mask_token_id only from dflash_config.
-    Variant("mask_token_id_top_level_only", "error", "top-level mask_token_id is ignored", _mask_top_level),
+    # parse_dflash_draft_config reads mask_token_id only from dflash_config (0.5.14: dflash_utils.py:530); 0.5.23
+    # reads dflash_config, then the top level (dflash_utils.py:688-690).
+    Variant(
+        "mask_token_id_top_level_only",
+        "error",
+        "top-level mask_token_id is ignored",
+        _mask_top_level,
+        v23="ok",
+        v23_needle="",
+    ),
+    # dflash_cfg.get("block_size", top-level): a present null ends the lookup (0.5.14: 491-494; 0.5.23: 609-612);
+    # the worker then falls back to 16 (dflash_worker_v2.py resolve_block_size(default=16)), not the trained 4.
+    Variant("block_size_null_in_dflash_config", "error", "null, which ends SGLang's lookup", _null_block_size),
+    # 0.5.23 models/dflash.py:900-903 aliases the native export's encoder.fc.weight to fc.weight; 0.5.14 has no
+    # alias, so it skips the name and fc stays untrained.
+    Variant(
+        "encoder_fc_alias",
+        "error",
+        "missing weights",
+        _rename("fc.weight", "encoder.fc.weight"),
+        v23="ok",
+        v23_needle="encoder.fc.weight -> fc.weight",
+    ),
+    # 0.5.23 models/dflash.py:923-929: DFLASH refuses Domino projector weights without projector_type 'domino';
+    # 0.5.14 has no such parameter and skips them (a Domino drafter served as plain DFlash).
+    Variant(
+        "domino_weights_without_projector",
+        "error",
+        "head weights in a DFlash checkpoint",
+        _domino_weights,
+        v23_needle="refuses them",
+    ),
     # models/qwen3.py set_dflash_layers_to_capture captures before layer i + 1; Qwen2Model.forward never reaches
     # layer 4 of 4, so one feature is missing at the first draft forward (project_target_hidden raises).
     Variant("last_layer_id", "error", "id 3 is the last decoder layer", _set_ids([1, 3])),

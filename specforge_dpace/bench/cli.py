@@ -1,5 +1,5 @@
-"""``specforge-dpace bench``: tau, throughput and speed-up of DFlash drafters, side by side (Domino and
-DSpark drafters with ``--backend hf``; SGLang 0.5.14 serves DFlash only)."""
+"""``specforge-dpace bench``: tau, throughput and speed-up of DFlash, Domino and DSpark drafters, side by side
+(SGLang 0.5.23 serves all three; 0.5.14 DFlash only; ``--backend hf`` measures them offline)."""
 
 from __future__ import annotations
 
@@ -27,19 +27,28 @@ versions, server launch or concurrency); a rerun whose settings differ from thos
 holds is refused before anything is launched, with the list of what changed: use a new --out for
 new settings.  Adding drafters, datasets, temperatures or prompts to an OUT is fine.
 
-Drafters are validated before anything is launched against SGLang 0.5.14's DFlash loader rules
-(docs/bench.md, "What SGLang's DFlash loader accepts"), against the target when --target is a local
-directory: target layer ids 0..n-2 only for an n-layer target (SGLang never captures the last layer),
-config fields, weight names and shapes.  SGLang 0.5.14 serves DFlash drafters only
-(--speculative-algorithm DFLASH loads DFlashDraftModel): a Domino or DSpark drafter (architectures
-DominoDraftModel / DSparkDraftModel) is refused with --backend sglang, naming the SGLang version found,
-before anything is launched; --backend hf measures them, decoded as their SpecForge classes sample blocks.
+Which SGLang serves which method (docs/serving-sglang.md, with the wheels' file:line):
+  SGLang 0.5.14: DFlash (--speculative-algorithm DFLASH, block size --speculative-num-draft-tokens K).
+  SGLang 0.5.23: DFlash; Domino as a DFLASH sub-mode (architectures DFlashDraftModel + dflash_config
+    projector_type domino, pure_draft_prefix_len 1, shift_label; --speculative-algorithm DFLASH,
+    --speculative-num-draft-tokens K); DSpark (--speculative-algorithm DSPARK,
+    --speculative-dspark-block-size gamma = the config's block_size, verify window gamma + 1).
+The rules follow the SGLang installed here (--sglang-version names another, e.g. for a stand-in
+launcher or --server-url).  Drafters are validated before anything is launched against that
+version's loader rules, against the target when --target is a local directory: target layer ids
+0..n-2 only for an n-layer target, config fields and where each is read, weight names and shapes.
+`specforge-dpace convert` writes a drafter in the layout a version loads.  Refused before launch:
+a method the version does not serve, --dtype float32 with DFLASH on 0.5.23 (it crashes), and
+temperature > 0 with DFLASH / Domino on a device without the target-only sampling kernel (CPU, XPU,
+ROCm: SGLang would silently verify greedily after the first token).  The /flush_cache after the
+warm-up waits until the server is idle (/flush_cache?timeout=S, retried on HTTP 400).
 
-Draft sampling at temperature > 0: SGLang's DFlash proposes the draft's argmax and verifies it
-target-only (lossless); --backend hf does the same by default (--draft-sampling greedy), or samples the
-proposals from the draft's distribution q with --draft-sampling sample (standard speculative sampling,
-what `specforge-dpace evaluate` does by default).  tau at temperature > 0 differs between the two; the
-choice is part of the settings record.
+--backend hf decodes every drafter as the --convention server decodes its method (default
+sglang-0.5.23: DFlash and Domino propose the argmax and verify target-only at temperature > 0,
+Domino with SGLang's GRU rollout, DSpark samples gamma proposals from the anchor row);
+--draft-sampling picks the other proposal mode where that server has one (DFlash 'sample' is
+vLLM's probabilistic mode; DSpark 'greedy' is SGLANG_DSPARK_USE_GREEDY_DRAFT=1).  Both are part of
+the settings record.
 
 The real SGLang path needs a GPU machine with SGLang >= 0.5.11 installed.  On a CPU machine,
 --launcher "python -m specforge_dpace.bench.loopback" runs the whole pipeline against a loopback
@@ -81,7 +90,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME=PATH",
         help="a draft directory to benchmark (repeat for several; NAME labels it in the report), validated "
-        "against SGLang 0.5.14's DFlash loader rules (docs/bench.md); Domino / DSpark drafters with --backend hf only",
+        "against the SGLang version's loader rules (docs/serving-sglang.md): DFlash on 0.5.14 and 0.5.23, Domino "
+        "and DSpark on 0.5.23; --backend hf takes all three",
     )
     p.add_argument(
         "--dataset",
@@ -192,8 +202,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--draft-sampling",
         choices=("greedy", "sample"),
         default=None,
-        help="--backend hf only, temperature > 0: 'greedy' (the default; SGLang's DFlash convention: argmax "
-        "proposals, target-only verification) or 'sample' (proposals drawn from the draft's distribution q)",
+        help="--backend hf only, temperature > 0: 'greedy' (argmax proposals, target-only verification) or "
+        "'sample' (proposals drawn from the draft's distribution q); default: what the --convention server "
+        "does for the method (sglang-0.5.23: greedy for DFlash and Domino, sample for DSpark)",
+    )
+    p.add_argument(
+        "--convention",
+        default=None,
+        help="--backend hf only: the serving rule set whose decoding the evaluator reproduces (default "
+        "sglang-0.5.23; specforge-0.2.0 = SpecForge's classes' own block sampling)",
+    )
+    p.add_argument(
+        "--sglang-version",
+        default=None,
+        help="sglang only: the SGLang version the servers run, choosing its rules (flags, counters, what it "
+        "serves); default: the sglang installed here; needed for Domino / DSpark when none is installed",
     )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
 
@@ -207,8 +230,13 @@ SERVER_ONLY = (
     ("warmup", "--warmup", 2),
     ("health_timeout", "--health-timeout", 900.0),
     ("request_timeout", "--request-timeout", 600.0),
+    ("sglang_version", "--sglang-version", None),
 )
-HF_ONLY = (("hf_chunk", "--hf-chunk", 4), ("draft_sampling", "--draft-sampling", "greedy"))
+HF_ONLY = (
+    ("hf_chunk", "--hf-chunk", 4),
+    ("draft_sampling", "--draft-sampling", None),
+    ("convention", "--convention", None),
+)
 
 
 def _backend_flags(args: argparse.Namespace) -> None:
@@ -224,7 +252,8 @@ def _backend_flags(args: argparse.Namespace) -> None:
         for attr, flag, _ in HF_ONLY:
             if getattr(args, attr) is not None:
                 why = (
-                    " (SGLang's DFlash always proposes the draft's argmax and verifies it target-only)"
+                    " (a server's proposal mode is its own setting: SGLang's DFLASH proposes the argmax, its DSPARK "
+                    "samples unless SGLANG_DSPARK_USE_GREEDY_DRAFT=1)"
                     if attr == "draft_sampling"
                     else ""
                 )
@@ -290,7 +319,14 @@ def build_config(args: argparse.Namespace):
         datasets=identities,
         tokenizer=args.tokenizer,
         draft_sampling=args.draft_sampling,
+        convention=_convention(args.convention),
     )
+
+
+def _convention(name):
+    from specforge_dpace import serving
+
+    return serving.rules_for(name).name if name is not None else serving.DEFAULT_SERVER
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,23 +353,45 @@ def _run(args: argparse.Namespace, cfg) -> int:
     from specforge_dpace.bench.datasets import make_renderer
     from specforge_dpace.bench.results import TAU_LEGEND, ResultStore, display_table, versions
     from specforge_dpace.bench.runner import BenchError, check_resume, config_summary, drafter_hashes, run_sglang
-    from specforge_dpace.bench.server import ServerError, check_methods_served, sglang_version
+    from specforge_dpace.bench.server import (
+        ServerError,
+        check_methods_served,
+        launch_refusals,
+        sglang_rules_for,
+        sglang_version,
+    )
     from specforge_dpace.bench.validate import validate_draft_dir
 
     if cfg.backend == "sglang":
-        # SGLang 0.5.14 serves DFlash drafters only: a Domino / DSpark drafter is refused (a ValueError naming
-        # the method and the SGLang version found) before any server is launched or attached to
-        check_methods_served(cfg.drafters, sglang_version())
+        # the rules of the SGLang version launched (specforge_dpace.serving): a method it does not serve, a dtype
+        # it crashes on, or a temperature it would silently verify greedily is refused (a ValueError) before
+        # any server is launched or attached to
+        version = args.sglang_version or sglang_version()
+        rules, note = sglang_rules_for(version)
+        if note:
+            print(f"specforge-dpace bench: note: {note}", file=sys.stderr)
+        cfg.sglang_rules = rules.name
+        cfg.methods = check_methods_served(cfg.drafters, version)
+        refusals = launch_refusals(rules, cfg.methods, cfg.server_args, cfg.temperatures, cfg.launcher)
+        if refusals:
+            raise ValueError("refusing to launch, nothing was started:\n  - " + "\n  - ".join(refusals))
     for name, path in cfg.drafters.items():
-        # SGLang's loader rules (specforge_dpace.servable), against the target when --target is a local
-        # directory; DraftValidationError (a ValueError) names every problem.  --backend hf also takes
-        # Domino / DSpark drafters (their heads checked by specforge_dpace.draft_methods).
+        # the server version's loader rules (specforge_dpace.serving), against the target when --target is a
+        # local directory; DraftValidationError (a ValueError) names every problem.  --backend hf checks each
+        # drafter by the rules of the layout it is in (what the evaluator loads).
         if cfg.backend == "hf":
             from specforge_dpace.bench.hf_backend import validate_hf_drafter
 
             info = validate_hf_drafter(path, cfg.target)
+            from specforge_dpace.evaluate._speculative import decoding_for, resolve_draft_sampling
+
+            # the convention must decode the method, with a proposal mode its server performs
+            resolve_draft_sampling(
+                decoding_for(cfg.convention, info.method), cfg.draft_sampling, cfg.convention, info.method
+            )
         else:
-            info = validate_draft_dir(path, target=cfg.target)
+            info = validate_draft_dir(path, target=cfg.target, server=cfg.sglang_rules)
+        cfg.methods[name] = info.method
         for note in info.notes:
             print(f"specforge-dpace bench: note: drafter {name}: {note}", file=sys.stderr)
         cfg.block_sizes[name] = info.block_size

@@ -18,7 +18,11 @@ from typing import Any, Callable, Iterable, Optional
 
 
 class RequestError(RuntimeError):
-    """A request failed: connection lost, HTTP error or an unparsable body."""
+    """A request failed: connection lost, HTTP error (``status``) or an unparsable body."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class SGLangClient:
                 return resp.read()
         except urllib.error.HTTPError as exc:
             body = exc.read()[:500].decode(errors="replace")
-            raise RequestError(f"{method} {path}: HTTP {exc.code}: {body}") from exc
+            raise RequestError(f"{method} {path}: HTTP {exc.code}: {body}", status=exc.code) from exc
         except (urllib.error.URLError, OSError) as exc:
             raise RequestError(f"{method} {path}: {exc}") from exc
 
@@ -81,8 +85,26 @@ class SGLangClient:
             raise RequestError(f"POST /generate: response has no meta_info: {str(out)[:200]}")
         return out
 
-    def flush_cache(self) -> None:
-        self._request("POST", "/flush_cache", {}, timeout=60)
+    def flush_cache(self, timeout_s: float = 120.0, retry_s: float = 0.5) -> int:
+        """Reset the server's caches and acceptance metrics once it is idle; returns the attempts taken.
+
+        SGLang flushes only when no request is running or waiting, else it answers HTTP 400 (the
+        warm-up's last request may still be finishing).  ``/flush_cache?timeout=S`` makes SGLang 0.5.14 and
+        0.5.23 wait up to S seconds for idle (``entrypoints/http_server.py`` ``flush_cache``,
+        ``managers/scheduler_components/flush_wrapper.py``); a server that answers 400 anyway (one that
+        ignores the parameter, or one still busy) is asked again every ``retry_s`` until ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        attempts = 0
+        while True:
+            attempts += 1
+            left = max(1, int(deadline - time.monotonic()))
+            try:
+                self._request("POST", f"/flush_cache?timeout={left}", {}, timeout=left + 30)
+                return attempts
+            except RequestError as exc:
+                if exc.status != 400 or time.monotonic() + retry_s >= deadline:
+                    raise RequestError(f"{exc} (after {attempts} attempts over {timeout_s:.0f}s)", exc.status) from exc
+            time.sleep(retry_s)
 
     def server_info(self) -> dict:
         try:

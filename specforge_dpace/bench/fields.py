@@ -1,11 +1,9 @@
-"""The one place that maps SGLang ``/generate`` ``meta_info`` field names to our names.
+"""Read SGLang ``/generate`` ``meta_info`` counters into canonical names.
 
-SGLang renamed its speculative-decoding counters several times between 0.5.11 and 0.5.23
-(DESIGN.md section 5). Every other module asks :func:`extract` for canonical values and never
-reads a raw SGLang key itself, so a new rename is a one-line change here.
-
-The version profiles below are the field sets observed in SGLang payloads of each release
-range; :func:`extract` does not need the version: it accepts any known alias.
+The names each SGLang version emits are serving rules (``specforge_dpace.serving``
+``META_FIELD_PROFILES``, read from each wheel's ``tokenizer_manager.py``); every other module asks
+:func:`extract` for canonical values and never reads a raw SGLang key itself.  :func:`extract` does not
+need the version: it accepts any known alias.
 """
 
 from __future__ import annotations
@@ -13,42 +11,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-# canonical name -> accepted SGLang meta_info keys, newest first
-ALIASES: dict[str, tuple[str, ...]] = {
-    "completion_tokens": ("completion_tokens",),
-    "verify_ct": ("spec_verify_ct",),
-    "accept_length": ("spec_accept_length",),
-    "num_correct_drafts": ("spec_accepted_drafts", "spec_num_correct_drafts", "spec_accept_token_num"),
-    "num_proposed_drafts": ("spec_proposed_drafts", "spec_num_proposed_drafts", "spec_draft_token_num"),
-    "histogram": ("spec_correct_drafts_histogram", "spec_accept_histogram"),
-}
+from specforge_dpace.serving import META_FIELD_PROFILES
 
-# version range -> canonical name -> the key that release range emits (used by the loopback
-# stand-in to speak each dialect and by the tests to prove every dialect is understood)
-PROFILES: dict[str, dict[str, str]] = {
-    "0.5.11": {
-        "completion_tokens": "completion_tokens",
-        "verify_ct": "spec_verify_ct",
-        "num_correct_drafts": "spec_accept_token_num",
-        "num_proposed_drafts": "spec_draft_token_num",
-        "histogram": "spec_accept_histogram",
-    },
-    "0.5.14": {
-        "completion_tokens": "completion_tokens",
-        "verify_ct": "spec_verify_ct",
-        "accept_length": "spec_accept_length",
-        "num_correct_drafts": "spec_num_correct_drafts",
-        "num_proposed_drafts": "spec_num_proposed_drafts",
-        "histogram": "spec_correct_drafts_histogram",
-    },
-    "0.5.23": {
-        "completion_tokens": "completion_tokens",
-        "verify_ct": "spec_verify_ct",
-        "accept_length": "spec_accept_length",
-        "num_correct_drafts": "spec_accepted_drafts",
-        "num_proposed_drafts": "spec_proposed_drafts",
-        "histogram": "spec_correct_drafts_histogram",
-    },
+# canonical name -> accepted SGLang meta_info keys: every name a rule set's profile emits
+# (specforge_dpace.serving META_FIELD_PROFILES), plus the spec_accepted_drafts / spec_proposed_drafts pair
+# this runner accepted before the 0.5.23 wheel was read (neither 0.5.14 nor 0.5.23 emits them)
+PROFILES: dict[str, dict[str, str]] = META_FIELD_PROFILES
+ALIASES: dict[str, tuple[str, ...]] = {
+    canonical: tuple(
+        dict.fromkeys(
+            [p[canonical] for p in reversed(list(PROFILES.values())) if canonical in p]
+            + {"num_correct_drafts": ["spec_accepted_drafts"], "num_proposed_drafts": ["spec_proposed_drafts"]}.get(
+                canonical, []
+            )
+        )
+    )
+    for canonical in (
+        "completion_tokens",
+        "verify_ct",
+        "accept_length",
+        "num_correct_drafts",
+        "num_proposed_drafts",
+        "histogram",
+    )
 }
 
 

@@ -1,12 +1,11 @@
 """``--backend hf``: the same datasets, records and reports, measured with the offline evaluator
 (HF target + SpecForge DFlash-family draft on this machine) instead of SGLang servers.
 
-It stands in for SGLang, so at temperature > 0 it drafts the way SGLang 0.5.14's DFlash does:
-``--draft-sampling greedy`` (the default here) proposes the draft's argmax and verifies target-only;
-``--draft-sampling sample`` draws the proposals from the draft's distribution q instead (standard
-speculative sampling, the default of ``specforge-dpace evaluate``).  The choice is part of the
-settings record.  Domino and DSpark drafters, which SGLang does not serve, are measured here too,
-decoded as their SpecForge classes sample blocks (:func:`validate_hf_drafter` checks them).
+It stands in for a server: every drafter is decoded as the ``--convention`` rule set's server decodes
+its method (default SGLang 0.5.23: DFlash and Domino propose the argmax and verify target-only at
+temperature > 0, DSpark samples its proposals from q and drafts gamma tokens from the anchor row).
+``--draft-sampling`` overrides the proposal mode where that server has the other one.  Both are part of
+the settings record.
 
 The target, its tokenizer and each draft are loaded once; prompts are evaluated in chunks so each
 finished chunk is appended to ``requests.jsonl`` and an interrupted run resumes. Sampling applies
@@ -35,34 +34,12 @@ from specforge_dpace.bench.runner import BenchConfig, check_resume, make_record,
 def validate_hf_drafter(path, target):
     """Check a drafter directory for ``--backend hf``; returns a ``validate.DraftInfo``.
 
-    DFlash: ``validate.validate_draft_dir`` (SGLang 0.5.14's DFlash loader rules).  Domino / DSpark
-    (by ``architectures``): the same rules for the DFlash backbone plus their head fields and weights
-    (``specforge_dpace.draft_methods``), from ``config.json`` and the safetensors headers; a
-    ``DraftValidationError`` lists every problem."""
-    import json
-    from pathlib import Path
-
-    from specforge_dpace import draft_methods
+    By the rules of the layout the directory is in (``serving.layout_of``: a server's, or SpecForge's
+    ``export --to hf`` layout), what the evaluator's loader accepts; a ``DraftValidationError`` lists every
+    problem."""
     from specforge_dpace.bench import validate
 
-    path = Path(path)
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        method = draft_methods.draft_method(config)
-    except (OSError, ValueError):
-        method = draft_methods.DFLASH  # unreadable or unknown: the DFlash validator names the problem
-    if method == draft_methods.DFLASH:
-        return validate.validate_draft_dir(path, target=target)
-    notes: list[str] = []
-    target_cfg = validate._target_config(target, notes)
-    files, shapes, problems = validate.read_weight_shapes(path)
-    verdict = draft_methods.check_draft(config, shapes if files else None, target=target_cfg, method=method)
-    problems = verdict.errors + problems
-    if problems:
-        raise validate.DraftValidationError(
-            f"{draft_methods.METHOD_NAMES[method]} draft {path} does not load:\n  - " + "\n  - ".join(problems)
-        )
-    return validate.DraftInfo.from_verdict(path, verdict, files, shapes, notes, target_cfg is not None)
+    return validate.validate_draft_dir(path, target=target, server=None)
 
 
 def _chunks(items: list, size: int):
@@ -150,9 +127,10 @@ def run_hf(
                         prompt_seeds=[base_seed + position[(it.dataset, it.prompt.prompt_id)] for it in part],
                         show_progress=False,
                         draft_sampling=cfg.draft_sampling,
+                        convention=cfg.convention,
                     ),
                 )
-                block = int(result.overall["block_size"])
+                block = int(result.overall["verify_window"])
                 for it, rec in zip(part, result.per_prompt):
                     store.add(_record(cfg, name, it, rec, block))
                     recorded += 1

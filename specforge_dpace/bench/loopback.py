@@ -21,11 +21,20 @@ produces acceptance with a known pattern, like SGLang's ``SGLANG_SIMULATE_ACC_LE
   since the last ``/flush_cache`` (default 1: no lag; SGLang's ``--decode-log-interval`` is 40,
   and its average lags by up to that many steps).
 * Without ``--speculative-algorithm`` every step emits one token (the no-speculation baseline).
+* ``--speculative-algorithm DFLASH`` verifies blocks of ``--speculative-num-draft-tokens`` (alias
+  ``--speculative-dflash-block-size``, else the draft config's ``block_size``); ``DSPARK`` (the 0.5.23
+  dialect) drafts gamma = ``--speculative-dspark-block-size`` (else the draft config's ``block_size``,
+  else 7) tokens and verifies gamma + 1, refusing a disagreeing ``--speculative-num-draft-tokens``
+  (``arg_groups/speculative_hook.py``); ``spec_num_proposed_drafts`` = ``spec_verify_ct * gamma``.
+* ``/flush_cache`` answers HTTP 400 ("pending requests") while the server is busy; with ``?timeout=S``
+  (0.5.14 and later) it waits for idle instead, as SGLang's ``SchedulerFlushWrapper`` does.
 
 Test hooks (environment): ``SPECFORGE_DPACE_LOOPBACK_VERSION`` (SGLang field dialect,
 default 0.5.14), ``..._STEP_S`` (sleep per verify step, default 0.001), ``..._STARTUP_S``
 (delay before ``/health`` is OK), ``..._NEVER_HEALTHY=1``, ``..._CRASH_AFTER=N`` (the process
-exits during the N+1-th ``/generate``), ``..._MALFORMED=json|fields`` (bad ``/generate`` bodies).
+exits during the N+1-th ``/generate``), ``..._MALFORMED=json|fields`` (bad ``/generate`` bodies),
+``..._BUSY_FLUSHES=N`` (the first N ``/flush_cache`` calls find a request still pending: without a
+timeout, or on the 0.5.11 dialect, which ignores it, they answer 400; with one they wait).
 It is not SGLang and measures nothing about a real model.
 """
 
@@ -42,6 +51,7 @@ from typing import Any, Optional
 
 from specforge_dpace.bench.fields import profile_for
 
+FLUSH_BUSY = "Cache not flushed because there are pending requests."  # managers/scheduler.py flush_cache
 ENV = "SPECFORGE_DPACE_LOOPBACK_"
 
 
@@ -77,7 +87,7 @@ class _State:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.speculative = bool(args.speculative_algorithm)
-        self.block_size = args.block_size if self.speculative else 1
+        self.block_size = args.block_size if self.speculative else 1  # the verify window
         self.pattern = parse_pattern(os.environ.get("SGLANG_SIMULATE_ACC_LEN", "3")) if self.speculative else [1]
         self.version = os.environ.get(ENV + "VERSION", "0.5.14")
         self.fields = profile_for(self.version)
@@ -87,6 +97,7 @@ class _State:
         crash = os.environ.get(ENV + "CRASH_AFTER")
         self.crash_after = int(crash) if crash else None
         self.malformed = os.environ.get(ENV + "MALFORMED", "")
+        self.busy_flushes = int(os.environ.get(ENV + "BUSY_FLUSHES", "0"))
         self.log_interval = int(os.environ.get(ENV + "LOG_INTERVAL", "1"))
         if self.log_interval < 1:
             raise SystemExit(f"{ENV}LOG_INTERVAL={self.log_interval}: must be >= 1")
@@ -141,9 +152,10 @@ class _State:
                 verify_ct=len(steps),
                 accept_length=num_tokens / len(steps),
                 num_correct_drafts=sum(accepted - 1 for _, accepted in steps),
-                num_proposed_drafts=len(steps) * (self.block_size - 1),
+                num_proposed_drafts=len(steps) * (self.block_size - 1),  # tokenizer_manager: verify_ct * (window - 1)
                 histogram=histogram,
             )
+            values["accept_rate"] = values["num_correct_drafts"] / values["num_proposed_drafts"]  # 0.5.23 only
         for canonical, value in values.items():
             key = self.fields.get(canonical)
             if key:
@@ -164,6 +176,20 @@ class _State:
             "speculative_num_draft_tokens": self.block_size if self.speculative else None,
             "internal_states": [state],
         }
+
+    def try_flush(self, timeout_s: float) -> bool:
+        """SGLang's flush: refused while a request is pending, unless a timeout lets it wait for idle (a
+        0.5.11 dialect ignores the timeout)."""
+        with self.lock:
+            busy = self.busy_flushes > 0
+            self.busy_flushes = max(0, self.busy_flushes - 1)
+        waits = timeout_s > 0 and profile_for(self.version) is not profile_for("0.5.11")
+        if busy and not waits:
+            return False
+        if busy:
+            time.sleep(min(timeout_s, 0.05))  # the pending request finishes; the deferred flush runs
+        self.flush()
+        return True
 
     def flush(self) -> None:
         with self.lock:  # SGLang's flush_cache -> metrics_reporter.reset_metrics()
@@ -206,11 +232,20 @@ def _handler(state: _State):
                 self._send(404, {"error": f"no route {self.path}"})
 
         def do_POST(self) -> None:
-            if self.path == "/flush_cache":
+            path, _, query = self.path.partition("?")
+            if path == "/flush_cache":
                 body = self._body()
                 del body
-                state.flush()
-                self._send(200, None, raw=b"Cache flushed.")
+                params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+                try:
+                    timeout = float(params.get("timeout", "0"))
+                except ValueError:
+                    self._send(422, {"error": f"timeout={params.get('timeout')!r} is not a number"})
+                    return
+                if state.try_flush(timeout):
+                    self._send(200, None, raw=b"Cache flushed.")
+                else:
+                    self._send(400, None, raw=FLUSH_BUSY.encode())
             elif self.path == "/generate":
                 if not state.healthy():
                     self._send(503, {"error": "not ready"})
@@ -236,21 +271,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", "--model", required=True, help="target path (only echoed back)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback only)")
     p.add_argument("--port", type=int, default=30000, help="port")
-    p.add_argument("--speculative-algorithm", default=None, help="DFLASH enables simulated speculation")
+    p.add_argument("--speculative-algorithm", default=None, help="DFLASH or DSPARK enables simulated speculation")
     p.add_argument("--speculative-draft-model-path", default=None, help="draft directory (block size read here)")
     p.add_argument("--speculative-num-draft-tokens", type=int, default=None, help="block size")
     p.add_argument("--speculative-dflash-block-size", type=int, default=None, help="alias of the block size")
+    p.add_argument("--speculative-dspark-block-size", type=int, default=None, help="DSPARK: gamma (window gamma + 1)")
     return p
 
 
+def _draft_block_size(args: argparse.Namespace):
+    if not args.speculative_draft_model_path:
+        return None
+    with open(os.path.join(args.speculative_draft_model_path, "config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    nested = config.get("dflash_config") or {}
+    return nested["block_size"] if "block_size" in nested else config.get("block_size")
+
+
+def _resolve_dspark_window(args: argparse.Namespace) -> int:
+    """gamma + 1, as SGLang 0.5.23's speculative_hook resolves it (explicit gamma, else the config's, else 7)."""
+    gamma = args.speculative_dspark_block_size
+    if gamma is not None and gamma <= 0:
+        raise SystemExit(f"DSpark requires --speculative-dspark-block-size to be positive, got {gamma}")
+    if gamma is None:
+        gamma = _draft_block_size(args) or 7
+    window = int(gamma) + 1
+    given = args.speculative_num_draft_tokens
+    if given is not None and given != window:
+        raise SystemExit(f"DSpark speculative_num_draft_tokens must equal gamma + 1 (= {window}), but got {given}")
+    return window
+
+
 def _resolve_block_size(args: argparse.Namespace) -> int:
+    if args.speculative_algorithm.upper() == "DSPARK":
+        return _resolve_dspark_window(args)
     a, b = args.speculative_num_draft_tokens, args.speculative_dflash_block_size
     if a is not None and b is not None and a != b:
         raise SystemExit(f"--speculative-num-draft-tokens={a} and --speculative-dflash-block-size={b} disagree")
     size = a if a is not None else b
-    if size is None and args.speculative_draft_model_path:
-        with open(os.path.join(args.speculative_draft_model_path, "config.json"), encoding="utf-8") as fh:
-            size = json.load(fh).get("block_size")
+    if size is None:
+        size = _draft_block_size(args)
     return int(size or 16)
 
 
@@ -258,8 +318,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     if args.host not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"loopback stand-in binds 127.0.0.1 only, got --host {args.host}")
-    if args.speculative_algorithm and args.speculative_algorithm.upper() != "DFLASH":
-        raise SystemExit(f"loopback supports --speculative-algorithm DFLASH only, got {args.speculative_algorithm}")
+    if args.speculative_algorithm and args.speculative_algorithm.upper() not in ("DFLASH", "DSPARK"):
+        raise SystemExit(
+            f"loopback supports --speculative-algorithm DFLASH or DSPARK, got {args.speculative_algorithm}"
+        )
+    version = os.environ.get(ENV + "VERSION", "0.5.14")
+    if (args.speculative_algorithm or "").upper() == "DSPARK" and profile_for(version) is not profile_for("0.5.23"):
+        raise SystemExit(f"SGLang {version} has no DSPARK speculative algorithm (0.5.23 has)")
     args.block_size = _resolve_block_size(args) if args.speculative_algorithm else 1
     state = _State(args)
     sys.stderr.write(

@@ -52,8 +52,13 @@ class BenchConfig:
     datasets: dict[str, dict] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # tokenizer directory when it is not the target's
     drafter_hashes: dict[str, str] = field(default_factory=dict)  # filled by drafter_hashes()
-    # --backend hf: how the evaluator drafts at temperature > 0 ("greedy": SGLang's DFlash convention)
-    draft_sampling: str = "greedy"
+    # --backend hf: the serving convention the evaluator decodes as, and its proposal mode at temperature > 0
+    # (None: what that server does for the method)
+    draft_sampling: Optional[str] = None
+    convention: str = "sglang-0.5.23"
+    # --backend sglang: the serving rule set of the SGLang version launched (flags, counters, refusals)
+    sglang_rules: str = "sglang-0.5.23"
+    methods: dict[str, str] = field(default_factory=dict)  # drafter name -> "dflash" | "domino" | "dspark"
     _settings: dict = field(default_factory=dict, repr=False)
 
     def servers(self) -> list[tuple[str, Optional[str]]]:
@@ -89,8 +94,10 @@ def run_settings(cfg: BenchConfig) -> dict[str, Any]:
     }
     if cfg.backend == "sglang":
         run["concurrency"] = cfg.concurrency
-    else:  # the evaluator's draft sampling changes tau at temperature > 0 (SGLang always drafts greedily)
+        run["serving_rules"] = cfg.sglang_rules
+    else:  # the evaluator's decoding convention and draft sampling change tau
         run["sampling"]["draft_sampling"] = cfg.draft_sampling
+        run["convention"] = cfg.convention
     return run
 
 
@@ -104,6 +111,8 @@ def _drafter_settings(cfg: BenchConfig, name: str) -> dict[str, Any]:
             checkpoint_sha256=drafter_hashes(cfg)[name],
             block_size=cfg.block_sizes.get(name),
         )
+        if cfg.methods.get(name, "dflash") != "dflash":  # DFlash records keep the settings they had
+            part["method"] = cfg.methods[name]
     if cfg.backend == "sglang":
         if name in cfg.server_urls:
             part["server"] = {"url": cfg.server_urls[name]}
@@ -200,6 +209,11 @@ def run_server(
     if name in cfg.server_urls:
         srv = server_mod.attach(name, cfg.server_urls[name], cfg.health_timeout_s)
     else:
+        from specforge_dpace import serving
+
+        method_rules = None
+        if draft is not None:
+            method_rules = serving.rules_for(cfg.sglang_rules).method(cfg.methods.get(name, serving.DFLASH))
         srv = server_mod.launch(
             name,
             cfg.target,
@@ -209,6 +223,7 @@ def run_server(
             extra_args=cfg.server_args,
             launcher=cfg.launcher,
             health_timeout=cfg.health_timeout_s,
+            method_rules=method_rules,
         )
     recorded = 0
     try:
@@ -240,8 +255,8 @@ def run_server(
             groups.setdefault((item.dataset, item.temperature), []).append(item)
         for (dataset, temperature), group in groups.items():
             sampling = client_mod.Sampling(temperature, cfg.max_new_tokens, cfg.top_p, cfg.top_k, cfg.seed)
-            try:
-                api.flush_cache()
+            try:  # waits until the warm-up (or the previous group) has left the server
+                api.flush_cache(timeout_s=min(cfg.request_timeout_s, 600.0))
             except client_mod.RequestError as exc:
                 raise fail("refused /flush_cache", exc) from exc
             bar = _progress(len(group), f"{name} {dataset} T={temperature:g}")

@@ -34,26 +34,103 @@ def sglang_version() -> Optional[str]:
     return package_version("sglang")
 
 
-def check_methods_served(drafters: Mapping[str, str], version: Optional[str]) -> None:
-    """Refuse (``ValueError``), before anything is launched, every drafter whose method SGLang ``version``
-    cannot serve: SGLang 0.5.14 serves DFlash drafters only (``--speculative-algorithm DFLASH`` loads
-    ``DFlashDraftModel``), never Domino or DSpark (``specforge_dpace.draft_methods``).  The method comes from
-    each draft config's ``architectures``; a draft whose config cannot be read or names no DFlash-family
-    architecture is left to the validator, which says why."""
-    from specforge_dpace import draft_methods
+def sglang_rules_for(version: Optional[str]):
+    """``(rules, note)``: the serving rule set of SGLang ``version`` (``serving.sglang_rules``); with no
+    version (no SGLang installed here, or a stand-in launcher), SGLang 0.5.23's rules and a note saying so."""
+    from specforge_dpace import serving
 
-    problems = []
+    if version is None:
+        rules = serving.rules_for(serving.DEFAULT_SERVER)
+        return rules, f"SGLang's version is unknown here (no sglang package; give --sglang-version): {rules.name} rules"
+    return serving.sglang_rules(version)
+
+
+def check_methods_served(drafters: Mapping[str, str], version: Optional[str]) -> dict[str, str]:
+    """``{name: method}`` of the drafters, or a ``ValueError`` (before anything is launched) naming every
+    drafter whose method SGLang ``version`` does not serve: 0.5.14 serves DFlash only, 0.5.23 DFlash, Domino
+    and DSpark (``specforge_dpace.serving``).  The method comes from each draft config's ``architectures``
+    (and ``projector_type``); a draft whose config cannot be read is left to the validator, which says why.
+    With no version known, Domino and DSpark are refused: which SGLang serves them must be stated."""
+    from specforge_dpace import serving
+
+    rules, _ = sglang_rules_for(version)
+    methods, problems = {}, []
     for name, path in drafters.items():
         try:
             config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-            method = draft_methods.draft_method(config)
+            method = serving.draft_method(config)
         except (OSError, ValueError):
             continue
-        problem = draft_methods.sglang_serving_problem(method, version)
+        methods[name] = method
+        if version is None and method != serving.DFLASH:
+            problems.append(
+                f"drafter {name!r} ({path}): a {serving.METHOD_NAMES[method]} drafter needs a known SGLang version "
+                f"(no sglang package is installed in this Python): give --sglang-version (SGLang versions and the "
+                f"methods they serve: {serving.served_text()})"
+            )
+            continue
+        problem = rules.serving_problem(method)
         if problem:
             problems.append(f"drafter {name!r} ({path}): {problem}")
     if problems:
         raise ValueError("SGLang cannot serve these drafters, so nothing was launched:\n  - " + "\n  - ".join(problems))
+    return methods
+
+
+def flag_value(args: Sequence[str], flag: str) -> Optional[str]:
+    """The value of ``--flag VALUE`` or ``--flag=VALUE`` in an argument list (the last one), or None."""
+    value = None
+    for i, item in enumerate(args):
+        if item == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif item.startswith(flag + "="):
+            value = item.split("=", 1)[1]
+    return value
+
+
+def serving_device(extra: Sequence[str], launcher: Optional[str]) -> tuple[str, str]:
+    """``(device, how)``: ``--device`` from the server args, else what SGLang's launcher would pick on this
+    machine (CUDA when torch sees a CUDA, not ROCm, GPU; else the CPU); a custom launcher (a stand-in)
+    without ``--device`` is taken to emulate a CUDA server."""
+    given = flag_value(extra, "--device")
+    if given:
+        return given.split(":")[0].lower(), "--device"
+    if launcher or os.environ.get(LAUNCHER_ENV):
+        return "cuda", "assumed for a custom launcher without --device"
+    try:
+        import torch
+    except ImportError:
+        return "unknown", "torch is not importable here"
+    if torch.cuda.is_available():
+        return ("rocm" if getattr(torch.version, "hip", None) else "cuda"), "detected"
+    return "cpu", "detected (no CUDA device)"
+
+
+def launch_refusals(
+    rules, methods: Mapping[str, str], extra: Sequence[str], temperatures: Sequence[float], launcher: Optional[str]
+) -> list[str]:
+    """Why ``rules``' server would crash or measure the wrong thing with these flags (checked before launch):
+    a ``--dtype`` a method refuses (float32 DFLASH on 0.5.23: ``model_runner.py`` casts input embeddings to
+    bf16; Domino needs bf16), and temperature > 0 for DFLASH-verified methods on a device whose build lacks
+    the target-only sampling kernel (``verify_sampling.py``: CUDA only), where SGLang silently verifies
+    greedily after the first token (``dflash_worker_v2.py:2300-2320``)."""
+    problems = []
+    dtype = flag_value(extra, "--dtype")
+    hot = sorted({t for t in temperatures if t > 0})
+    device, how = serving_device(extra, launcher)
+    for method in sorted(set(methods.values())):
+        mrules = rules.method(method)
+        names = sorted(n for n, m in methods.items() if m == method)
+        if dtype is not None and dtype.lower() in mrules.dtypes:
+            problems.append(f"--dtype {dtype} with {mrules.name} drafters {names}: {mrules.dtypes[dtype.lower()]}")
+        if hot and mrules.sampling_verify and device not in rules.sampling_verify_devices:
+            problems.append(
+                f"temperature {hot} with {mrules.name} drafters {names} on device {device!r} ({how}): {rules.name}'s "
+                "DFLASH verifies non-greedy requests with the target-only sampling kernel, which this device's build "
+                "lacks (kernels/ops/speculative/verify_sampling.py), and then silently verifies greedily after the "
+                f"first token; accepted: temperature 0 here, or a device in {list(rules.sampling_verify_devices)}"
+            )
+    return problems
 
 
 class ServerError(RuntimeError):
@@ -92,27 +169,34 @@ def server_args(
     block_size: Optional[int] = None,
     extra: Sequence[str] = (),
     host: str = "127.0.0.1",
+    method_rules=None,
 ) -> list[str]:
-    """SGLang flags for a DFlash (draft given) or a no-speculation baseline server."""
+    """SGLang flags for a drafter's server (draft given; ``method_rules`` is its method's
+    ``serving.MethodRules``, default SGLang 0.5.23's DFlash) or a no-speculation baseline server.
+
+    The block size goes in the method's flag (DFLASH: ``--speculative-num-draft-tokens K``; DSPARK:
+    ``--speculative-dspark-block-size gamma``); a block flag in ``extra`` stands instead when it agrees."""
+    from specforge_dpace import serving
+
     args = ["--model-path", str(model_path), "--host", host, "--port", str(port)]
     extra = list(extra)
     for flag in ("--model-path", "--host", "--port", "--speculative-algorithm", "--speculative-draft-model-path"):
         if flag in extra:
             raise ValueError(f"--server-args must not set {flag}: the runner sets it (got {extra})")
     if draft_path is not None:
-        args += ["--speculative-algorithm", "DFLASH", "--speculative-draft-model-path", str(draft_path)]
-        for alias in ("--speculative-num-draft-tokens", "--speculative-dflash-block-size"):
-            if alias in extra:
-                i = extra.index(alias)
-                given = extra[i + 1] if i + 1 < len(extra) else None
-                if block_size is not None and given is not None and int(given) != int(block_size):
-                    raise ValueError(
-                        f"--server-args sets {alias} {given} but the draft config has block_size {block_size}; "
-                        "SGLang rejects disagreeing block sizes"
-                    )
-                block_size = None  # the user's flag stands
-        if block_size is not None:
-            args += ["--speculative-num-draft-tokens", str(block_size)]
+        rules = method_rules or serving.rules_for(serving.DEFAULT_SERVER).method(serving.DFLASH)
+        for flag, expected in rules.block_flags.items():
+            given = flag_value(extra, flag)
+            if given is None:
+                continue
+            if block_size is not None and int(given) != expected(int(block_size)):
+                raise ValueError(
+                    f"--server-args sets {flag} {given} but the draft config's block_size {block_size} means "
+                    f"{flag} {expected(int(block_size))} for {rules.name} ({rules.algorithm}); SGLang rejects "
+                    "disagreeing block sizes"
+                )
+            block_size = None  # the user's flag stands
+        args += rules.launch(str(draft_path), block_size)
     else:
         spec_flags = [f for f in extra if f.startswith("--speculative")]
         if spec_flags:
@@ -237,6 +321,7 @@ def launch(
     launcher: Optional[str] = None,
     health_timeout: float = 600.0,
     env: Optional[dict] = None,
+    method_rules=None,
 ) -> ManagedServer:
     """Start a server on a free 127.0.0.1 port and return it once ``/health`` answers 200.
 
@@ -245,7 +330,7 @@ def launch(
     """
     port = free_port()
     command = launcher_command(launcher) + server_args(
-        model_path, port, draft_path=draft_path, block_size=block_size, extra=extra_args
+        model_path, port, draft_path=draft_path, block_size=block_size, extra=extra_args, method_rules=method_rules
     )
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)

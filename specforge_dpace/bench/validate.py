@@ -1,11 +1,11 @@
-"""Validate a DFlash draft directory before SGLang serves it.
+"""Validate a DFlash-family draft directory before a server serves it.
 
 SGLang silently skips weight names it does not know, so a misnamed checkpoint would serve with
 random weights and report a tau near 1 (DESIGN.md section 5). This reads ``config.json`` and the
-safetensors *headers* (names and shapes, never the tensors) and checks them with the rules of
-:mod:`specforge_dpace.servable` (what SGLang 0.5.14's DFlash loader and target capture accept), the
-same rules the offline evaluator's loader uses. Given the target (its directory or config), the layer
-ids, hidden size, vocabulary and mask token are checked against it too.
+safetensors *headers* (names and shapes, never the tensors) and checks them with a serving rule set of
+:mod:`specforge_dpace.serving` (the server version's loader and target capture), the same rules the
+offline evaluator's loader uses. Given the target (its directory or config), the layer ids, hidden
+size, vocabulary and mask token are checked against it too.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from specforge_dpace import servable
+from specforge_dpace import serving
 from specforge_dpace._hashing import update_with_file
 
-ARCHITECTURE = servable.ARCHITECTURE
+ARCHITECTURE = serving.ARCHITECTURES[serving.DFLASH]
 
 
 class DraftValidationError(ValueError):
@@ -41,10 +41,20 @@ class DraftInfo:
     weight_names: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     target_checked: bool = False
+    method: str = serving.DFLASH
+    server: str = serving.DEFAULT_SERVER
 
     @classmethod
     def from_verdict(
-        cls, path: Path, verdict: Any, files: list[Path], shapes: Mapping, notes: list[str], target_checked: bool
+        cls,
+        path: Path,
+        verdict: Any,
+        files: list[Path],
+        shapes: Mapping,
+        notes: list[str],
+        target_checked: bool,
+        *,
+        server: str = serving.DEFAULT_SERVER,
     ):
         """The settings a passing rule check resolved (``verdict.spec``), with the files and notes seen."""
         spec = verdict.spec
@@ -59,6 +69,8 @@ class DraftInfo:
             sorted(shapes),
             notes + verdict.notes,
             target_checked,
+            spec.method,
+            server,
         )
 
 
@@ -127,14 +139,23 @@ def _target_config(target: Any, notes: list[str]) -> Optional[Any]:
     return target
 
 
-def validate_draft_dir(path: str | Path, target: Any = None, *, block_size: Optional[int] = None) -> DraftInfo:
+def validate_draft_dir(
+    path: str | Path,
+    target: Any = None,
+    *,
+    block_size: Optional[int] = None,
+    server: Optional[str] = serving.DEFAULT_SERVER,
+    options: Optional[Mapping[str, Any]] = None,
+) -> DraftInfo:
     """Check a draft directory; raise :class:`DraftValidationError` listing every problem.
 
-    ``target``: the target model directory (or its config) when known: then the layer ids are checked
-    against the target's real layer count, and its hidden size, vocabulary and mask token range apply.
-    A path without ``config.json`` (a hub id, say) skips those checks with a note.  ``block_size``
-    stands for ``--speculative-num-draft-tokens`` when one is given.  Harmless findings (a ``model.``
-    prefix, unused ``lm_head`` / ``embed_tokens`` / rotary tensors) come back in ``DraftInfo.notes``."""
+    ``server``: the rule set (``serving.rules_for``) to check with; None = the one whose layout the
+    directory is in (``serving.layout_of``, what the offline evaluator loads).  ``target``: the target model
+    directory (or its config) when known: then the layer ids are checked against the target's real layer
+    count, and its hidden size, vocabulary and mask token range apply.  A path without ``config.json`` (a
+    hub id, say) skips those checks with a note.  ``block_size`` stands for a launch flag's block size.
+    Harmless findings (a ``model.`` prefix, unused ``lm_head`` / ``embed_tokens`` / rotary tensors) come
+    back in ``DraftInfo.notes``."""
     path = Path(path)
     if not path.is_dir():
         raise DraftValidationError(f"draft path {path} is not a directory")
@@ -150,11 +171,28 @@ def validate_draft_dir(path: str | Path, target: Any = None, *, block_size: Opti
     notes: list[str] = []
     target_cfg = _target_config(target, notes)
     files, shapes, problems = read_weight_shapes(path)
-    verdict = servable.check_draft(cfg, shapes if files else None, target=target_cfg, block_size=block_size)
+    try:
+        method = serving.draft_method(cfg)
+        rules = serving.rules_for(server) if server else serving.layout_of(cfg)
+    except ValueError as exc:
+        raise DraftValidationError(f"draft {path}: {exc}") from None
+    if (path / "mask_embedding.pt").is_file():
+        notes.append(
+            "mask_embedding.pt: SGLang 0.5.23's DFLASH worker merges it into the target's mask-token row "
+            "(dflash_worker_v2.py:1318-1380; DSPARK and 0.5.14 ignore it); the evaluator applies it to the draft "
+            "blocks' mask positions"
+        )
+    verdict = serving.check_draft(
+        cfg, shapes if files else None, server=rules, method=method, target=target_cfg, block_size=block_size,
+        options=options,
+    )  # fmt: skip
     problems = verdict.errors + problems
     if problems:
-        raise DraftValidationError(f"draft {path} is not servable by SGLang DFlash:\n  - " + "\n  - ".join(problems))
-    return DraftInfo.from_verdict(path, verdict, files, shapes, notes, target_cfg is not None)
+        raise DraftValidationError(
+            f"{serving.METHOD_NAMES[method]} draft {path} is not servable by {rules.name}:\n  - "
+            + "\n  - ".join(problems)
+        )
+    return DraftInfo.from_verdict(path, verdict, files, shapes, notes, target_cfg is not None, server=rules.name)
 
 
 def checkpoint_hash(path: str | Path) -> str:

@@ -67,10 +67,18 @@ def configure(parser) -> None:
         "--method",
         choices=("dflash", "domino", "dspark"),
         default=None,
-        help="DFlash-family method of the drafters: dflash (default), domino (GRU logit correction) or dspark "
-        "(Markov head + confidence head, trained against the target's distribution); every objective applies",
+        help="DFlash-family method of the drafters: dflash (default), domino (GRU logit correction, trained with "
+        "pure_draft_prefix_len 1, the value SGLang 0.5.23 serves) or dspark (Markov head + confidence head, "
+        "trained against the target's distribution); every objective applies.  Drafters are saved in the layout "
+        "SGLang 0.5.23 loads (DFlash and Domino: --speculative-algorithm DFLASH; DSpark: DSPARK) and evaluated as "
+        "it decodes them (--eval-convention)",
     )
-    parser.add_argument("--block-size", type=num.BLOCK_SIZE, default=None, help="DFlash block size K (default 8)")
+    parser.add_argument(
+        "--block-size",
+        type=num.BLOCK_SIZE,
+        default=None,
+        help="block size K of the drafters (default 8; DSpark: gamma, the drafted tokens, verified in K + 1)",
+    )
     parser.add_argument(
         "--num-anchors", type=num.NUM_ANCHORS, default=None, help="blocks sampled per sequence (default 32)"
     )
@@ -116,8 +124,16 @@ def configure(parser) -> None:
         choices=("sample", "greedy"),
         default=None,
         help="at --eval-temperature > 0, how the drafter proposes: 'sample' draws from q and verifies with standard "
-        "speculative sampling (default; the LK paper's setting), 'greedy' proposes q's argmax and verifies "
-        "target-only, as SGLang 0.5.14's DFlash does; both are lossless, tau differs",
+        "speculative sampling (the LK paper's setting; SGLang's DSpark default), 'greedy' proposes q's argmax and "
+        "verifies target-only (SGLang's DFLASH and Domino); default: what the --eval-convention server does for the "
+        "method; both are lossless, tau differs",
+    )
+    parser.add_argument(
+        "--eval-convention",
+        default=None,
+        help="the serving rule set whose decoding the evaluator reproduces (default sglang-0.5.23: DSpark drafts "
+        "gamma = block-size tokens from the anchor row, Domino with SGLang's GRU rollout; specforge-0.2.0 = "
+        "SpecForge's classes' own block sampling)",
     )
     parser.add_argument(
         "--retrain-target",
@@ -160,6 +176,7 @@ _OVERRIDES = (
     "eval_max_new_tokens",
     "eval_temperature",
     "eval_draft_sampling",
+    "eval_convention",
     "target_steps",
     "target_dir",
 )

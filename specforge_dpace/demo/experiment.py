@@ -61,6 +61,17 @@ SETTINGS = (
     EvalSetting("T1", 1.0, "sample"),
     EvalSetting("T1-greedy-draft", 1.0, "greedy"),
 )
+
+
+def settings_for(method: str, convention: str) -> tuple:
+    """The settings the ``convention``'s server performs for ``method`` (SGLang 0.5.23's Domino rollout is
+    argmax only: no sampled-proposal setting for Domino)."""
+    from specforge_dpace.evaluate._speculative import decoding_for
+
+    allowed = decoding_for(convention, method).draft_samplings
+    return tuple(s for s in SETTINGS if s.temperature == 0 or s.draft_sampling in allowed)
+
+
 #: Predictors of tau (teacher-forced, held-out), by name in ``teacher_forced_metrics``' output.
 PREDICTORS = (
     "sim_tau",
@@ -95,6 +106,11 @@ class ExperimentConfig:
     confidence: float = 0.95
     threads: int = field(default_factory=default_threads)
     allow_non_finite: bool = False  # train on through non-finite steps (recorded) instead of stopping
+    convention: str = "sglang-0.5.23"  # the serving rule set whose decoding the evaluator reproduces
+
+    @property
+    def settings(self) -> tuple:
+        return settings_for(self.method, self.convention)
 
     @classmethod
     def quick(cls, **overrides) -> "ExperimentConfig":
@@ -150,6 +166,7 @@ class ExperimentConfig:
             eval_prompts=self.eval_prompts,
             eval_max_new_tokens=self.eval_max_new_tokens,
             allow_non_finite=self.allow_non_finite,
+            eval_convention=self.convention,
         )
 
 
@@ -237,9 +254,9 @@ def run_seed(out: Path, config: ExperimentConfig, seed: int, on_arm=None) -> lis
     cells = []
     for arm in config.arms:
         draft, train_log = pipeline.train(arm, data, features)
-        predicted = pipeline.predicted(arm, draft, [s.temperature for s in SETTINGS])
+        predicted = pipeline.predicted(arm, draft, [s.temperature for s in config.settings])
         arm_cells = []
-        for setting in SETTINGS:
+        for setting in config.settings:
             record = pipeline.evaluate(
                 arm, draft, temperature=setting.temperature, draft_sampling=setting.draft_sampling
             )
@@ -273,7 +290,7 @@ def analyse(cells: Sequence[dict], config: ExperimentConfig) -> dict:
     """Paired statistics per arm and setting, and how well each predictor tracks the measured tau."""
     seeds = list(config.seeds)
     rows, calibration, verdicts = [], [], {}
-    for setting in SETTINGS:
+    for setting in config.settings:
         base = {c["seed"]: c["tau"] for c in _by(cells, setting=setting.name, arm=config.baseline)}
         for arm in config.arms:
             taus = {c["seed"]: c["tau"] for c in _by(cells, setting=setting.name, arm=arm)}
@@ -305,7 +322,7 @@ def analyse(cells: Sequence[dict], config: ExperimentConfig) -> dict:
         verdicts[setting.name] = _calibrate(cells, config, setting, calibration)
     return {
         "config": asdict(config),
-        "settings": [asdict(s) | {"label": s.label} for s in SETTINGS],
+        "settings": [asdict(s) | {"label": s.label} for s in config.settings],
         "predictors": list(PREDICTORS),
         "cells": list(cells),
         "rows": rows,
@@ -467,7 +484,7 @@ def write_report(out_dir: Path | str, result: dict) -> None:
         "",
         "## Predicted (teacher-forced, held-out) vs measured tau",
         "",
-        rpt.markdown_table(cal, floatfmt=".3f"),
+        rpt.markdown_table(cal, floatfmt=".3f") if cal else "(the teacher-forced predictors are DFlash's: none here)",
         "",
         *[f"- {line}" for line in verdicts],
         "",

@@ -64,7 +64,10 @@ class DemoConfig:
     eval_prompt_len: int = 32
     eval_max_new_tokens: int = 64
     eval_temperature: float = 0.0
-    eval_draft_sampling: str = "sample"  # at T > 0: "sample" (standard speculative sampling) or "greedy" (SGLang's)
+    # at T > 0: "sample" (standard speculative sampling) or "greedy" (argmax, target-only verification);
+    # None = what the eval_convention's server does for the method (SGLang 0.5.23: greedy DFlash / Domino)
+    eval_draft_sampling: Optional[str] = None
+    eval_convention: str = "sglang-0.5.23"  # the serving rule set whose decoding the evaluator reproduces
     # target
     retrain_target: bool = False
     target_steps: Optional[int] = None
@@ -113,9 +116,15 @@ class DemoConfig:
         num.check_unique(self.objectives, "objective", num.objective_key)
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is invalid; accepted: {', '.join(METHODS)}")
+        from specforge_dpace import serving
         from specforge_dpace.evaluate._sampling import check_draft_sampling
+        from specforge_dpace.evaluate._speculative import decoding_for, resolve_draft_sampling
 
-        check_draft_sampling(self.eval_draft_sampling)
+        if self.eval_draft_sampling is not None:
+            check_draft_sampling(self.eval_draft_sampling)
+        serving.rules_for(self.eval_convention)
+        decoding = decoding_for(self.eval_convention, self.method)  # the method must be served there
+        resolve_draft_sampling(decoding, self.eval_draft_sampling, self.eval_convention, self.method)
         from specforge_dpace.losses import build_loss
 
         for spec in self.objectives:
@@ -377,6 +386,13 @@ class DemoPipeline:
             method=c.method,
         )
 
+    def resolved_draft_sampling(self, draft_sampling: Optional[str] = None) -> str:
+        """The proposal mode at T > 0: the one given, else the config's, else the convention's default."""
+        from .train_drafter import resolve_eval_sampling
+
+        c = self.config
+        return resolve_eval_sampling(c.eval_convention, c.method, draft_sampling or c.eval_draft_sampling)
+
     def drafter_dir(self, objective: str) -> Path:
         key = _key("drafter", self.features_key(), objective, self.drafter_config().key_fields())
         return self.out / "drafters" / f"{slugify(objective)}-{key}"
@@ -451,7 +467,8 @@ class DemoPipeline:
 
         c = self.config
         temperature = c.eval_temperature if temperature is None else temperature
-        draft_sampling = c.eval_draft_sampling if draft_sampling is None else draft_sampling
+        # at temperature 0 verification is greedy whatever proposes: the mode is neither resolved nor keyed
+        draft_sampling = self.resolved_draft_sampling(draft_sampling if temperature > 0 else None)
         directory = self.drafter_dir(objective)
         parts = [
             "eval",
@@ -464,12 +481,14 @@ class DemoPipeline:
         ]
         if temperature > 0 and draft_sampling != "sample":  # greedy verification ignores it; old keys stay valid
             parts.append(draft_sampling)
+        if c.method != "dflash":  # the convention changes how Domino / DSpark blocks are proposed (DFlash: not)
+            parts.append(c.eval_convention)
         key = _key(*parts)
         path = self.out / "eval" / f"{slugify(objective)}-{key}.json"
         label = f"evaluate {objective}"
         if (temperature, draft_sampling) != (
             c.eval_temperature,
-            c.eval_draft_sampling,
+            self.resolved_draft_sampling(),
         ):  # the experiment's extra settings
             label += f" T={temperature:g}" + (f" {draft_sampling} draft" if temperature > 0 else "")
         if path.is_file():
@@ -490,10 +509,15 @@ class DemoPipeline:
                 seed=c.seed,
                 show_progress=self.show_progress,
                 draft_sampling=draft_sampling,
+                convention=c.eval_convention,
             ),
         )
         record = result.to_dict()
-        record["settings"] = {"temperature": temperature, "draft_sampling": draft_sampling}
+        record["settings"] = {
+            "temperature": temperature,
+            "draft_sampling": draft_sampling,
+            "convention": c.eval_convention,
+        }
         _cache.write_file(lambda p: p.write_text(json.dumps(record)), path)
         self._event(label, "ran")
         return record

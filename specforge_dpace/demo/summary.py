@@ -68,10 +68,11 @@ def table_text(report: dict) -> str:
     at = (
         "greedy"
         if not c.get("eval_temperature")
-        else f"T={c['eval_temperature']:g}, {c.get('eval_draft_sampling')} draft"
+        else f"T={c['eval_temperature']:g}, {c.get('eval_draft_sampling') or 'the server default'} draft"
     )
     title = (
-        f"{method} drafters on the tiny stdlib target (block {c['block_size']}, {c['steps']} steps, {at}; baseline "
+        f"{method} drafters on the tiny stdlib target (block {c['block_size']}, {c['steps']} steps, {at}, decoded as "
+        f"{c.get('eval_convention', 'sglang-0.5.23')}; baseline "
         f"{report['baseline']}; tau = tokens per verify step, prefill excluded; tau_sglang = completion tokens / "
         "verify steps, SGLang's spec_accept_length; accept_hist = verify steps accepting 0,1,..,K-1 drafted tokens)"
     )

@@ -30,15 +30,34 @@ class DrafterConfig:
     weight_decay: float = 0.0
     seed: int = 0
     method: str = "dflash"  # "domino" or "dspark": the same model family with the method's draft head
+    # Domino only: the GRU-uncorrected prefix; 1 is the only value SGLang 0.5.23 serves (dflash_utils.py:779)
+    pure_draft_prefix_len: int = 1
 
     def key_fields(self) -> dict:
-        """The fields that identify a drafter (``method`` only when not DFlash, so DFlash keys stay as they were)."""
+        """The fields that identify a drafter (``method`` only when not DFlash, so DFlash keys stay as they were;
+        ``pure_draft_prefix_len`` only for Domino)."""
         from dataclasses import asdict
 
         fields = asdict(self)
         if fields["method"] == "dflash":
             del fields["method"]
+        if self.method != "domino":
+            del fields["pure_draft_prefix_len"]
         return fields
+
+    def head(self) -> Optional[dict]:
+        """The draft head fields over ``tiny_draft``'s defaults (Domino's prefix; DSpark trains with its
+        confidence head, which SGLang 0.5.23 loads in its ragged-verify modes)."""
+        if self.method == "domino":
+            return {"pure_draft_prefix_len": int(self.pure_draft_prefix_len), "shift_label": False}
+        return None
+
+
+def resolve_eval_sampling(convention: str, method: str, draft_sampling: Optional[str]) -> str:
+    """The evaluator's proposal mode at T > 0 under ``convention`` for ``method`` (None = its default)."""
+    from specforge_dpace.evaluate._speculative import decoding_for, resolve_draft_sampling
+
+    return resolve_draft_sampling(decoding_for(convention, method), draft_sampling, convention, method)
 
 
 def build_drafter(target, config: DrafterConfig, target_layer_ids: Sequence[int], mask_token_id: int):
@@ -53,6 +72,7 @@ def build_drafter(target, config: DrafterConfig, target_layer_ids: Sequence[int]
         mask_token_id=mask_token_id,
         seed=config.seed,
         method=config.method,
+        head=config.head(),
     )
 
 

@@ -1,28 +1,28 @@
-"""Load, validate and save target / DFlash-family draft checkpoints.
+"""Load, validate and save target / DFlash-family draft checkpoints, by the rules of :mod:`specforge_dpace.serving`.
 
-A servable DFlash draft directory holds ``config.json`` (a Qwen3-style text config with
-``"architectures": ["DFlashDraftModel"]``, ``block_size``, ``num_target_layers`` and
-``dflash_config.{target_layer_ids, mask_token_id}``) and safetensors weights named
-``layers.*``, ``fc``, ``hidden_norm``, ``norm``.  Every check of that backbone uses the rules of
-:mod:`specforge_dpace.servable` (what SGLang 0.5.14's DFlash loader and target capture accept), the
-same rules ``specforge-dpace bench`` validates with before launching a server: servable target layer
-ids, field precedence (``dflash_config`` first), names *and* shapes of every tensor, biases.
+A draft directory is ``config.json`` + safetensors weights in one of two layouts:
 
-Domino and DSpark drafts (``"architectures": ["DominoDraftModel"]`` / ``["DSparkDraftModel"]``, the
-layout SpecForge's ``export --to hf`` writes) are the same backbone plus a logits head; their head
-fields and weights are checked with :mod:`specforge_dpace.draft_methods` (the rules of SpecForge's own
-classes).  SGLang 0.5.14 serves neither; the evaluator decodes them as their classes sample blocks.
+- a server's (``serving.DEFAULT_SERVER``, SGLang 0.5.23, by default): DFlash as ``DFlashDraftModel``;
+  Domino as ``DFlashDraftModel`` with ``dflash_config.projector_type: "domino"`` and an explicit
+  ``shift_label``; DSpark as ``DSparkDraftModel`` with its Markov / confidence fields at the top level too;
+- SpecForge's ``export --to hf`` layout (``DominoDraftModel`` / ``DSparkDraftModel``, head fields in
+  ``dflash_config`` only).
+
+:func:`save_draft_checkpoint` writes the layout a named server loads, refusing (before anything is
+written) a drafter that server cannot serve; :func:`load_draft` reads either layout, checked by the rules
+of the layout it is in (:func:`serving.layout_of`), into SpecForge's class for the method.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
-from specforge_dpace import draft_methods, servable
+from specforge_dpace import serving
+from specforge_dpace.serving import DFLASH, METHOD_NAMES
+from specforge_dpace.serving._convert import MASK_EMBEDDING, read_config, read_state, shapes_of, specforge_state
 
-DRAFT_ARCHITECTURE = servable.ARCHITECTURE
+DRAFT_ARCHITECTURE = serving.ARCHITECTURES[DFLASH]
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
@@ -31,12 +31,16 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
     return getattr(config, key, default)
 
 
-def _config_method(draft_config: Any) -> str:
-    """The draft method its ``architectures`` name; DFlash when they name none (an in-memory config)."""
+def _config_rules(draft_config: Any) -> tuple[str, serving.ServerRules]:
+    """``(method, rules)`` for a config: its layout's rules when ``architectures`` name a method, else an
+    in-memory DFlash config checked by SpecForge's layout rules."""
     archs = _get(draft_config, "architectures") or []
-    if isinstance(archs, (list, tuple)) and any(a in draft_methods.METHOD_OF_ARCHITECTURE for a in archs):
-        return draft_methods.draft_method(draft_config)
-    return draft_methods.DFLASH
+    if isinstance(archs, (list, tuple)) and any(a in serving.ARCHITECTURES.values() for a in archs):
+        method = serving.draft_method(draft_config)
+        if isinstance(draft_config, dict):
+            return method, serving.layout_of(draft_config)
+        return method, serving.rules_for(serving.SPECFORGE)  # an HF config object of a SpecForge class
+    return DFLASH, serving.rules_for(serving.SPECFORGE)
 
 
 def validate_pair(
@@ -44,25 +48,20 @@ def validate_pair(
 ) -> dict:
     """Check that a draft config fits a target config; return the resolved draft settings.
 
-    ``draft_config`` is a ``config.json`` dict or the draft's HF config; fields are read with SGLang's
-    precedence (``dflash_config`` first, then the top level).  Raises ``ValueError`` naming every bad
-    value and what is accepted (hidden size, vocabulary, target layer ids SGLang can capture on this
-    target, mask token inside the target vocabulary, block size; for a Domino or DSpark draft its head
-    fields too).  ``method`` ("dflash", "domino", "dspark") defaults to the one the config's
-    ``architectures`` name (DFlash when they name none).  Returns
-    ``{"block_size", "target_layer_ids", "mask_token_id"}``.
-    """
-    method = method or _config_method(draft_config)
-    if method == draft_methods.DFLASH:
-        verdict = servable.check_config(
-            draft_config, target=target_config, block_size=block_size, check_architecture=False
-        )
-        verdict.raise_for_errors("the draft does not fit the target as SGLang would serve it:")
-    else:
-        verdict = draft_methods.check_draft(
-            draft_config, None, target=target_config, block_size=block_size, method=method
-        )
-        verdict.raise_for_errors(f"the {draft_methods.METHOD_NAMES[method]} draft does not fit the target:")
+    ``draft_config`` is a ``config.json`` dict (checked by the rules of its layout) or a SpecForge draft's HF
+    config (SpecForge's layout).  Raises ``ValueError`` naming every bad value and what is accepted (hidden
+    size, vocabulary, target layer ids SGLang can capture on this target, mask token inside the target
+    vocabulary, block size, the method's head fields).  Returns ``{"block_size", "target_layer_ids",
+    "mask_token_id"}``."""
+    found, rules = _config_rules(draft_config)
+    method = method or found
+    verdict = serving.check_draft(
+        draft_config, None, server=rules, method=method, target=target_config, block_size=block_size
+    )
+    if not verdict.ok:
+        # an in-memory config names no architecture: only its fields are checked
+        verdict.errors = [e for e in verdict.errors if not e.startswith("architectures must contain")]
+    verdict.raise_for_errors(f"the {METHOD_NAMES[method]} draft does not fit the target ({rules.name} rules):")
     spec = verdict.spec
     _check_block_size(spec.block_size, block_size, "the draft")
     return {
@@ -80,83 +79,72 @@ def _check_block_size(resolved: int, given: Optional[int], draft: str) -> None:
     BLOCK_SIZE.check(resolved, f"block_size (from {source})")
 
 
-def _shapes(state: dict) -> dict:
-    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+def _model_spec(draft_model) -> serving.DraftSpec:
+    n_target = _get(draft_model.config, "num_target_layers")
+    return serving.DraftSpec(
+        hidden_size=0, num_hidden_layers=0, num_attention_heads=0, num_key_value_heads=0, head_dim=0,
+        intermediate_size=0, attention_bias=False, vocab_size=None,
+        block_size=int(draft_model.block_size),
+        num_target_layers=int(n_target) if n_target is not None else None,
+        target_layer_ids=[int(i) for i in draft_model.target_layer_ids],
+        mask_token_id=draft_model.mask_token_id,
+    )  # fmt: skip
 
 
-def save_draft_checkpoint(draft_model, path) -> Path:
-    """Write ``draft_model`` (a ``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel``) as
-    ``config.json`` + ``model.safetensors``: for DFlash a directory SGLang can serve, for Domino / DSpark
-    the layout SpecForge's HF export writes (the DFlash backbone plus the head tensors).  Returns the
-    directory.
-
-    A draft SGLang could not serve (a target layer id it never captures, a weight it would drop or
-    mis-size), or whose head does not match its config, is refused before anything is written."""
-    from safetensors.torch import save_file
-
+def server_layout(draft_model, server: str = serving.DEFAULT_SERVER) -> tuple[str, dict]:
+    """``(method, config dict)`` of a SpecForge draft model in the layout ``server`` loads; a ``ValueError``
+    with the reason when that server does not serve the method."""
     from ._proposals import model_method
 
+    rules = serving.rules_for(server)
     method = model_method(draft_model)
+    problem = rules.serving_problem(method)
+    if problem:
+        raise ValueError(problem)
+    canonical = serving.canonical_config(serving.model_config(draft_model.config), method, _model_spec(draft_model))
+    return method, rules.method(method).write_config(canonical)
+
+
+def save_draft_checkpoint(draft_model, path, *, server: str = serving.DEFAULT_SERVER) -> Path:
+    """Write ``draft_model`` (a SpecForge ``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel``)
+    as ``config.json`` + ``model.safetensors`` in the layout ``server`` loads (SGLang 0.5.23 by default;
+    ``serving.SPECFORGE`` for SpecForge's own).  Returns the directory.
+
+    A drafter that server cannot serve (a method it does not serve, a Domino trained with
+    ``pure_draft_prefix_len`` other than 1, a DSpark without a Markov head, a target layer id it never
+    captures, a weight it would drop or mis-size) is refused before anything is written, naming why."""
+    from specforge_dpace.serving._convert import write_layout
+
     path = Path(path)
-    config = draft_model.config.to_dict()
-    config["architectures"] = [draft_methods.ARCHITECTURES[method]]
-    config["block_size"] = int(draft_model.block_size)
-    n_target = _get(draft_model.config, "num_target_layers")
-    config["num_target_layers"] = int(n_target) if n_target is not None else None
-    dflash = dict(config.get("dflash_config") or {})
-    dflash["target_layer_ids"] = [int(i) for i in draft_model.target_layer_ids]
-    dflash["mask_token_id"] = draft_model.mask_token_id
-    for key in ("block_size", "num_target_layers"):  # SGLang reads dflash_config first: keep both places equal
-        if key in dflash:
-            dflash[key] = config[key]
-    if "target_layer_ids" in config:
-        config["target_layer_ids"] = dflash["target_layer_ids"]
-    config["dflash_config"] = dflash
-    config.pop("_attn_implementation_autoset", None)
-    rope = config.get("rope_parameters") or {}
-    if "rope_theta" in rope and "rope_theta" not in config:  # transformers 4.x (SGLang's pin) reads rope_theta
-        config["rope_theta"] = rope["rope_theta"]
+    method, config = server_layout(draft_model, server)
     state = {k: v.detach().contiguous().cpu().clone() for k, v in draft_model.state_dict().items()}
-    header = (
-        f"refusing to save a draft SGLang could not serve to {str(path)!r}:"
-        if method == draft_methods.DFLASH
-        else f"refusing to save a {draft_methods.METHOD_NAMES[method]} draft that would not load back to {str(path)!r}:"
-    )
-    draft_methods.check_draft(config, _shapes(state), method=method).raise_for_errors(header)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_layout(path, config, state, rules=serving.rules_for(server), method=method)
     return path
 
 
 def read_draft_config(path) -> dict:
     """The draft directory's ``config.json`` as a dict, with a clear error if it is not a DFlash, Domino
-    or DSpark draft (its ``architectures`` name the method)."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"draft path {str(path)!r} has no config.json (expected a DFlash draft directory)")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    if not isinstance(config, dict):
-        raise ValueError(f"draft config {str(config_file)!r} is not a JSON object")
-    draft_methods.draft_method(config, where=f"draft config {str(config_file)!r}")
-    return config
+    or DSpark draft (its ``architectures`` / ``projector_type`` name the method)."""
+    return read_config(Path(path))
 
 
-def _read_safetensors(path: Path) -> dict:
-    from safetensors.torch import load_file
+def _mask_embedding(path: Path, rules: serving.ServerRules, method: str, mask_token_id: int):
+    """The trained mask embedding SGLang 0.5.23's DFLASH worker merges into the target's mask row
+    (``mask_embedding.pt`` beside the weights, ``dflash_worker_v2.py:1318-1380``), or None."""
+    file = path / MASK_EMBEDDING
+    if not file.is_file() or rules.name != "sglang-0.5.23" or method == serving.DSPARK:
+        return None
+    import torch
 
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"draft path {str(path)!r} has no *.safetensors weights")
-    state: dict = {}
-    for file in files:
-        part = load_file(str(file))
-        twice = sorted(set(part) & set(state))
-        if twice:
-            raise ValueError(f"draft weights {twice[:8]} are stored twice in {str(path)!r} (again in {file.name})")
-        state.update(part)
-    return state
+    saved = torch.load(str(file), map_location="cpu", weights_only=True)
+    if saved.get("per_position"):
+        raise ValueError(f"{file}: per-position mask embeddings are not served by SGLang 0.5.23 (NotImplementedError)")
+    if int(saved["mask_token_id"]) != int(mask_token_id):
+        raise ValueError(
+            f"{file} was trained with mask_token_id={int(saved['mask_token_id'])} but the draft resolves "
+            f"mask_token_id={mask_token_id}: SGLang 0.5.23 refuses the pair ('These must match')"
+        )
+    return saved["embedding"]
 
 
 def load_draft(
@@ -167,31 +155,33 @@ def load_draft(
     device=None,
     attn_implementation: str = "sdpa",
     block_size: Optional[int] = None,
+    server: Optional[str] = None,
 ):
-    """Build a SpecForge ``DFlashDraftModel`` from a servable directory (or a ``DominoDraftModel`` /
-    ``DSparkDraftModel`` from its export directory, by the config's ``architectures``), validated
-    against ``target_config`` when given.
+    """Build the SpecForge draft model of a draft directory (``DFlashDraftModel``, ``DominoDraftModel`` or
+    ``DSparkDraftModel`` by its method), checked against ``target_config`` when given.
 
-    Exactly what SGLang would serve loads: ``block_size``, ``num_target_layers`` and
-    ``target_layer_ids`` are read from ``dflash_config`` first, then the top level; a ``model.``
-    prefix on weight names is stripped; SGLang's fused ``qkv_proj`` / ``gate_up_proj`` tensors are
-    split; ``lm_head`` / ``embed_tokens`` / rotary tensors, which SGLang ignores, are skipped.  Anything
-    SGLang would refuse or serve untrained (a missing, unknown, dropped or mis-shaped tensor, a layer id
-    it cannot capture) is a ``ValueError`` naming it.
-    ``block_size`` stands for an explicit block size (SGLang's ``--speculative-num-draft-tokens``).
-    Domino / DSpark: the backbone by the same rules, the head fields and tensors by the class's
-    (:mod:`specforge_dpace.draft_methods`); early ``logit_head.`` head names are mapped as SpecForge does."""
+    ``server`` names the rule set to check with; by default the one whose layout the directory is in
+    (:func:`serving.layout_of`).  Exactly what that server would serve loads: fields with its precedence, a
+    ``model.`` prefix stripped, fused tensors split, ignored tensors skipped; anything it would refuse or
+    serve untrained is a ``ValueError`` naming it.  ``block_size`` stands for an explicit launch flag.  A
+    ``mask_embedding.pt`` SGLang 0.5.23 would merge is attached as ``draft.served_mask_embedding``."""
     path = Path(path)
-    return draft_from_state(
-        read_draft_config(path),
-        _read_safetensors(path),
+    raw = read_draft_config(path)
+    rules = serving.rules_for(server) if server else serving.layout_of(raw)
+    draft = draft_from_state(
+        raw,
+        read_state(path),
         str(path),
         target_config,
         dtype=dtype,
         device=device,
         attn_implementation=attn_implementation,
         block_size=block_size,
+        server=rules.name,
     )
+    spec_mask = draft.mask_token_id
+    draft.served_mask_embedding = _mask_embedding(path, rules, serving.draft_method(raw), spec_mask)
+    return draft
 
 
 def draft_from_state(
@@ -204,6 +194,7 @@ def draft_from_state(
     device=None,
     attn_implementation: str = "sdpa",
     block_size: Optional[int] = None,
+    server: Optional[str] = None,
 ):
     """:func:`load_draft` of a config dict and a weight dict (``where`` names their source in errors): the
     same rules, so SpecForge's own checkpoints (``draft_state_dict``) load like an export directory."""
@@ -212,57 +203,38 @@ def draft_from_state(
     from specforge.modeling.draft.dspark import DSparkDraftModel
     from transformers import Qwen3Config
 
-    classes = {
-        draft_methods.DFLASH: DFlashDraftModel,
-        draft_methods.DOMINO: DominoDraftModel,
-        draft_methods.DSPARK: DSparkDraftModel,
-    }
+    classes = {DFLASH: DFlashDraftModel, serving.DOMINO: DominoDraftModel, serving.DSPARK: DSparkDraftModel}
     path = where
-    method = draft_methods.draft_method(raw, where=f"draft config of {where!r}")
-    verdict = draft_methods.check_draft(raw, _shapes(state), target=target_config, block_size=block_size, method=method)
-    if method == draft_methods.DFLASH:
-        verdict.raise_for_errors(f"draft {str(path)!r} is not servable by SGLang DFlash:")
-    else:
-        verdict.raise_for_errors(
-            f"{draft_methods.METHOD_NAMES[method]} draft {str(path)!r} does not load (DFlash backbone rules of "
-            "SGLang 0.5.14's loader, head rules of SpecForge's class):"
-        )
+    method = serving.draft_method(raw, where=f"draft config of {where!r}")
+    rules = serving.rules_for(server) if server else serving.layout_of(raw)
+    verdict = serving.check_draft(
+        raw, shapes_of(state), server=rules, method=method, target=target_config, block_size=block_size
+    )
+    verdict.raise_for_errors(f"{METHOD_NAMES[method]} draft {str(path)!r} does not load by the {rules.name} rules:")
     spec = verdict.spec
     _check_block_size(spec.block_size, block_size, f"draft {str(path)!r}")
-    config_dict = {k: v for k, v in raw.items() if k not in ("architectures", "model_type")}
-    # SpecForge's DFlashDraftModel reads block_size / num_target_layers at the top level and the ids
-    # from dflash_config: give it the values SGLang resolves.
-    config_dict["block_size"] = spec.block_size
-    config_dict["num_target_layers"] = spec.num_target_layers
-    config_dict["dflash_config"] = {
-        **dict(raw.get("dflash_config") or {}),
-        "target_layer_ids": list(spec.target_layer_ids),
-        "mask_token_id": spec.mask_token_id,
-    }
-    config = Qwen3Config(**config_dict)
-    config.architectures = [draft_methods.ARCHITECTURES[method]]
+    canonical = serving.canonical_config(raw, method, spec)
+    if method == serving.DSPARK and not any(
+        serving.specforge_head_name(n).startswith("confidence_head.") for n in state
+    ):
+        # a server that builds no confidence head (SGLang's static ragged-verify mode) serves this; decoding never
+        # reads the head, so SpecForge's class is built without it
+        canonical["dflash_config"].update(enable_confidence_head=False, confidence_head_with_markov=False)
+    config = Qwen3Config(**{k: v for k, v in canonical.items() if k not in ("architectures", "model_type")})
+    config.architectures = [serving.ARCHITECTURES[method]]
     config._attn_implementation = attn_implementation
     draft = classes[method](config)
-    served = {
-        draft_methods.normalize_head_name(name): tensor
-        for name, tensor in state.items()
-        if not servable.is_unused_weight(name)
-    }
-    for fused, parts in servable.fused_weights(spec).items():  # SGLang's fused names -> SpecForge's separate ones
-        if fused in served:
-            tensor, offset = served.pop(fused), 0
-            for name, rows in parts:
-                served[name] = tensor[offset : offset + rows].clone()
-                offset += rows
+    served = specforge_state(state, spec, rules)  # SpecForge's names, fused tensors split
     expected = set(draft.state_dict())
     missing = sorted(expected - set(served))
     unexpected = sorted(set(served) - expected)
-    if missing or unexpected:  # SpecForge's module and SGLang's rules disagree: never load half a draft
+    if missing or unexpected:  # SpecForge's module and the server's rules disagree: never load half a draft
         raise ValueError(
             f"draft weights in {str(path)!r} do not match SpecForge's {type(draft).__name__}: missing {missing[:8]}, "
             f"unexpected {unexpected[:8]}"
         )
     draft.load_state_dict(served, strict=True)
+    draft.served_mask_embedding = None
     if dtype is not None:
         draft = draft.to(dtype=dtype)
     if device is not None:

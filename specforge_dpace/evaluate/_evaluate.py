@@ -18,10 +18,14 @@ class EvalConfig:
     the prompt order or count; ``prompt_seeds`` (one int per prompt) replaces those seeds, for
     callers that evaluate a data set piece by piece (``bench --backend hf``).
 
-    ``draft_sampling`` (temperature > 0 only; at 0 both are greedy verification): ``"sample"`` (the
-    default) draws each proposal from the draft's distribution q and verifies with standard speculative
-    sampling; ``"greedy"`` proposes the draft's argmax and verifies target-only, SGLang 0.5.14's DFlash
-    convention (``bench --backend hf`` uses it).  Both are lossless; tau differs."""
+    ``convention``: the serving rule set whose decoding is reproduced (``serving.rules_for``; default
+    SGLang 0.5.23's: DSpark drafts gamma = ``block_size`` tokens from the anchor row, Domino with SGLang's
+    GRU rollout; ``serving.SPECFORGE`` = SpecForge's classes' own block sampling).  ``draft_sampling``
+    (temperature > 0 only; at 0 both are greedy verification): ``"sample"`` draws each proposal from the
+    draft's distribution q and verifies with standard speculative sampling; ``"greedy"`` proposes the draft's
+    argmax and verifies target-only; None = what the convention's server does for the method (SGLang 0.5.23:
+    greedy for DFlash and Domino, sample for DSpark).  Both are lossless; tau differs.  ``candidate_pool``:
+    the Domino rollout's candidate pool (None = the server's default, 2048; 0 = the full vocabulary)."""
 
     temperature: float = 0.0
     max_new_tokens: int = 128
@@ -33,15 +37,25 @@ class EvalConfig:
     top_k: int = -1
     top_p: float = 1.0
     prompt_seeds: Optional[Sequence[int]] = None
-    draft_sampling: str = "sample"
+    draft_sampling: Optional[str] = None
+    convention: str = "sglang-0.5.23"
+    candidate_pool: Optional[int] = None
 
     def validate(self) -> None:
         from .. import _numbers as num
+        from .. import serving
         from ._sampling import check_draft_sampling, check_top_k_top_p
 
         num.TEMPERATURE.check(self.temperature, "temperature")
         check_top_k_top_p(self.top_k, self.top_p)
-        check_draft_sampling(self.draft_sampling)
+        if self.draft_sampling is not None:
+            check_draft_sampling(self.draft_sampling)
+        serving.rules_for(self.convention)  # a ValueError listing the known conventions
+        pool = self.candidate_pool
+        if pool is not None and (not isinstance(pool, int) or isinstance(pool, bool) or pool < 0):
+            raise ValueError(
+                f"candidate_pool={pool!r} is invalid; accepted: None (the server's default) or an int >= 0"
+            )
         num.NEW_TOKENS.check(self.max_new_tokens, "max_new_tokens")
         num.BLOCK_SIZE.check_optional(self.block_size, "block_size")
         num.SEED.check(self.seed, "seed")
@@ -82,14 +96,15 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
     """Speculative-decode every prompt (batch 1) and measure acceptance.
 
     ``target``: an HF causal LM; ``draft``: a SpecForge ``DFlashDraftModel``, ``DominoDraftModel``
-    or ``DSparkDraftModel`` fitting it (decoded as its class samples blocks);
+    or ``DSparkDraftModel`` fitting it (decoded as ``config.convention``'s server decodes the method);
     ``prompts``: token-id lists or 1-D LongTensors.  Raises ``ValueError`` when the pair does
-    not fit (hidden size, vocabulary, layer ids, mask token, block size, head fields)."""
+    not fit (hidden size, vocabulary, layer ids, mask token, block size, head fields), or when the
+    convention's server would not serve the drafter (naming why)."""
     import torch
 
-    from specforge_dpace.draft_methods import ARCHITECTURES
+    from specforge_dpace import serving
 
-    from ._checkpoint import validate_pair
+    from ._checkpoint import server_layout, validate_pair
     from ._prompts import load_prompts
     from ._proposals import model_method
     from ._speculative import DFlashDecoder, autoregressive_reference
@@ -98,6 +113,15 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
     config.validate()
     method = model_method(draft)
     settings = validate_pair(target.config, draft.config, config.block_size or draft.block_size, method=method)
+    if serving.rules_for(config.convention).server != "specforge":  # decode only what that server would serve
+        served_method, served = server_layout(draft, config.convention)
+        verdict = serving.check_draft(
+            served, None, server=config.convention, method=served_method, target=target.config
+        )
+        verdict.raise_for_errors(
+            f"{config.convention} would not serve this {serving.METHOD_NAMES[method]} drafter, so the evaluator does "
+            f"not decode it as that server (convention {serving.SPECFORGE!r} decodes it as SpecForge's class):"
+        )
     prompt_ids = load_prompts(prompts)
     vocab = (target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config).vocab_size
     for i, ids in enumerate(prompt_ids):
@@ -116,7 +140,10 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
         top_k=config.top_k,
         top_p=config.top_p,
         draft_sampling=config.draft_sampling,
+        convention=config.convention,
+        candidate_pool=config.candidate_pool,
     )
+    window = decoder.window
     target.eval()
     draft.eval()
     records = []
@@ -124,7 +151,7 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
         seed = int(config.seed) + index if config.prompt_seeds is None else int(config.prompt_seeds[index])
         generator = torch.Generator(device=decoder.device).manual_seed(seed)
         trace = decoder.decode(prompt_ids[index], config.max_new_tokens, config.stop_token_ids, generator)
-        record = prompt_record(index, len(prompt_ids[index]), trace, block_size)
+        record = prompt_record(index, len(prompt_ids[index]), trace, window)
         record["seed"] = seed
         if config.baseline:
             generator = torch.Generator(device=decoder.device).manual_seed(seed)
@@ -149,9 +176,13 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
     run_settings.pop("prompt_seeds")  # each record has its own "seed"
     run_settings["stop_token_ids"] = [int(t) for t in config.stop_token_ids]
     run_settings["block_size"] = block_size
+    run_settings["verify_window"] = window
+    run_settings["draft_sampling"] = decoder.draft_sampling
+    run_settings["proposals"] = decoder.decoding.proposals
+    run_settings["candidate_pool"] = decoder.candidate_pool if decoder.decoding.candidate_pool is not None else None
     run_settings["method"] = method
-    run_settings["draft_architecture"] = ARCHITECTURES[method]
-    overall = overall_metrics(records, block_size, run_settings)
+    run_settings["draft_architecture"] = serving.ARCHITECTURES[method]
+    overall = overall_metrics(records, window, run_settings)
     if config.baseline:
         base_s = sum(r["baseline_s"] for r in records)
         overall["baseline_tokens_per_s"] = sum(r["baseline_tokens"] for r in records) / base_s if base_s else None

@@ -133,7 +133,8 @@ class EvalResult:
         summary = {
             "method": o.get("method"),
             "prompts": o.get("num_prompts"),
-            "K": o.get("block_size"),
+            "K": o.get("verify_window", o.get("block_size")),
+            "convention": o.get("convention"),
             "temp": o.get("temperature"),
             "draft sampling": o.get("draft_sampling") if o.get("temperature") else "greedy (T=0)",
             "tokens": o.get("completion_tokens"),

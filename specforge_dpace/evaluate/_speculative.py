@@ -1,20 +1,23 @@
 """DFlash-family speculative decoding of one prompt (batch 1) with an HF target and a SpecForge
 draft (``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel``).
 
-One verify step: the draft fills a block ``[last emitted token, mask, ..., mask]`` at positions
-``S .. S+K-1`` (``S`` = tokens the target has processed), conditioned on the target's features
-at ``target_layer_ids`` for positions ``< S`` (the same "context strictly before the anchor"
-rule SpecForge trains with); the target's ``lm_head`` (and, for Domino / DSpark, the draft's logits
-head, see ``_proposals``) turns the draft's hidden states into draft tokens for slots ``1..K-1``;
-the target then scores the whole block in one forward pass over its KV cache; the accepted prefix
-plus one target token are emitted and the cache is cropped back to the kept tokens.  The draft keeps
+One verify step: the draft fills a query block ``[last emitted token, mask, ..., mask]`` of Q positions
+from ``S`` (``S`` = tokens the target has processed), conditioned on the target's features at
+``target_layer_ids`` for positions ``< S`` (the same "context strictly before the anchor" rule SpecForge
+trains with); the target's ``lm_head`` (and, for Domino / DSpark, the draft's logits head) turns the draft's
+hidden states into P proposals under the run's serving convention (``_proposals``; Q = K and P = K - 1 for
+K-slot blocks, Q = gamma and P = gamma for DSpark served from the anchor row); the target then scores
+``[anchor, proposals]`` (the verify window, P + 1 tokens) in one forward pass over its KV cache; the accepted
+prefix plus one target token are emitted and the cache is cropped back to the kept tokens.  The draft keeps
 its own KV cache of context keys/values (context features never change once computed) and drops its
 block entries after each step.
 
-Verification: greedy at temperature 0 (output identical to the target's greedy decoding).  At
-temperature > 0, ``draft_sampling="sample"`` draws each proposal from the draft's distribution q and
-verifies with standard speculative sampling; ``draft_sampling="greedy"`` proposes the argmax and
-verifies target-only, as SGLang 0.5.14's DFlash does.  Both are lossless in distribution.
+The convention is a serving rule set's ``Decoding`` for the method (``serving.rules_for(name)``; default
+SGLang 0.5.23's, ``serving.SPECFORGE`` for SpecForge's classes).  Verification: greedy at temperature 0
+(output identical to the target's greedy decoding).  At temperature > 0, ``draft_sampling="sample"`` draws
+each proposal from the draft's distribution q and verifies with standard speculative sampling;
+``"greedy"`` proposes the argmax and verifies target-only (SGLang's DFLASH and Domino; DSpark with
+``SGLANG_DSPARK_USE_GREEDY_DRAFT=1``).  Both are lossless in distribution.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+
+from specforge_dpace import serving
 
 from ._cache import cache_kwargs, crop_cache
 from ._proposals import model_method, propose_block
@@ -63,12 +68,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def decoding_for(convention: str, method: str) -> "serving.Decoding":
+    """The ``Decoding`` a serving convention (a ``serving`` rule-set name) applies to ``method``; a
+    ``ValueError`` with the reason when that server does not serve the method."""
+    rules = serving.rules_for(convention)
+    problem = rules.serving_problem(method)
+    if problem:
+        raise ValueError(
+            f"convention {convention!r} cannot decode this drafter: {problem}; decode it as SpecForge's class "
+            f"samples blocks with convention {serving.SPECFORGE!r}"
+        )
+    return rules.method(method).decoding
+
+
+def resolve_draft_sampling(decoding: "serving.Decoding", draft_sampling, convention: str, method: str) -> str:
+    """``draft_sampling`` (None: the convention's default for the method) checked against what it performs."""
+    if draft_sampling is None:
+        return decoding.draft_samplings[0]
+    check_draft_sampling(draft_sampling)
+    if draft_sampling not in decoding.draft_samplings:
+        raise ValueError(
+            f"draft_sampling={draft_sampling!r} is not what {convention} does for {serving.METHOD_NAMES[method]} "
+            f"drafters (it performs {list(decoding.draft_samplings)}: {decoding.source}); accepted: "
+            f"{list(decoding.draft_samplings)}, or convention {serving.SPECFORGE!r}"
+        )
+    return draft_sampling
+
+
 class DFlashDecoder:
     """Speculative decoding with a fixed (target, draft) pair; ``decode`` runs one prompt.
 
-    ``draft`` is a SpecForge ``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel``; its
-    block is proposed as that class samples it (``method``).  ``draft_sampling`` ("sample" or
-    "greedy") chooses how proposals are made and verified at temperature > 0 (see the module)."""
+    ``draft`` is a SpecForge ``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel``;
+    ``block_size`` its config's block size (K slots; gamma drafted tokens for DSpark).  Its blocks are
+    proposed as ``convention`` (a ``serving`` rule-set name) decodes the method.  ``draft_sampling``
+    ("sample" or "greedy"; None = the convention's default) chooses how proposals are made and verified at
+    temperature > 0; ``candidate_pool`` overrides a Domino rollout's candidate pool (0 = full vocabulary)."""
 
     def __init__(
         self,
@@ -79,20 +113,34 @@ class DFlashDecoder:
         temperature: float = 0.0,
         top_k: int = -1,
         top_p: float = 1.0,
-        draft_sampling: str = "sample",
+        draft_sampling: Optional[str] = None,
+        convention: str = serving.DEFAULT_SERVER,
+        candidate_pool: Optional[int] = None,
     ):
         if block_size < 2:
             raise ValueError(f"block size {block_size} is invalid; accepted: an int >= 2")
         if temperature < 0:
             raise ValueError(f"temperature {temperature} is invalid; accepted: >= 0 (0 = greedy)")
         check_top_k_top_p(top_k, top_p)
-        self.draft_sampling = check_draft_sampling(draft_sampling)
         self.method = model_method(draft)
+        self.convention = convention
+        self.decoding = decoding_for(convention, self.method)
+        self.draft_sampling = resolve_draft_sampling(self.decoding, draft_sampling, convention, self.method)
+        if candidate_pool is not None and self.decoding.candidate_pool is None:
+            raise ValueError(
+                f"candidate_pool={candidate_pool!r} applies to Domino's rollout only (sglang-0.5.23's "
+                "--speculative-domino-candidate-pool-size); this drafter is decoded without one: drop it"
+            )
+        pool = self.decoding.candidate_pool if candidate_pool is None else candidate_pool
+        if pool is not None and (not isinstance(pool, int) or isinstance(pool, bool) or pool < 0):
+            raise ValueError(f"candidate_pool={pool!r} is invalid; accepted: an int >= 0 (0 = the full vocabulary)")
+        self.candidate_pool = pool or 0
         self.top_k = int(top_k)
         self.top_p = float(top_p)
         self.target = target
         self.draft = draft
-        self.block_size = int(block_size)
+        self.block_size = int(block_size)  # the query block (Q)
+        self.window = self.decoding.verify_window(self.block_size)  # anchor + proposals
         self.temperature = float(temperature)
         self.layer_ids = list(draft.target_layer_ids)
         self.mask_token_id = int(draft.mask_token_id)
@@ -130,9 +178,13 @@ class DFlashDecoder:
         block[0, 0] = last_token
         cached = draft_cache.get_seq_length()
         position_ids = torch.arange(cached, start + k, device=self.device).unsqueeze(0)
+        noise = self.embed(block)
+        served_mask = getattr(self.draft, "served_mask_embedding", None)
+        if served_mask is not None:  # SGLang 0.5.23 merges mask_embedding.pt into the target's mask row
+            noise = torch.where(block.unsqueeze(-1) == self.mask_token_id, served_mask.to(noise), noise)
         hidden = self.draft(
             target_hidden=new_features,
-            noise_embedding=self.embed(block),
+            noise_embedding=noise,
             position_ids=position_ids,
             past_key_values=draft_cache,
             use_cache=True,
@@ -140,7 +192,14 @@ class DFlashDecoder:
         )
         crop_cache(draft_cache, start)  # keep context keys/values only; the block changes every step
         return propose_block(
-            self.draft, self.method, hidden, block, self.lm_head, self.embed, lambda x: self._choose(x, generator)
+            self.draft,
+            self.decoding.proposals,
+            hidden,
+            block,
+            self.lm_head,
+            self.embed,
+            lambda x: self._choose(x, generator),
+            candidate_pool=self.candidate_pool,
         )
 
     @torch.inference_mode()
@@ -184,7 +243,7 @@ class DFlashDecoder:
             _sync(self.device)
             t1 = time.perf_counter()
             block = torch.cat([torch.tensor([token], device=self.device), draft_tokens]).unsqueeze(0)
-            positions = torch.arange(start, start + self.block_size, device=self.device).unsqueeze(0)
+            positions = torch.arange(start, start + self.window, device=self.device).unsqueeze(0)
             out = self.target(
                 input_ids=block,
                 position_ids=positions,

@@ -75,7 +75,7 @@ def tiny_draft(
     from specforge.modeling.draft.dspark import DSparkDraftModel
     from transformers import Qwen3Config
 
-    from specforge_dpace.draft_methods import ARCHITECTURES
+    from specforge_dpace.serving import ARCHITECTURES
 
     classes = {"dflash": DFlashDraftModel, "domino": DominoDraftModel, "dspark": DSparkDraftModel}
     if method not in classes:

@@ -10,19 +10,26 @@ from . import cli_teacher_forced
 HELP = "measure a DFlash/Domino/DSpark drafter's acceptance length (tau) offline with an HF target (no SGLang, CPU ok)"
 DESCRIPTION = (
     """Speculative decoding, batch 1, with an HF causal-LM target and a SpecForge DFlash-family draft
-checkpoint: a DFlash draft in the directory layout SGLang serves, or a Domino / DSpark draft as SpecForge's
-HF export writes it (architectures DominoDraftModel / DSparkDraftModel), decoded the way its own SpecForge
-class samples a block.  Temperature 0 verifies greedily (output identical to the target's greedy decoding);
-temperature > 0 is lossless in distribution, with the proposals chosen by --draft-sampling: 'sample' (the
-default) draws each from the draft's distribution q and verifies with standard speculative sampling;
-'greedy' proposes the draft's argmax and verifies target-only, as SGLang 0.5.14's DFlash does (what
-`specforge-dpace bench --backend hf` uses).  tau at temperature > 0 differs between the two; eval.json
-records which one was used (draft_sampling).
+checkpoint (DFlash, Domino or DSpark; in the layout SGLang 0.5.23 loads, which `specforge-dpace convert`
+and the demo write, or in SpecForge's `export --to hf` layout), decoded as the --convention server decodes
+its method.  The default, sglang-0.5.23, is what SGLang 0.5.23 serves (and vLLM 0.33's DSpark shares):
+DFlash proposes block slots 1..K-1; Domino (DFLASH + projector_type domino) with SGLang's GRU rollout
+(first slot from the base logits, the GRU seeded with [anchor, first proposal], a block-shared candidate
+pool of --candidate-pool tokens); DSpark (DSPARK) drafts gamma = the config's block_size tokens from the
+anchor row with its Markov head, verified in a window of gamma + 1.  specforge-0.2.0 decodes as SpecForge's
+classes sample blocks (DSpark: slot k from hidden position k, one position later than training).  A drafter
+the convention's server would not serve (a Domino trained with pure_draft_prefix_len other than 1, a
+DSpark without a Markov head) is refused, naming why.
 
-Drafters are validated before decoding against SGLang 0.5.14's DFlash loader rules (docs/bench.md, "What
-SGLang's DFlash loader accepts"), against the target (--target is a local directory): target layer ids
-0..n-2 only for an n-layer target (SGLang never captures the last layer), config fields, weight names and
-shapes; Domino / DSpark heads by the rules of their SpecForge classes.
+Temperature 0 verifies greedily (output identical to the target's greedy decoding); temperature > 0 is
+lossless in distribution, with the proposals chosen by --draft-sampling: 'sample' draws each from the
+draft's distribution q and verifies with standard speculative sampling; 'greedy' proposes the draft's
+argmax and verifies target-only; the default is what the convention's server does (SGLang 0.5.23: greedy
+for DFlash and Domino, sample for DSpark).  eval.json records the convention and the draft sampling.
+
+Drafters are validated before decoding against the rules of the layout they are in (docs/serving-sglang.md),
+against the target (--target is a local directory): target layer ids 0..n-2 only for an n-layer target
+(SGLang never captures the last layer), config fields, weight names and shapes, the method's head.
 
 Prints tau (tokens per verify step, bonus token included) in two labelled conventions -- per verify
 step with the prefill token excluded ("tau"), and SGLang's completion_tokens / spec_verify_ct with the
@@ -34,6 +41,16 @@ Prompts file: JSONL, one object per line with "input_ids" (list of ints) or "pro
 without chat template by the tokenizer in --tokenizer or --target)."""
     + cli_teacher_forced.DESCRIPTION
 )
+
+
+def _rules_name(value: str) -> str:
+    """A known serving rule set's name (checked when parsed)."""
+    from .. import serving
+
+    try:
+        return serving.rules_for(value).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +65,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         required=True,
         action="append",
         metavar="PATH",
-        help="draft directory (config.json + *.safetensors): DFlash, validated against SGLang 0.5.14's DFlash "
-        "loader rules (docs/bench.md), or a Domino / DSpark export (repeatable with --teacher-forced)",
+        help="draft directory (config.json + *.safetensors): DFlash, Domino or DSpark, in SGLang 0.5.23's layout or "
+        "SpecForge's export layout, validated by the rules of the layout it is in (docs/serving-sglang.md); "
+        "repeatable with --teacher-forced",
     )
     parser.add_argument(
         "--prompts", default=None, metavar="FILE", help="prompts JSONL ('prompt' or 'input_ids'); required to decode"
@@ -64,10 +82,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--draft-sampling",
         choices=("sample", "greedy"),
-        default="sample",
-        help="temperature > 0: 'sample' (the default) draws the proposals from the draft's distribution q "
-        "(standard speculative sampling); 'greedy' proposes the draft's argmax and verifies target-only, as "
-        "SGLang's DFlash does (bench --backend hf uses it); both lossless",
+        default=None,
+        help="temperature > 0: 'sample' draws the proposals from the draft's distribution q (standard speculative "
+        "sampling); 'greedy' proposes the draft's argmax and verifies target-only; default: what the --convention "
+        "server does for the method (sglang-0.5.23: greedy for DFlash and Domino, sample for DSpark); both lossless",
+    )
+    parser.add_argument(
+        "--convention",
+        default="sglang-0.5.23",
+        type=_rules_name,
+        help="the serving rule set whose decoding is reproduced: sglang-0.5.23 (default; DSpark from the anchor row, "
+        "Domino with SGLang's GRU rollout), sglang-0.5.14 (DFlash only) or specforge-0.2.0 (SpecForge's classes); "
+        "with --teacher-forced it sets DSpark's slot alignment the same way (a server's: the anchor row drafts the "
+        "first token; specforge-0.2.0: slot k from hidden position k)",
+    )
+    parser.add_argument(
+        "--candidate-pool",
+        type=num.NON_NEGATIVE,
+        default=None,
+        help="Domino under sglang-0.5.23: the rollout's block-shared candidate pool (default 2048, SGLang's "
+        "--speculative-domino-candidate-pool-size; 0 = the full vocabulary)",
     )
     parser.add_argument(
         "--max-new-tokens",
@@ -170,6 +204,8 @@ def _run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         draft_sampling=args.draft_sampling,
+        convention=args.convention,
+        candidate_pool=args.candidate_pool,
     )
     result = evaluate_paths(
         args.target,

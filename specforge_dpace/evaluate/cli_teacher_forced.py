@@ -23,7 +23,8 @@ DECODING_DEFAULTS = {
     "prompts": None,
     "tokenizer": None,
     "temperature": 0.0,
-    "draft_sampling": "sample",
+    "draft_sampling": None,
+    "candidate_pool": None,
     "max_new_tokens": 128,
     "top_k": -1,
     "top_p": 1.0,
@@ -41,7 +42,6 @@ TEACHER_FORCED_DEFAULTS = {
     "blocks_per_forward": None,
     "batch_size": 8,
     "max_length": None,
-    "convention": "serving",
 }
 
 
@@ -83,13 +83,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-length", type=num.SEQUENCE_LENGTH, default=None, help="truncate every sequence to this many tokens"
     )
-    group.add_argument(
-        "--convention",
-        choices=("serving", "specforge-class"),
-        default=None,
-        help="DSpark's slot alignment: 'serving' (default; the anchor row drafts the first token, as SGLang "
-        "0.5.23 and vLLM 0.33) or 'specforge-class' (DSparkDraftModel._sample_draft_tokens)",
-    )
 
 
 def check_mode(args: argparse.Namespace) -> None:
@@ -110,6 +103,15 @@ def check_mode(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--draft is given {len(args.draft)} times; decoding evaluates one drafter (--teacher-forced ranks several)"
         )
+
+
+def slot_convention(rules_name: str) -> str:
+    """The teacher-forced slot alignment of a serving rule set (``--convention``): DSpark drafted from the anchor
+    row (every server) or from hidden position k (SpecForge's classes)."""
+    from .. import serving
+    from ._teacher_forced import SERVING, SPECFORGE_CLASS
+
+    return SPECFORGE_CLASS if serving.rules_for(rules_name).server == "specforge" else SERVING
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=options["batch_size"],
         max_length=options["max_length"],
         block_size=args.block_size,
-        convention=options["convention"],
+        convention=slot_convention(args.convention),
         device=args.device,
         show_progress=not args.no_progress,
     )

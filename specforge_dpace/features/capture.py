@@ -6,7 +6,7 @@ convention: target layer id ``i`` is HF's ``output_hidden_states[i + 1]`` (the s
 ``extract_context_feature`` uses), and only ids SGLang can capture at serving time are accepted:
 ``0 .. n - 2`` on an ``n``-layer target (SGLang captures id ``i`` as the input of decoder layer
 ``i + 1``, so never the last layer, whose HF entry ``hidden_states[n]`` is also after the final norm),
-distinct and increasing (see :mod:`specforge_dpace.servable`).
+distinct and increasing (see :mod:`specforge_dpace.serving`).
 
 SpecForge's own preparation script captures through a local SGLang engine, which needs a GPU.
 This module does the same job with a plain ``transformers`` forward pass, so the real
@@ -68,7 +68,7 @@ def _check_record(input_ids, loss_mask, index: int) -> None:
 def check_layer_ids(layer_ids: Sequence[int], num_layers: int) -> list[int]:
     """The ids as ints if SGLang can capture them on a ``num_layers``-layer target, else ``ValueError``
     saying why and which ids are accepted (``0 .. num_layers - 2``, distinct, increasing)."""
-    from specforge_dpace.servable import check_layer_ids as check
+    from specforge_dpace.serving import check_layer_ids as check
 
     return check(layer_ids, num_layers, name="target_layer_ids")
 
@@ -143,14 +143,14 @@ def load_target(target: Any, *, dtype: str = "float32"):
 def target_layer_ids_from_draft_config(path: Union[str, os.PathLike]) -> list[int]:
     """The target layer ids of a draft ``config.json`` (file or directory), read as SGLang reads them:
     ``dflash_config.target_layer_ids`` first, then a top-level ``target_layer_ids``."""
-    from specforge_dpace.servable import resolve_field
+    from specforge_dpace.serving._sglang import BACKBONE_0_5_23
 
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
     with open(path, encoding="utf-8") as handle:
         payload = json.load(handle)
-    layers, _ = resolve_field(payload, "target_layer_ids")
+    layers, _ = BACKBONE_0_5_23.read(payload, "target_layer_ids")
     if not layers:
         raise ValueError(f"{path} has no target_layer_ids (looked for dflash_config.target_layer_ids, then top level)")
     return [int(layer) for layer in layers]

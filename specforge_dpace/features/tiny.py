@@ -122,7 +122,7 @@ def build_target(tokenizer: Any, sizes: TinySizes = TinySizes(), *, seed: int = 
 
 def draft_config(target_config: Any, mask_token_id: int, sizes: TinySizes = TinySizes()) -> dict:
     """A ``DFlashDraftModel`` config.json payload matching the target (Qwen3-style text config)."""
-    from specforge_dpace.servable import check_layer_ids
+    from specforge_dpace.serving import check_layer_ids
 
     check_layer_ids(list(sizes.target_layer_ids), sizes.target_layers)  # only ids SGLang can capture
     return {

@@ -88,3 +88,14 @@ def test_a_request_with_only_the_prefill_token_has_no_verify_step():
     assert got.completion_tokens == 1 and got.verify_ct == 0 and got.accept_length is None
     with pytest.raises(fields.MetaFieldError, match="spec_verify_ct"):
         fields.extract({"completion_tokens": 2, "id": "x"}, speculative=True)
+
+
+def test_0_5_23_emits_the_names_its_tokenizer_manager_writes():
+    """sglang/srt/managers/tokenizer_manager.py (0.5.23: 3148-3208) writes spec_num_correct_drafts,
+    spec_num_proposed_drafts and spec_accept_rate; no wheel read here writes spec_accepted_drafts."""
+    profile = fields.profile_for("0.5.23")
+    assert profile["num_correct_drafts"] == "spec_num_correct_drafts"
+    assert profile["num_proposed_drafts"] == "spec_num_proposed_drafts"
+    assert profile["accept_rate"] == "spec_accept_rate"
+    assert "spec_accepted_drafts" not in profile.values()
+    assert "spec_accepted_drafts" in fields.ALIASES["num_correct_drafts"]  # still read if a server sends it

@@ -2,7 +2,8 @@
 
 Needs SGLang >= 0.5.11 installed and:
   SGLANG_BENCH_TARGET   target model directory
-  SGLANG_BENCH_DRAFT    a servable DFlash draft directory trained for that target
+  SGLANG_BENCH_DRAFT    a servable draft directory trained for that target (DFlash; Domino or DSpark on
+                        SGLang 0.5.23, e.g. written by `specforge-dpace convert --server sglang-0.5.23`)
   SGLANG_BENCH_ARGS     optional extra server flags (e.g. "--mem-fraction-static 0.7")
   SGLANG_BENCH_THINKING optional "on"/"off" (default off)
 """

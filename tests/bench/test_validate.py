@@ -1,4 +1,4 @@
-"""Draft-directory validation: the verdict of SGLang 0.5.14's DFlash loader, from headers only."""
+"""Draft-directory validation: the verdict of SGLang's DFlash loader (0.5.14 and 0.5.23), from headers only."""
 
 import json
 import struct
@@ -50,11 +50,11 @@ def test_missing_and_unknown_weights_are_named(tmp_path, real_draft):
 @pytest.mark.parametrize(
     "edit,needle",
     [
-        (lambda c: c.update(architectures=["Qwen3ForCausalLM"]), "architectures must contain 'DFlashDraftModel'"),
-        (lambda c: c.pop("block_size"), "block_size is missing (SGLang looks for dflash_config.block_size"),
-        (lambda c: c.update(block_size=1), "block size 1 is invalid (block_size); accepted: an int >= 2"),
+        (lambda c: c.update(architectures=["Qwen3ForCausalLM"]), "architectures=['Qwen3ForCausalLM']; accepted:"),
+        (lambda c: c.pop("block_size"), "block_size is missing (SGLang 0.5.23 reads dflash_config.block_size"),
+        (lambda c: c.update(block_size=1), "block size 1 is invalid (top-level block_size); accepted: an int >= 2"),
         (lambda c: c.pop("num_target_layers"), "num_target_layers is missing"),
-        (lambda c: c.pop("dflash_config"), "dflash_config.mask_token_id is missing"),
+        (lambda c: c.pop("dflash_config"), "mask_token_id is missing"),
         (lambda c: c["dflash_config"].pop("mask_token_id"), "mask_token_id is missing"),
         (lambda c: c["dflash_config"].update(target_layer_ids=[0, 5]), "[5] out of range"),
         (lambda c: c["dflash_config"].update(target_layer_ids=[0, 1]), "id 1 is the last decoder layer"),
@@ -75,19 +75,21 @@ def bases(tmp_path_factory):
     return build_bases(tmp_path_factory.mktemp("bases"))
 
 
+@pytest.mark.parametrize("version", ["0.5.14", "0.5.23"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
-def test_validator_agrees_with_sglang_on_every_variant(tmp_path, bases, variant):
+def test_validator_agrees_with_sglang_on_every_variant(tmp_path, bases, variant, version):
     """Written as real safetensors directories; validated against a target directory, as the bench CLI does."""
     draft = write_variant(tmp_path, variant, bases)
     target = write_target(tmp_path, variant)
-    if variant.verdict == "ok":
-        info = validate_draft_dir(draft, target=target)
+    server = f"sglang-{version}"
+    if variant.verdict_for(version) == "ok":
+        info = validate_draft_dir(draft, target=target, server=server)
         assert info.target_checked and info.target_layer_ids == [1, 2]
-        assert variant.needle in " ".join(info.notes), info.notes
+        assert variant.needle_for(version) in " ".join(info.notes), info.notes
     else:
         with pytest.raises(DraftValidationError) as err:
-            validate_draft_dir(draft, target=target)
-        assert variant.needle in str(err.value)
+            validate_draft_dir(draft, target=target, server=server)
+        assert variant.needle_for(version) in str(err.value)
 
 
 def test_only_the_real_target_reveals_its_layer_count(tmp_path, bases):

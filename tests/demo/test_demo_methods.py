@@ -1,5 +1,6 @@
 """The demo per DFlash-family method: Domino and DSpark drafters train with plugin objectives through
-their own SpecForge training models and are measured by the evaluator."""
+their own SpecForge training models, are saved in the layout SGLang 0.5.23 loads and are measured by the
+evaluator as SGLang 0.5.23 decodes them."""
 
 from __future__ import annotations
 
@@ -24,8 +25,15 @@ def test_each_method_trains_plugin_objectives_and_is_evaluated(tmp_path, method)
     from specforge_dpace.evaluate._checkpoint import read_draft_config
 
     for objective in rows:
-        architectures = read_draft_config(pipeline.drafter_dir(objective))["architectures"]
-        assert architectures == [{"domino": "DominoDraftModel", "dspark": "DSparkDraftModel"}[method]]
+        config = read_draft_config(pipeline.drafter_dir(objective))
+        assert config["architectures"] == [{"domino": "DFlashDraftModel", "dspark": "DSparkDraftModel"}[method]]
+        assert method != "domino" or config["dflash_config"]["pure_draft_prefix_len"] == 1
+    draft = pipeline.train("dpace", pipeline.data(), pipeline.features(pipeline.data()))[0]
+    evaluation = pipeline.evaluate("dpace", draft)
+    assert evaluation["overall"]["convention"] == "sglang-0.5.23"
+    # the acceptance experiment's T=0 setting names a proposal mode; at T=0 it is irrelevant, even for Domino
+    assert pipeline.evaluate("dpace", draft, temperature=0.0, draft_sampling="sample") == evaluation
+    assert evaluation["overall"]["proposals"] == {"domino": "domino-rollout", "dspark": "anchor-markov"}[method]
 
 
 def test_method_is_part_of_the_drafter_key_and_refused_when_unknown(tmp_path):
@@ -35,5 +43,10 @@ def test_method_is_part_of_the_drafter_key_and_refused_when_unknown(tmp_path):
         pipeline.target_key = "t"
         keys[method] = pipeline.drafter_dir("dpace").name
     assert len(set(keys.values())) == 3
+    # Domino's pure_draft_prefix_len is part of its key (drafters trained before it was 1 are not reused)
+    from specforge_dpace.demo.train_drafter import DrafterConfig
+
+    assert DrafterConfig(method="domino").key_fields()["pure_draft_prefix_len"] == 1
+    assert "pure_draft_prefix_len" not in DrafterConfig(method="dspark").key_fields()
     with pytest.raises(ValueError, match="method='eagle3' is invalid; accepted: dflash, domino, dspark"):
         DemoConfig(method="eagle3").validate()

@@ -173,3 +173,16 @@ def test_one_seed_reports_no_interval_and_says_why():
     table = main_table(result)
     assert table[1]["T=0 vs baseline, % [CI]"] == "+10.0 [no interval: 1 seed]"
     assert "no interval: one value (one seed) says nothing about the spread" in title(result)
+
+
+def test_each_method_is_measured_in_the_settings_its_server_performs():
+    """SGLang 0.5.23's Domino rollout is argmax only (no sampled-proposal setting); DFlash and DSpark keep all
+    three; SpecForge's classes sample any way."""
+    names = {m: [s.name for s in ExperimentConfig(method=m).settings] for m in ("dflash", "domino", "dspark")}
+    assert names == {
+        "dflash": ["T0", "T1", "T1-greedy-draft"],
+        "domino": ["T0", "T1-greedy-draft"],
+        "dspark": ["T0", "T1", "T1-greedy-draft"],
+    }
+    assert len(ExperimentConfig(method="domino", convention="specforge-0.2.0").settings) == 3
+    assert ExperimentConfig(method="dspark").demo_config(0).eval_convention == "sglang-0.5.23"

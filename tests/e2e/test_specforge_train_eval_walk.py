@@ -3,9 +3,8 @@ gloo, ``NO_SHARD``, sdpa) of the demo's target and data, the plugin arriving thr
 
 * For DFlash, Domino and DSpark drafters trained by SpecForge, ``eval/tau_walk`` at every evaluation equals
   the measured tau of the checkpoint SpecForge saved at that step, decoded at T = 0 on the same held-out
-  prompts (the eval features are those prompts with the target's greedy continuation): the evaluator for
-  DFlash and Domino, for DSpark the serving-convention loop of ``tests/_serving_reference.py`` (the
-  evaluator decodes DSpark one position off until it takes the serving convention).  The T = 1 walks
+  prompts (the eval features are those prompts with the target's greedy continuation) by the evaluator as
+  SGLang 0.5.23 decodes each method (DSpark from the anchor row, Domino's GRU rollout).  The T = 1 walks
   are within the acceptance experiment's mean errors of the measured tau (README: 34 % sampled, 20 % greedy
   proposals).
 * ``training.best_metric: eval/tau_walk`` keeps the checkpoint tau_walk prefers where SpecForge's default
@@ -158,25 +157,17 @@ def _checkpoint_draft(pipeline, method: str, out: Path, step: int):
 
 
 def _measured(pipeline, method: str, draft, temperature: float, draft_sampling: str) -> float:
-    from _serving_reference import serving_dspark_tau
-
+    """The evaluator's tau decoding as SGLang 0.5.23 serves the method (the walk's serving slot alignment)."""
     from specforge_dpace.evaluate import EvalConfig, evaluate_drafter
 
-    prompts = pipeline.eval_prompts()
-    if method == "dspark":
-        return serving_dspark_tau(
-            pipeline.target,
-            draft,
-            prompts,
-            NEW_TOKENS,
-            LAYERS,
-            temperature=temperature,
-            draft_sampling=draft_sampling,
-        )
     config = EvalConfig(
-        temperature=temperature, max_new_tokens=NEW_TOKENS, draft_sampling=draft_sampling, show_progress=False
+        temperature=temperature,
+        max_new_tokens=NEW_TOKENS,
+        draft_sampling=draft_sampling,
+        convention="sglang-0.5.23",
+        show_progress=False,
     )
-    return evaluate_drafter(pipeline.target, draft, prompts, config).overall["tau"]
+    return evaluate_drafter(pipeline.target, draft, pipeline.eval_prompts(), config).overall["tau"]
 
 
 @pytest.mark.parametrize("method", list(HEADS))

@@ -72,3 +72,13 @@ def exact_marginals(target, prompt, temperature, top_k=-1, top_p=1.0):
         p2 = dist(target(input_ids=ctx2).logits[:, -1]).view(vocab, vocab, vocab)
     joint01 = p0[:, None] * p1
     return p0, joint01.sum(0), (joint01[..., None] * p2).sum((0, 1))
+
+
+def random_blocks(count: int, k: int, seed: int, hidden_size: int = 32, mask: int = 47):
+    """``count`` random ``(hidden [1, k, H] float64, block ids [1, k])`` pairs: an anchor, then mask ids."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        hidden = 3 * torch.randn(1, k, hidden_size, generator=gen, dtype=torch.float64)
+        block = torch.full((1, k), mask, dtype=torch.long)
+        block[0, 0] = int(torch.randint(0, mask, (1,), generator=gen))
+        yield hidden, block

@@ -1,6 +1,6 @@
 """Servable draft checkpoints: layout, round trip, and validation errors that name the bad value.
 
-The evaluator's loader applies the same rules as the bench validator (``specforge_dpace.servable``):
+The evaluator's loader applies the same rules as the bench validator (``specforge_dpace.serving``):
 both are run over the same table of checkpoint variants with SGLang's verdict on each."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ TARGET = {"hidden_size": 32, "vocab_size": 64, "num_hidden_layers": 3}
             r"id 2 is the last decoder layer: SGLang captures id i as the input of decoder layer i \+ 1",
         ),
         ({"dflash_config": {"target_layer_ids": [-1], "mask_token_id": 63}}, None, r"\[-1\] out of range"),
-        ({"dflash_config": {"target_layer_ids": [0]}}, None, r"dflash_config.mask_token_id is missing"),
+        ({"dflash_config": {"target_layer_ids": [0]}}, None, r"mask_token_id is missing \(SGLang 0.5.14 reads"),
         (
             {"dflash_config": {"target_layer_ids": [0], "mask_token_id": 64}},
             None,
@@ -107,7 +107,7 @@ TARGET = {"hidden_size": 32, "vocab_size": 64, "num_hidden_layers": 3}
         ),
         ({"block_size": 1}, None, r"block size 1 is invalid"),
         ({}, 1, r"block size 1 is invalid \(the given block size\)"),
-        ({"block_size": None}, None, r"block_size is missing \(SGLang looks for dflash_config.block_size"),
+        ({"block_size": None}, None, r"block_size is missing \(SGLang 0.5.14 reads dflash_config.block_size"),
         (  # sized the draft's buffers: tens of GB before
             {"block_size": 100000},
             None,
@@ -196,17 +196,19 @@ def bases(tmp_path_factory):
     return build_bases(tmp_path_factory.mktemp("bases"))
 
 
+@pytest.mark.parametrize("version", ["0.5.14", "0.5.23"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
-def test_loader_agrees_with_sglang_on_every_variant(tmp_path, bases, variant):
+def test_loader_agrees_with_sglang_on_every_variant(tmp_path, bases, variant, version):
     """The evaluator's loader gives the bench validator's verdict on the same real files; what loads holds
-    exactly the trained tensors (a model. prefix, fused tensors and ignored extras included)."""
+    exactly the trained tensors (a model. prefix, fused tensors, aliases and ignored extras included)."""
     path = write_variant(tmp_path, variant, bases)
-    if variant.verdict == "error":
+    server = f"sglang-{version}"
+    if variant.verdict_for(version) == "error":
         with pytest.raises(ValueError) as err:
-            load_draft(path, variant.target_config())
-        assert variant.needle in str(err.value)
+            load_draft(path, variant.target_config(), server=server)
+        assert variant.needle_for(version) in str(err.value)
         return
-    draft = load_draft(path, variant.target_config())
+    draft = load_draft(path, variant.target_config(), server=server)
     state, config = bases[variant.base]
     assert list(draft.target_layer_ids) == [1, 2] and draft.block_size == 4 and draft.mask_token_id == 63
     loaded = draft.state_dict()

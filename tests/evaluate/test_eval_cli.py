@@ -246,9 +246,9 @@ def test_load_prompts_forms_and_errors(tmp_path):
 
 
 def test_cli_draft_sampling_is_applied_recorded_and_documented(checkpoint_dirs, tmp_path, capsys):
-    """--draft-sampling: 'sample' (the default) and 'greedy' (SGLang's convention) give different decodes
-    of the same seeds at temperature > 0, eval.json records which one ran, --help states the default, and a
-    value outside the two is refused by the parser."""
+    """--draft-sampling: 'sample' and 'greedy' give different decodes of the same seeds at temperature > 0; the
+    default is what the convention's server does for DFlash (SGLang 0.5.23: greedy); eval.json records which one
+    ran, --help states the default, and a value outside the two is refused by the parser."""
     root = checkpoint_dirs
     base = [
         "evaluate",
@@ -270,10 +270,11 @@ def test_cli_draft_sampling_is_applied_recorded_and_documented(checkpoint_dirs, 
         assert main(base + ["--output-dir", str(out)] + (["--draft-sampling", mode] if mode else [])) == 0
         runs[mode] = json.loads((out / "eval.json").read_text())
     assert (
-        runs[None]["overall"]["draft_sampling"] == "sample" and runs["greedy"]["overall"]["draft_sampling"] == "greedy"
+        runs[None]["overall"]["draft_sampling"] == "greedy" and runs["sample"]["overall"]["draft_sampling"] == "sample"
     )
+    assert runs[None]["overall"]["convention"] == "sglang-0.5.23"
     assert [r["output_ids"] for r in runs[None]["per_prompt"]] == [
-        r["output_ids"] for r in runs["sample"]["per_prompt"]
+        r["output_ids"] for r in runs["greedy"]["per_prompt"]
     ]
     assert [r["output_ids"] for r in runs["greedy"]["per_prompt"]] != [
         r["output_ids"] for r in runs["sample"]["per_prompt"]
@@ -287,8 +288,9 @@ def test_cli_draft_sampling_is_applied_recorded_and_documented(checkpoint_dirs, 
             [sys.executable, "-m", "specforge_dpace", "evaluate", "--help"], capture_output=True, text=True, check=True
         ).stdout.split()
     )
-    assert "--draft-sampling {sample,greedy}" in help_text and "'sample' (the default)" in help_text
-    assert "SGLang 0.5.14's DFlash loader rules" in help_text and "0..n-2" in help_text
+    assert "--draft-sampling {sample,greedy}" in help_text and "default: what the --convention server does" in help_text
+    assert "DSpark (DSPARK) drafts gamma = the config's block_size tokens from the anchor row" in help_text
+    assert "Domino (DFLASH + projector_type domino) with SGLang's GRU rollout" in help_text and "0..n-2" in help_text
 
 
 def test_evaluate_paths_honours_a_given_block_size_for_a_draft_without_one(checkpoint_dirs, tmp_path):
@@ -306,7 +308,7 @@ def test_evaluate_paths_honours_a_given_block_size_for_a_draft_without_one(check
     (bare / "model.safetensors").write_bytes((root / "draft" / "model.safetensors").read_bytes())
     result = evaluate_paths(root / "target", bare, [[1, 2, 3]], EvalConfig(block_size=3, show_progress=False))
     assert result.overall["block_size"] == 3 and len(result.overall["accept_hist"]) == 3
-    with pytest.raises(ValueError, match=r"block_size is missing \(SGLang looks for dflash_config.block_size"):
+    with pytest.raises(ValueError, match=r"block_size is missing \(SGLang 0.5.23 reads dflash_config.block_size"):
         evaluate_paths(root / "target", bare, [[1, 2, 3]], EvalConfig(show_progress=False))
 
 

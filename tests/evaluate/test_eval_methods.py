@@ -1,7 +1,8 @@
-"""Domino and DSpark drafts in the evaluator: block proposals as their SpecForge classes sample them,
-the proposal distribution q of every drafted token, greedy losslessness, the checkpoint layout and the
-validation of the fields and head weights each method needs.  Real SpecForge draft classes and real tiny
-Qwen3 targets throughout."""
+"""Domino and DSpark drafts in the evaluator under the ``specforge-0.2.0`` convention: block proposals as
+their SpecForge classes sample them, the proposal distribution q of every drafted token, greedy
+losslessness, SpecForge's checkpoint layout and the validation of the fields and head weights each class
+needs.  (SGLang 0.5.23's decoding and layout: ``test_eval_serving.py``.)  Real SpecForge draft classes and
+real tiny Qwen3 targets throughout."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 
 import pytest
 import torch
+from _eval_helpers import random_blocks
 
 pytest.importorskip("specforge")
 
@@ -39,6 +41,8 @@ HEADS = [
     ("dspark", {"markov_rank": 0, "enable_confidence_head": False}),
 ]
 IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in (h or {}).items()) or 'default'}" for m, h in HEADS]
+SPECFORGE = "specforge-0.2.0"
+CLASS = {"dflash": "block", "domino": "domino-class", "dspark": "dspark-class"}  # the classes' proposals
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +72,12 @@ def test_proposals_are_the_classes_own_block_sampling(target, method, head):
     the argmax of the plain ``lm_head`` logits in some blocks)."""
     draft = _draft(target, method, head)
     assert model_method(draft) == method
-    k, gen = draft.block_size, torch.Generator().manual_seed(0)
+    k, seed = draft.block_size, 0
     embed, lm_head = target.get_input_embeddings(), target.get_output_embeddings()
     head_changes = 0
     with torch.no_grad():
-        for _ in range(20):
-            hidden = 3 * torch.randn(1, k, 32, generator=gen, dtype=torch.float64)
-            block = torch.full((1, k), 47, dtype=torch.long)
-            block[0, 0] = int(torch.randint(0, 47, (1,), generator=gen))
-            ours, q = propose_block(draft, method, hidden, block, lm_head, embed, _argmax)
+        for hidden, block in random_blocks(20, k, seed):
+            ours, q = propose_block(draft, CLASS[method], hidden, block, lm_head, embed, _argmax)
             theirs = draft._sample_draft_tokens(target, hidden, block.clone())[0]
             assert q is None and ours.tolist() == theirs.tolist()
             head_changes += int(not torch.equal(ours, lm_head(hidden[0, 1:]).argmax(-1)))
@@ -116,15 +117,20 @@ def test_sampled_proposals_carry_their_conditional_q(target, method, head):
     token, Domino's GRU on the whole drafted prefix), so speculative sampling verifies against the
     distribution each token was really drawn from."""
     draft = _draft(target, method, head)
-    decoder = DFlashDecoder(target, draft, block_size=draft.block_size, temperature=0.9, top_k=12)
-    k, gen = draft.block_size, torch.Generator().manual_seed(1)
+    decoder = DFlashDecoder(
+        target,
+        draft,
+        block_size=draft.block_size,
+        temperature=0.9,
+        top_k=12,
+        draft_sampling="sample",
+        convention=SPECFORGE,
+    )
+    k, seed, gen = draft.block_size, 1, torch.Generator().manual_seed(11)
     with torch.no_grad():
-        for _ in range(8):
-            hidden = 3 * torch.randn(1, k, 32, generator=gen, dtype=torch.float64)
-            block = torch.full((1, k), 47, dtype=torch.long)
-            block[0, 0] = int(torch.randint(0, 47, (1,), generator=gen))
+        for hidden, block in random_blocks(8, k, seed):
             drafted, q = propose_block(
-                draft, method, hidden, block, decoder.lm_head, decoder.embed, lambda x: decoder._choose(x, gen)
+                draft, CLASS[method], hidden, block, decoder.lm_head, decoder.embed, lambda x: decoder._choose(x, gen)
             )
             assert q.shape == (k - 1, 48) and bool((q[torch.arange(k - 1), drafted] > 0).all())
             logits = _teacher_forced_logits(draft, method, hidden, block, drafted, decoder.lm_head, decoder.embed)
@@ -136,7 +142,9 @@ def test_greedy_decoding_is_lossless(target, method, head):
     draft = _draft(target, method, head)
     gen = torch.Generator().manual_seed(2)
     prompts = [torch.randint(0, 47, (int(n),), generator=gen).tolist() for n in (1, 3, 6, 9)]
-    result = evaluate_drafter(target, draft, prompts, EvalConfig(max_new_tokens=18, show_progress=False))
+    result = evaluate_drafter(
+        target, draft, prompts, EvalConfig(max_new_tokens=18, show_progress=False, convention=SPECFORGE)
+    )
     for prompt, record in zip(prompts, result.per_prompt):
         assert record["output_ids"] == greedy_reference(target, prompt, 18)
     assert result.overall["method"] == method
@@ -145,11 +153,12 @@ def test_greedy_decoding_is_lossless(target, method, head):
 
 @pytest.mark.parametrize("method, head", [HEADS[2], HEADS[6]], ids=[IDS[2], IDS[6]])
 def test_checkpoint_round_trip(tmp_path, method, head):
-    """save_draft_checkpoint writes SpecForge's HF-export layout (architectures = the class, head tensors
-    under the class's names); load_draft builds the same class with the same tensors and decoding."""
+    """save_draft_checkpoint(server=specforge-0.2.0) writes SpecForge's HF-export layout (architectures = the
+    class, head tensors under the class's names); load_draft builds the same class with the same tensors and
+    decoding."""
     target = tiny_target(vocab_size=48, hidden_size=32, num_hidden_layers=3, seed=0)  # fp32, as load_target
     draft = _draft(target, method, head)
-    save_draft_checkpoint(draft, tmp_path / "d")
+    save_draft_checkpoint(draft, tmp_path / "d", server=SPECFORGE)
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     assert config["architectures"] == [type(draft).__name__]
     assert config["dflash_config"]["projector_type"] == method
@@ -165,7 +174,7 @@ def test_checkpoint_round_trip(tmp_path, method, head):
     for name, tensor in draft.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     target.save_pretrained(tmp_path / "t")
-    config = EvalConfig(max_new_tokens=10, temperature=0.8, seed=4, show_progress=False)
+    config = EvalConfig(max_new_tokens=10, temperature=0.8, seed=4, show_progress=False, convention=SPECFORGE)
     direct = evaluate_drafter(target, draft, [[1, 2, 3]], config)
     via_paths = evaluate_paths(tmp_path / "t", tmp_path / "d", [[1, 2, 3]], config)
     assert direct.per_prompt[0]["output_ids"] == via_paths.per_prompt[0]["output_ids"]
@@ -173,7 +182,7 @@ def test_checkpoint_round_trip(tmp_path, method, head):
 
 def _saved(tmp_path, target, method, head=None):
     draft = _draft(target, method, head)
-    return save_draft_checkpoint(draft, tmp_path / method), draft
+    return save_draft_checkpoint(draft, tmp_path / method, server=SPECFORGE), draft
 
 
 def _edit(path, config_change=None, state_change=None):
@@ -216,7 +225,7 @@ def _dflash_config(config):
             "domino",
             lambda c: _dflash_config(c).update(projector_type="dspark"),
             None,
-            r"projector_type='dspark' does not match the DominoDraftModel .* accepted: 'domino' or absent",
+            r"projector_type='dspark' does not match the Domino class; accepted: 'domino' or absent",
         ),
         (
             "domino",
@@ -318,14 +327,14 @@ def test_early_logit_head_names_load_like_specforge(tmp_path, target):
     loaded = load_draft(renamed, target.config, dtype=torch.float64)
     for name, tensor in draft.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
-    from specforge_dpace import draft_methods
+    from specforge_dpace import serving
 
     config = json.loads((renamed / "config.json").read_text())
     from safetensors import safe_open
 
     with safe_open(str(renamed / "model.safetensors"), "pt") as handle:
         shapes = {n: handle.get_slice(n).get_shape() for n in handle.keys()}
-    verdict = draft_methods.check_draft(config, shapes, target=target.config)
+    verdict = serving.check_draft(config, shapes, server=SPECFORGE, target=target.config)
     assert verdict.ok and any("'logit_head.' names" in n for n in verdict.notes)
 
 
@@ -334,7 +343,10 @@ def test_validate_pair_checks_method_fields_for_in_memory_configs(target):
     assert validate_pair(target.config, draft.config, method="domino")["block_size"] == 5
     bad = draft.config.to_dict()
     bad["dflash_config"]["emb_dim"] = -1
-    with pytest.raises(ValueError, match=r"Domino draft does not fit the target:\n  - dflash_config.emb_dim=-1"):
+    with pytest.raises(
+        ValueError,
+        match=r"Domino draft does not fit the target \(specforge-0.2.0 rules\):\n  - dflash_config.emb_dim=-1",
+    ):
         validate_pair(target.config, bad, method="domino")
     bad["architectures"] = ["DominoDraftModel"]  # the method is read from the architectures when not given
     with pytest.raises(ValueError, match=r"emb_dim=-1 is invalid"):

@@ -1,7 +1,8 @@
 """Integration: tiny Domino and DSpark drafters trained for a few dozen steps by SpecForge's own
 ``OnlineDominoModel`` / ``OnlineDSparkModel`` on target-generated data get accepted by the evaluator
 (tau clearly above the untrained 1.0), through the saved checkpoint as a user would run it.  So the
-evaluator's Domino / DSpark block proposals follow the conventions these classes train with."""
+evaluator's Domino / DSpark block proposals follow the conventions these classes train with, as SGLang 0.5.23
+decodes them (the default convention; Domino trained with pure_draft_prefix_len 1, which SGLang serves)."""
 
 from __future__ import annotations
 
@@ -57,12 +58,17 @@ def test_specforge_trained_domino_and_dspark_drafts_get_accepted(tmp_path, metho
     with torch.no_grad():
         target.lm_head.weight.mul_(3.0)
     target.requires_grad_(False)
-    draft = tiny_draft(target, block_size=4, seed=1, method=method)
+    head = {"pure_draft_prefix_len": 1} if method == "domino" else None
+    draft = tiny_draft(target, block_size=4, seed=1, method=method, head=head)
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, vocab - 1, (4,), generator=gen).tolist() for _ in range(74)]
     train, held_out = prompts[:64], prompts[64:]
     config = EvalConfig(max_new_tokens=40, show_progress=False)
     untrained = evaluate_drafter(target, draft, held_out, config)
+    # SpecForge's classes draft the first slot from a mask position: untrained, nothing is accepted
+    untrained_class = evaluate_drafter(
+        target, draft, held_out, EvalConfig(max_new_tokens=40, show_progress=False, convention="specforge-0.2.0")
+    )
 
     ids = torch.tensor([p + greedy_reference(target, p, 44) for p in train])  # target-regenerated data
     with torch.no_grad():
@@ -75,14 +81,17 @@ def test_specforge_trained_domino_and_dspark_drafts_get_accepted(tmp_path, metho
     save_draft_checkpoint(draft, tmp_path / "draft")
     trained = evaluate_paths(tmp_path / "target", tmp_path / "draft", held_out, config)
     assert trained.overall["method"] == method
-    assert untrained.overall["tau"] < 1.1
-    assert trained.overall["tau"] > 1.35, trained.overall["tau"]
+    assert untrained_class.overall["tau"] < 1.1
+    assert trained.overall["tau"] > max(1.35, untrained.overall["tau"] + 0.2), (trained.overall, untrained.overall)
     for prompt, record in zip(held_out, trained.per_prompt):  # still the target's own greedy output
         assert record["output_ids"] == greedy_reference(target, prompt, 40)
     # at a low temperature > 0 (the tiny target is nearly flat at 0.7: max p ~ 0.04) both draft-sampling modes
     # accept drafted tokens too
     for mode in ("sample", "greedy"):
-        low = EvalConfig(max_new_tokens=40, temperature=0.1, draft_sampling=mode, show_progress=False)
+        convention = "specforge-0.2.0" if (method, mode) == ("domino", "sample") else "sglang-0.5.23"
+        low = EvalConfig(
+            max_new_tokens=40, temperature=0.1, draft_sampling=mode, show_progress=False, convention=convention
+        )
         sampled = evaluate_drafter(target, draft, held_out, low)
         assert sampled.overall["draft_sampling"] == mode
         assert sampled.overall["tau"] > 1.1, (mode, sampled.overall["tau"])

@@ -1,12 +1,10 @@
 """The teacher-forced per-anchor pass (``specforge_dpace.evaluate._teacher_forced``) against decoding.
 
 At T = 0 on the target's own greedy continuations the walk is the greedy decoding's step count, so it must
-equal the evaluator's measured tau *exactly*, for every head of every method: the evaluator for DFlash and
-Domino (whose SpecForge-class decoding equals the serving rollout), and for DSpark in the convention the
-evaluator decodes today (``specforge-class``).  DSpark's serving convention (the anchor row drafts the
-first token, gamma = K tokens) is checked against a plain greedy loop written from SGLang 0.5.23's DSpark
-drafter (``tests/_serving_reference.py``).  Real tiny Qwen3 targets and
-SpecForge draft classes; float64 so that no near-tie decides an argmax differently.
+equal the evaluator's measured tau *exactly*, for every head of every method, in each rule set that serves
+it: SpecForge's classes (DSpark slot k from position k) and SGLang 0.5.23 (DSpark's anchor row drafts the
+first token, gamma = K tokens; Domino's GRU rollout).  Real tiny Qwen3 targets and SpecForge draft classes;
+float64 so that no near-tie decides an argmax differently.
 """
 
 from __future__ import annotations
@@ -16,13 +14,11 @@ import torch
 
 pytest.importorskip("specforge")
 
-from _serving_reference import serving_dspark_tau  # noqa: E402
 from test_eval_methods import HEADS, IDS, _draft  # noqa: E402  (every head of every method, heads amplified)
 
 from specforge_dpace.evaluate import EvalConfig, evaluate_drafter, greedy_reference, tiny_target  # noqa: E402
 from specforge_dpace.evaluate._speculative import context_features  # noqa: E402
 from specforge_dpace.evaluate._teacher_forced import (  # noqa: E402
-    SERVING,
     SPECFORGE_CLASS,
     pass_model,
     slot_alignment,
@@ -77,14 +73,33 @@ def test_alignment_table():
         slot_alignment("dflash", 8, convention="sglang")
 
 
-@pytest.mark.parametrize("method, head", HEADS, ids=IDS)
-def test_the_greedy_walk_is_the_evaluators_tau(target, held, method, head):
+def _served_by_sglang(method, head) -> bool:
+    head = head or {}
+    if method == "domino":
+        return head.get("pure_draft_prefix_len") == 1
+    return method == "dflash" or head.get("markov_rank", 1) > 0
+
+
+CONVENTIONS = [("specforge-0.2.0", h) for h in range(len(HEADS))] + [
+    ("sglang-0.5.23", i) for i, (m, h) in enumerate(HEADS) if _served_by_sglang(m, h)
+]
+
+
+@pytest.mark.parametrize("convention, index", CONVENTIONS, ids=[f"{c}-{IDS[i]}" for c, i in CONVENTIONS])
+def test_the_greedy_walk_is_the_evaluators_tau(target, held, convention, index):
+    """Each head of each method in each rule set that serves it: the walk in that rule set's slot alignment
+    (``cli_teacher_forced.slot_convention``) equals the evaluator decoding under that rule set."""
+    from specforge_dpace.evaluate.cli_teacher_forced import slot_convention
+
+    method, head = HEADS[index]
     draft = _draft(target, method, head)
     measured = evaluate_drafter(
-        target, draft, held["prompts"], EvalConfig(max_new_tokens=NEW_TOKENS, show_progress=False)
+        target,
+        draft,
+        held["prompts"],
+        EvalConfig(max_new_tokens=NEW_TOKENS, show_progress=False, convention=convention),
     )
-    convention = SPECFORGE_CLASS if method == "dspark" else SERVING  # the evaluator's DSpark decoding today
-    sums = _pass(target, draft, held, convention=convention)
+    sums = _pass(target, draft, held, convention=slot_convention(convention))
     assert sums.walk("T0") == measured.overall["tau"]
     assert sums.values["T0"][2] == 6 * (NEW_TOKENS - 1)
 
@@ -93,15 +108,6 @@ def test_the_heads_accept_something(target, held):
     """Not a vacuous equality: over the variants, some drafted tokens are accepted."""
     accepted = [_pass(target, _draft(target, m, h), held).walk("T0") for m, h in HEADS]
     assert max(accepted) > 1.03
-
-
-@pytest.mark.parametrize("head", [h for m, h in HEADS if m == "dspark"], ids=[i for i in IDS if "dspark" in i])
-def test_dspark_serving_walk_is_the_serving_decodings_tau(target, held, head):
-    draft = _draft(target, "dspark", head)
-    sums = _pass(target, draft, held, convention=SERVING)
-    assert sums.walk("T0") == pytest.approx(
-        serving_dspark_tau(target, draft, held["prompts"], NEW_TOKENS, LAYERS), rel=1e-12
-    )
 
 
 def test_grouping_and_chunking_change_nothing(target, held):

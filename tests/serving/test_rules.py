@@ -1,4 +1,4 @@
-"""The shared SGLang rule set itself: layer ids, field precedence, weight shapes (pure Python)."""
+"""SGLang's DFlash backbone rules (both versions): layer ids, field precedence, weight shapes (pure Python)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,29 @@ import sys
 
 import pytest
 
-from specforge_dpace import servable
-from specforge_dpace.servable import (
+from specforge_dpace import serving
+from specforge_dpace.serving import (
     ServableError,
     accepted_layer_ids_text,
     capturable_layer_ids,
-    check_config,
     check_layer_ids,
-    check_weights,
     default_target_layer_ids,
     expected_weight_shapes,
-    resolve_field,
 )
+from specforge_dpace.serving._backbone import QWEN3_DEFAULT_HEAD_DIM, check_backbone_weights
+from specforge_dpace.serving._sglang import BACKBONE_0_5_14, BACKBONE_0_5_23
+
+
+def check_config(config, target=None, server="sglang-0.5.14"):
+    return serving.check_draft(config, None, server=server, target=target)
+
+
+def check_weights(shapes, spec, rules=BACKBONE_0_5_14):
+    return check_backbone_weights(shapes, spec, rules)
 
 
 def test_importing_the_rules_imports_no_torch():
-    code = "import sys, specforge_dpace.servable; print('torch' in sys.modules)"
+    code = "import sys, specforge_dpace.serving; print('torch' in sys.modules or 'sglang' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -77,13 +84,29 @@ def test_default_ids_follow_sglangs_build_target_layer_ids():
 
 
 def test_fields_resolve_dflash_config_first_then_top_level():
+    # dflash_utils.parse_dflash_draft_config: dflash_cfg.get(name, top-level) (0.5.14: 480-519, 0.5.23: 596-674)
     config = {"block_size": 8, "num_target_layers": 4, "dflash_config": {"block_size": 16, "mask_token_id": 5}}
-    assert resolve_field(config, "block_size") == (16, "dflash_config.block_size")
-    assert resolve_field(config, "num_target_layers") == (4, "num_target_layers")
-    assert resolve_field(config, "target_layer_ids") == (None, None)
-    assert resolve_field({"mask_token_id": 5}, "mask_token_id") == (None, None)  # only dflash_config holds it
+    for rules in (BACKBONE_0_5_14, BACKBONE_0_5_23):
+        assert rules.read(config, "block_size") == (16, "dflash_config.block_size")
+        assert rules.read(config, "num_target_layers") == (4, "top-level num_target_layers")
+        assert rules.read(config, "target_layer_ids") == (None, None)
+    # mask_token_id: 0.5.14 reads dflash_config only (530); 0.5.23 then the top level too (688-690)
+    assert BACKBONE_0_5_14.read({"mask_token_id": 5}, "mask_token_id") == (None, None)
+    assert BACKBONE_0_5_23.read({"mask_token_id": 5}, "mask_token_id") == (5, "top-level mask_token_id")
     with pytest.raises(ServableError, match="dflash_config must be a mapping"):
-        resolve_field({"dflash_config": [1]}, "block_size")
+        BACKBONE_0_5_14.read({"dflash_config": [1]}, "block_size")
+
+
+@pytest.mark.parametrize("server", ["sglang-0.5.14", "sglang-0.5.23"])
+def test_an_explicit_null_in_dflash_config_does_not_fall_back(server):
+    # dict.get(key, default) returns the null when the key is present: SGLang then uses its default of 16
+    config = _config(block_size=4)
+    config["dflash_config"]["block_size"] = None
+    assert BACKBONE_0_5_23.read(config, "block_size") == (None, "dflash_config.block_size")
+    errors = check_config(config, server=server).errors
+    assert any(
+        "dflash_config.block_size is null, which ends SGLang's lookup" in e and "fall back to 16" in e for e in errors
+    )
 
 
 def _config(**changes):
@@ -110,9 +133,9 @@ def test_a_missing_field_is_named_with_where_sglang_looks():
     del config["num_target_layers"], config["block_size"], config["dflash_config"]["target_layer_ids"]
     errors = check_config(config).errors
     assert (
-        "num_target_layers is missing (SGLang looks for dflash_config.num_target_layers, then top-level" in (errors[1])
+        "num_target_layers is missing (SGLang 0.5.14 reads dflash_config.num_target_layers, then top-level" in errors[1]
     )
-    assert errors[0].startswith("block_size is missing (SGLang looks for dflash_config.block_size")
+    assert errors[0].startswith("block_size is missing (SGLang 0.5.14 reads dflash_config.block_size")
     assert any("target_layer_ids is missing" in e for e in errors)
 
 
@@ -159,7 +182,7 @@ def test_head_dim_defaults_like_the_config_class():
     config = _config()
     del config["head_dim"]
     verdict = check_config(config)
-    assert verdict.spec.head_dim == servable.QWEN3_DEFAULT_HEAD_DIM and "head_dim not given" in verdict.notes[0]
+    assert verdict.spec.head_dim == QWEN3_DEFAULT_HEAD_DIM and "head_dim not given" in verdict.notes[0]
     config["model_type"] = "llama"
     assert check_config(config).spec.head_dim == 16
 
@@ -173,3 +196,14 @@ def test_weight_checker_separates_errors_from_notes():
     shapes["fc.weight"] = (32, 64)  # the same tensor without the prefix: SGLang loads both into one parameter
     errors, _ = check_weights(shapes, spec)
     assert "given twice" in errors[0] and "model.fc.weight / fc.weight" in errors[0]
+
+
+def test_0_5_23_resolves_the_native_encoder_names():
+    # models/dflash.py:900-903 (0.5.23 _VENDOR_ENCODER_ALIASES); 0.5.14 has no alias and skips the names
+    spec = check_config(_config()).spec
+    shapes = dict(expected_weight_shapes(spec))
+    shapes["encoder.fc.weight"] = shapes.pop("fc.weight")
+    errors, notes = check_weights(shapes, spec, BACKBONE_0_5_23)
+    assert errors == [] and "encoder.fc.weight -> fc.weight" in " ".join(notes)
+    errors, _ = check_weights(shapes, spec, BACKBONE_0_5_14)
+    assert any("encoder.fc.weight" in e for e in errors) and any("missing weights" in e for e in errors)
