@@ -484,7 +484,7 @@ def write_report(out_dir: Path | str, result: dict) -> None:
         "",
         "## Predicted (teacher-forced, held-out) vs measured tau",
         "",
-        rpt.markdown_table(cal, floatfmt=".3f") if cal else "(the teacher-forced predictors are DFlash's: none here)",
+        rpt.markdown_table(cal, floatfmt=".3f") if cal else "(no teacher-forced predictions in these cells)",
         "",
         *[f"- {line}" for line in verdicts],
         "",
