@@ -1,6 +1,6 @@
 """DFlash checkpoint variants with SGLang 0.5.14's and 0.5.23's verdict on each, derived from their source.
 
-One table, used by the serving rules' tests (``tests/serving/test_variants.py``), the bench validator's
+One table, used by the serving rules' tests (``tests/serving/test_rules.py``), the bench validator's
 (``tests/bench/test_validate.py``) and the evaluator loader's (``tests/evaluate/test_eval_checkpoint.py``):
 they must agree with SGLang on every row and version.  ``verdict`` / ``needle`` are 0.5.14's; ``v23`` /
 ``v23_needle`` give 0.5.23's where it differs.  The base is a real SpecForge ``DFlashDraftModel`` (2 layers,
@@ -320,7 +320,7 @@ VARIANTS = [
     # model_runner.py: num_target_layers != target num_hidden_layers only logs a warning; ids 1, 2 are capturable.
     Variant("num_target_layers_differs", "ok", "SGLang warns", target={"num_hidden_layers": 6}),
     # models/dflash.py DFlashMLP raises "Unsupported DFlash activation" for anything but silu.
-    Variant("hidden_act_not_silu", "error", "supports only 'silu'", _config(hidden_act="gelu")),
+    Variant("hidden_act_not_silu", "error", "DFlash MLP supports silu", _config(hidden_act="gelu")),
 ]
 
 BY_NAME = {v.name: v for v in VARIANTS}

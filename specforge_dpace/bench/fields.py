@@ -15,7 +15,7 @@ from specforge_dpace.serving import META_FIELD_PROFILES
 
 # canonical name -> accepted SGLang meta_info keys: every name a rule set's profile emits
 # (specforge_dpace.serving META_FIELD_PROFILES), plus the spec_accepted_drafts / spec_proposed_drafts pair
-# this runner accepted before the 0.5.23 wheel was read (neither 0.5.14 nor 0.5.23 emits them)
+# that 0.5.14 also emits as backward-compatibility aliases (tokenizer_manager.py:2337-2339; 0.5.23 dropped them)
 PROFILES: dict[str, dict[str, str]] = META_FIELD_PROFILES
 ALIASES: dict[str, tuple[str, ...]] = {
     canonical: tuple(

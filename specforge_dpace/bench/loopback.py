@@ -155,7 +155,7 @@ class _State:
                 num_proposed_drafts=len(steps) * (self.block_size - 1),  # tokenizer_manager: verify_ct * (window - 1)
                 histogram=histogram,
             )
-            values["accept_rate"] = values["num_correct_drafts"] / values["num_proposed_drafts"]  # 0.5.23 only
+            values["accept_rate"] = values["num_correct_drafts"] / values["num_proposed_drafts"]  # 0.5.14 and 0.5.23
         for canonical, value in values.items():
             key = self.fields.get(canonical)
             if key:

@@ -79,6 +79,18 @@ def _check_block_size(resolved: int, given: Optional[int], draft: str) -> None:
     BLOCK_SIZE.check(resolved, f"block_size (from {source})")
 
 
+def _check_activation(act, where: str) -> None:
+    """A ``hidden_act`` a server builds but SpecForge's draft classes (Qwen3's MLP) cannot: refused by name."""
+    from transformers.activations import ACT2FN
+
+    if act is not None and act not in ACT2FN:
+        raise ValueError(
+            f"draft {where!r}: hidden_act={act!r} is served by SGLang but SpecForge's draft classes (Qwen3 MLP) "
+            "cannot build it, so the evaluator cannot decode this drafter; accepted: an activation transformers "
+            "knows (silu, as SpecForge trains)"
+        )
+
+
 def _model_spec(draft_model) -> serving.DraftSpec:
     n_target = _get(draft_model.config, "num_target_layers")
     return serving.DraftSpec(
@@ -220,6 +232,7 @@ def draft_from_state(
         # a server that builds no confidence head (SGLang's static ragged-verify mode) serves this; decoding never
         # reads the head, so SpecForge's class is built without it
         canonical["dflash_config"].update(enable_confidence_head=False, confidence_head_with_markov=False)
+    _check_activation(canonical.get("hidden_act"), path)
     config = Qwen3Config(**{k: v for k, v in canonical.items() if k not in ("architectures", "model_type")})
     config.architectures = [serving.ARCHITECTURES[method]]
     config._attn_implementation = attn_implementation

@@ -49,6 +49,8 @@ class BackboneRules:
     reads: Mapping[str, FieldRead]  # block_size, num_target_layers, target_layer_ids, mask_token_id
     weight_aliases: Mapping[str, str] = field(default_factory=dict)  # stored name -> parameter name
     default_block_size: int = SGLANG_DEFAULT_BLOCK_SIZE
+    activations: tuple[str, ...] = ("silu",)  # hidden_act values DFlashMLP builds
+    activations_source: str = "models/dflash.py DFlashMLP"
 
     def read(self, config: Any, name: str) -> tuple[Any, Optional[str]]:
         return read_field(config, self.reads[name])
@@ -214,8 +216,11 @@ def check_backbone_config(
         return verdict
     sizes = _sizes(config, verdict)
     act = get(config, "hidden_act")
-    if act is not None and act != "silu":
-        errors.append(f"hidden_act={act!r}: SGLang's DFlash MLP supports only 'silu' (models/dflash.py DFlashMLP)")
+    if act is not None and act not in rules.activations:
+        errors.append(
+            f"hidden_act={act!r}: SGLang {rules.version}'s DFlash MLP supports {' and '.join(rules.activations)} "
+            f"({rules.activations_source})"
+        )
     head_dim = _head_dim(config, sizes, verdict)
     attention_bias = get(config, "attention_bias", False)
     if not isinstance(attention_bias, bool):

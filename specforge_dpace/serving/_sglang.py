@@ -79,6 +79,8 @@ BACKBONE_0_5_23 = BackboneRules(
         "encoder.fc.weight": "fc.weight",
         "encoder.output_norm_enc.weight": "hidden_norm.weight",
     },
+    activations=("silu", "swigluoai"),
+    activations_source="models/dflash.py:493-510 DFlashMLP",
 )
 # DSpark's parser reads mask_token_id from dspark_config / dflash_config, then text_config and the top level
 # (speculative/dspark_components/dspark_config.py:277-293); the rest of its backbone as DFLASH.
@@ -93,6 +95,8 @@ BACKBONE_0_5_23_DSPARK = BackboneRules(
         ),
     },
     weight_aliases=BACKBONE_0_5_23.weight_aliases,
+    activations=BACKBONE_0_5_23.activations,
+    activations_source=BACKBONE_0_5_23.activations_source,
 )
 
 # -- request counters (managers/tokenizer_manager.py _calculate_spec_decoding_metrics) ----------------
@@ -106,17 +110,9 @@ META_FIELD_PROFILES: dict[str, dict[str, str]] = {
         "num_proposed_drafts": "spec_draft_token_num",
         "histogram": "spec_accept_histogram",
     },
-    # 0.5.14: managers/tokenizer_manager.py:2311-2345
+    # 0.5.14: managers/tokenizer_manager.py:2311-2345 (2327: spec_accept_rate; 2337-2339 also emit the
+    # backward-compatibility aliases spec_accepted_drafts / spec_proposed_drafts, which fields.ALIASES accepts)
     "0.5.14": {
-        "completion_tokens": "completion_tokens",
-        "verify_ct": "spec_verify_ct",
-        "accept_length": "spec_accept_length",
-        "num_correct_drafts": "spec_num_correct_drafts",
-        "num_proposed_drafts": "spec_num_proposed_drafts",
-        "histogram": "spec_correct_drafts_histogram",
-    },
-    # 0.5.23: managers/tokenizer_manager.py:3148-3208 (the same names; spec_accept_rate is new)
-    "0.5.23": {
         "completion_tokens": "completion_tokens",
         "verify_ct": "spec_verify_ct",
         "accept_length": "spec_accept_length",
@@ -126,6 +122,8 @@ META_FIELD_PROFILES: dict[str, dict[str, str]] = {
         "accept_rate": "spec_accept_rate",
     },
 }
+# 0.5.23: managers/tokenizer_manager.py:3148-3208 writes 0.5.14's names (without the aliases)
+META_FIELD_PROFILES["0.5.23"] = META_FIELD_PROFILES["0.5.14"]
 
 # -- launch -------------------------------------------------------------------------------------------
 
@@ -471,8 +469,9 @@ def _key(version: str) -> tuple[int, ...]:
 
 
 def sglang_rules(version: str) -> tuple[ServerRules, Optional[str]]:
-    """``(rules, note)`` for SGLang ``version``: its own entry, else the newest entry not newer than it (the
-    note then says which rules stand in).  Versions before DFlash serving (0.5.11) are refused."""
+    """``(rules, note)`` for SGLang ``version``: its own entry, else the newest entry not newer than it, or for
+    0.5.11-0.5.13 (older than every entry) the oldest, 0.5.14's; the note then says which rules stand in.
+    Versions before DFlash serving (0.5.11) are refused."""
     wanted = _key(version)
     if not wanted:
         raise ValueError(f"cannot parse SGLang version {version!r}; expected e.g. 0.5.23")

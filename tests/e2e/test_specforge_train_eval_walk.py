@@ -157,14 +157,16 @@ def _checkpoint_draft(pipeline, method: str, out: Path, step: int):
 
 
 def _measured(pipeline, method: str, draft, temperature: float, draft_sampling: str) -> float:
-    """The evaluator's tau decoding as SGLang 0.5.23 serves the method (the walk's serving slot alignment)."""
+    """The evaluator's tau decoding as SGLang 0.5.23 serves the method (the walk's serving slot alignment); Domino
+    with sampled proposals, which SGLang's greedy-only rollout never performs, as SpecForge's class samples it."""
     from specforge_dpace.evaluate import EvalConfig, evaluate_drafter
 
+    sampled_domino = method == "domino" and temperature > 0 and draft_sampling == "sample"
     config = EvalConfig(
         temperature=temperature,
         max_new_tokens=NEW_TOKENS,
-        draft_sampling=draft_sampling,
-        convention="sglang-0.5.23",
+        draft_sampling=draft_sampling if temperature > 0 else None,
+        convention="specforge-0.2.0" if sampled_domino else "sglang-0.5.23",
         show_progress=False,
     )
     return evaluate_drafter(pipeline.target, draft, pipeline.eval_prompts(), config).overall["tau"]

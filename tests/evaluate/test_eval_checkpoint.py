@@ -171,6 +171,23 @@ def test_load_refuses_unknown_and_missing_weights(saved, tmp_path):
         load_draft(bad, target.config)
 
 
+def test_an_activation_sglang_serves_but_specforge_cannot_build_is_refused(saved, tmp_path):
+    """SGLang 0.5.23's DFlashMLP builds swigluoai (models/dflash.py:493-510); SpecForge's Qwen3 MLP does not."""
+    import json
+    import shutil
+
+    root, target, _ = saved
+    bad = tmp_path / "swigluoai"
+    shutil.copytree(root / "draft", bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["hidden_act"] = "swigluoai"
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"hidden_act='swigluoai' is served by SGLang but SpecForge's draft classes"):
+        load_draft(bad, target.config)
+    with pytest.raises(ValueError, match=r"SGLang 0.5.14's DFlash MLP supports silu"):
+        load_draft(bad, target.config, server="sglang-0.5.14")
+
+
 def test_save_refuses_a_drafter_sglang_cannot_serve(tmp_path):
     target = tiny_target(vocab_size=64, hidden_size=32, num_hidden_layers=3, seed=0)
     draft = tiny_draft(target, target_layer_ids=[0, 2])  # 2 is the last of 3 layers

@@ -109,6 +109,18 @@ def test_an_explicit_null_in_dflash_config_does_not_fall_back(server):
     )
 
 
+def test_activations_are_the_versions_dflash_mlp_builds():
+    # models/dflash.py DFlashMLP: 0.5.14 builds silu only (449-520); 0.5.23 silu and swigluoai (493-510)
+    for act, v14, v23 in (("silu", True, True), ("swigluoai", False, True), ("gelu", False, False)):
+        verdicts = [
+            not any("hidden_act" in e for e in check_config(_config(hidden_act=act), server=server).errors)
+            for server in ("sglang-0.5.14", "sglang-0.5.23")
+        ]
+        assert verdicts == [v14, v23], act
+    errors = check_config(_config(hidden_act="gelu"), server="sglang-0.5.23").errors
+    assert any("hidden_act='gelu': SGLang 0.5.23's DFlash MLP supports silu and swigluoai" in e for e in errors)
+
+
 def _config(**changes):
     config = {
         "architectures": ["DFlashDraftModel"],
