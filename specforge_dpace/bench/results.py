@@ -34,6 +34,7 @@ TABLE_COLUMNS = (
     "tau_token_weighted",
     "tau_per_step",
     "tau_server_avg",
+    "tau_metrics",
     "output_tokens_per_s",
     "speedup",
     "latency_mean_s",
@@ -56,17 +57,24 @@ TAU_DEFINITIONS = {
     "verify step, prefill excluded, counted before max_new_tokens truncation, and SGLang folds steps into "
     "it only every 40th decode iteration (decode_log_interval), so it misses each group's last < 40 "
     "iterations and is absent for a group of fewer; none for --backend hf (no server)",
+    "tau_metrics": "[P] vllm backend only: 1 + accepted / drafts from vLLM's /metrics counters "
+    "(vllm:spec_decode_num_accepted_tokens_total, vllm:spec_decode_num_drafts_total) read as deltas around each "
+    "measured group: per verify step, prefill excluded, counted before max_tokens truncation. With --backend "
+    "vllm the [S] / [P] columns come from vLLM's per-request metrics.speculative_decoding (num_spec_steps as the "
+    "verify count) when the server sends them",
 }
 TAU_HEADERS = {
     "tau_mean_per_request": "tau_mean_per_request[S]",
     "tau_token_weighted": "tau_token_weighted[S]",
     "tau_per_step": "tau_per_step[P]",
     "tau_server_avg": "tau_server_avg[P,lag]",
+    "tau_metrics": "tau_metrics[P,vLLM]",
 }
 TAU_LEGEND = (
     "[S] = tau (SGLang convention: completion_tokens / spec_verify_ct, prefill token included); "
     "[P] = tau (per verify step, prefill excluded); "
-    "[P,lag] = SGLang's /server_info average (sglang backend only; lags: folded every 40 decode iterations)"
+    "[P,lag] = SGLang's /server_info average (sglang backend only; lags: folded every 40 decode iterations); "
+    "[P,vLLM] = 1 + accepted / drafts from vLLM's /metrics counter deltas (vllm backend only)"
 )
 
 
@@ -180,7 +188,9 @@ class ResultStore:
                     "results": rows,
                 },
             ),
-            "csv": report.write_csv(self.out_dir / "summary.csv", rows, [*TABLE_COLUMNS, "per_position_acceptance"]),
+            "csv": report.write_csv(
+                self.out_dir / "summary.csv", rows, [*TABLE_COLUMNS, "draft_acceptance_rate", "per_position_acceptance"]
+            ),
         }
         shown, headers = display_table(rows)
         md = [
@@ -220,6 +230,6 @@ def versions(extra: Optional[dict] = None) -> dict[str, Any]:
     from .._versions import package_versions
 
     out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
-    out.update(package_versions(("specforge-dpace", "specforge", "sglang", "torch", "transformers")))
+    out.update(package_versions(("specforge-dpace", "specforge", "sglang", "vllm", "torch", "transformers")))
     out.update(extra or {})
     return out
