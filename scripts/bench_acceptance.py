@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    from specforge_dpace import _numbers as num
     from specforge_dpace.demo.experiment import BASELINE, DEFAULT_ARMS, ExperimentConfig
 
     defaults = ExperimentConfig()
@@ -35,12 +36,21 @@ def parse_args(argv=None):
     p.add_argument(
         "--arms",
         nargs="+",
+        action=num.UniqueValues,
+        key=num.objective_key,
         default=None,
         metavar="SPEC",
         help=f"objective specs to compare (default: {' | '.join(DEFAULT_ARMS)})",
     )
     p.add_argument("--baseline", default=None, help=f"the arm every other is compared with (default {BASELINE})")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="paired seeds (default 0 1 2 3 4)")
+    p.add_argument(
+        "--seeds",
+        type=num.SEED,
+        nargs="+",
+        action=num.UniqueValues,
+        default=None,
+        help="paired seeds (default 0 1 2 3 4; one seed gives no interval)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -48,7 +58,7 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--data-temperature",
-        type=float,
+        type=num.TEMPERATURE,
         default=None,
         help=f"temperature of the target's data regeneration (default {defaults.data_temperature:g}; 1 = sampled)",
     )
@@ -67,30 +77,39 @@ def parse_args(argv=None):
         "specforge-0.2.0 = SpecForge's classes' block sampling)",
     )
     for name, kind, text in (
-        ("steps", int, "drafter optimizer steps per arm"),
-        ("num-train-seqs", int, "target-generated training sequences per seed"),
-        ("gen-len", int, "tokens generated per training sequence"),
-        ("block-size", int, "DFlash block size K"),
-        ("batch-size", int, "sequences per drafter step"),
-        ("lr", float, "drafter peak learning rate"),
-        ("num-anchors", int, "blocks sampled per sequence"),
-        ("draft-layers", int, "draft decoder layers"),
-        ("eval-prompts", int, "held-out prompts per evaluation"),
-        ("eval-max-new-tokens", int, "tokens decoded per held-out prompt"),
-        ("confidence", float, "confidence level of the intervals"),
-        ("threads", int, "torch CPU threads"),
+        ("steps", num.POSITIVE, "drafter optimizer steps per arm"),
+        ("num-train-seqs", num.TRAIN_SEQUENCES, "target-generated training sequences per seed"),
+        ("gen-len", num.GEN_LEN, "tokens generated per training sequence"),
+        ("block-size", num.BLOCK_SIZE, "DFlash block size K"),
+        ("batch-size", num.BATCH_SIZE, "sequences per drafter step"),
+        ("lr", num.LEARNING_RATE, "drafter peak learning rate"),
+        ("num-anchors", num.NUM_ANCHORS, "blocks sampled per sequence"),
+        ("draft-layers", num.DRAFT_LAYERS, "draft decoder layers"),
+        ("eval-prompts", num.POSITIVE, "held-out prompts per evaluation"),
+        ("eval-max-new-tokens", num.NEW_TOKENS, "tokens decoded per held-out prompt"),
+        ("confidence", num.CONFIDENCE, "confidence level of the intervals"),
+        ("threads", num.THREADS, "torch CPU threads"),
     ):
         default = getattr(defaults, name.replace("-", "_"))
         p.add_argument(f"--{name}", type=kind, default=None, help=f"{text} (default {default})")
     p.add_argument(
         "--jobs",
-        type=int,
+        type=num.JOBS,
         default=1,
         help="worker processes, one seed each (default 1; 2 on a 2-core machine with --threads 1 roughly halves "
         "the wall time; the numbers do not depend on it)",
     )
+    p.add_argument(
+        "--allow-non-finite",
+        action="store_true",
+        help="train on through a NaN or infinite loss or gradient (recorded) instead of stopping with an error",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p.parse_args(argv)
+    return num.annotate_help(p)  # every number's accepted range in --help
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def config_from_args(args):
@@ -117,6 +136,8 @@ def config_from_args(args):
     ):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.allow_non_finite:
+        overrides["allow_non_finite"] = True
     if args.arms is not None:
         overrides["arms"] = tuple(args.arms)
     if args.seeds is not None:
@@ -132,8 +153,6 @@ def main(argv=None) -> int:
     try:
         config = config_from_args(args)
         config.validate()
-        if args.jobs < 1:
-            raise ValueError(f"--jobs {args.jobs} is invalid; accepted: an int >= 1")
     except ValueError as exc:
         print(f"bench_acceptance: {exc}", file=sys.stderr)
         return 2
@@ -144,6 +163,9 @@ def main(argv=None) -> int:
             f"\nbench_acceptance: interrupted, rerun to resume (cells are cached in {args.output_dir})", file=sys.stderr
         )
         return 130
+    except ValueError as exc:  # the output directory in use or unusable, a non-finite training step, ...
+        print(f"bench_acceptance: error: {exc}", file=sys.stderr)
+        return 2
     print(rpt.format_table(experiment.main_table(result), title=experiment.title(result)))
     print()
     print(rpt.format_table(experiment.calibration_table(result), floatfmt=".3f", title="predicted vs measured tau"))

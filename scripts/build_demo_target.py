@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
+    from specforge_dpace import _numbers as num
     from specforge_dpace.demo import assets_dir
     from specforge_dpace.demo.target import TargetConfig
 
@@ -22,18 +23,24 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--out-dir", type=Path, default=assets_dir(), help="where to write (default: the package assets)"
     )
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per step")
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens per training window")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
-    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="BPE vocabulary incl. 2 specials")
-    parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="target hidden size")
-    parser.add_argument("--layers", type=int, default=defaults.num_hidden_layers, help="target decoder layers")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for init and batches")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for reproducibility)")
+    parser.add_argument(
+        "--steps", type=num.POSITIVE, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})"
+    )
+    parser.add_argument("--batch-size", type=num.BATCH_SIZE, default=defaults.batch_size, help="sequences per step")
+    parser.add_argument(
+        "--seq-len", type=num.SEQUENCE_LENGTH, default=defaults.seq_len, help="tokens per training window"
+    )
+    parser.add_argument("--lr", type=num.LEARNING_RATE, default=defaults.lr, help="peak AdamW learning rate")
+    parser.add_argument(
+        "--vocab-size", type=num.VOCAB, default=defaults.vocab_size, help="BPE vocabulary incl. 2 specials"
+    )
+    parser.add_argument("--hidden-size", type=num.HIDDEN_SIZE, default=defaults.hidden_size, help="target hidden size")
+    parser.add_argument("--layers", type=num.LAYERS, default=defaults.num_hidden_layers, help="target decoder layers")
+    parser.add_argument("--seed", type=num.SEED, default=defaults.seed, help="seed for init and batches")
+    parser.add_argument("--threads", type=num.THREADS, default=1, help="torch CPU threads (fixed for reproducibility)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="stored weight dtype")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    args = parser.parse_args(argv)
+    args = num.annotate_help(parser).parse_args(argv)
 
     from specforge_dpace.demo.build import build_target_assets
 

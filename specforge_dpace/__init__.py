@@ -27,6 +27,9 @@ _EXPORTS = {
     "uninstall": "specforge_dpace.hooks",
     "is_installed": "specforge_dpace.hooks",
     "detect_layout": "specforge_dpace.hooks",
+    # errors a run may stop with (docs/limits.md)
+    "NonFiniteTraining": "specforge_dpace._finite",
+    "OutputDirInUse": "specforge_dpace._outdir",
     # serving rules (one table entry per server version)
     "check_draft": "specforge_dpace.serving",
     "convert_draft": "specforge_dpace.serving",

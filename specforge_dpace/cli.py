@@ -16,6 +16,9 @@ import sys
 import warnings
 from typing import Iterator, Optional, Sequence
 
+from ._atomic import WriteError
+from ._numbers import annotate_help
+
 COMMANDS = {
     "losses": "specforge_dpace.losses.cli",
     "train-dflash": "specforge_dpace.train.cli",
@@ -48,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(command)
+        annotate_help(command)  # every number's accepted range, every repeatable flag's "each value once"
         command.set_defaults(_run=module.run)
     return parser
 
@@ -89,6 +93,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"specforge-dpace {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except WriteError as exc:  # a full disk: names the file, which kept its previous content
+        if debug:
+            raise
+        print(f"specforge-dpace {args.command}: error: {exc.strerror} (its previous version is kept)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

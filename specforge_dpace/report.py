@@ -76,12 +76,9 @@ def markdown_table(
 
 
 def _atomic_write(path: Path | str, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from ._atomic import write_text as atomic_write_text
+
+    return atomic_write_text(path, text)
 
 
 def _jsonable(value: Any) -> Any:
@@ -132,6 +129,13 @@ def append_jsonl(path: Path | str, record: Mapping[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def write_jsonl(path: Path | str, records: Iterable[Mapping[str, Any]]) -> Path:
+    """The whole JSONL file at once, atomically (a failed write leaves the previous file, never a torn one)."""
+    from ._atomic import write_jsonl as atomic_write_jsonl
+
+    return atomic_write_jsonl(path, records, lambda record: json.dumps(_jsonable(record)))
+
+
 def read_jsonl(path: Path | str) -> list[dict]:
     """Records of a JSONL file; a torn last line (crash mid-write) is ignored."""
     path = Path(path)
@@ -160,14 +164,13 @@ def _save_figure(fig, path: Path | str) -> Path:
     """Write a matplotlib figure atomically (a temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt
 
+    from ._atomic import write_with
+
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def grouped_bar_plot(

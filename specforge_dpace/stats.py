@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 __all__ = [
+    "ONE_VALUE",
     "Interval",
     "bootstrap_mean_interval",
     "kendall_tau",
@@ -26,24 +27,34 @@ __all__ = [
 ]
 
 
+#: Why one value has no interval (reported in its place).
+ONE_VALUE = "not available: one value (one seed) says nothing about the spread; an interval needs two or more"
+
+
 @dataclass(frozen=True)
 class Interval:
-    """A mean with a two-sided confidence interval; ``excludes_zero`` marks a change that is not noise."""
+    """A mean with a two-sided confidence interval; ``excludes_zero`` marks a change that is not noise.
+    From one value there is no interval: ``low`` and ``high`` are ``None`` and ``note`` says why."""
 
     mean: float
-    low: float
-    high: float
+    low: Optional[float]
+    high: Optional[float]
     n: int
     confidence: float
     method: str
+    note: Optional[str] = None
+
+    @property
+    def available(self) -> bool:
+        return self.low is not None and self.high is not None
 
     @property
     def excludes_zero(self) -> bool:
-        return self.n > 1 and (self.low > 0.0 or self.high < 0.0)
+        return self.available and self.n > 1 and (self.low > 0.0 or self.high < 0.0)
 
     @property
-    def half_width(self) -> float:
-        return (self.high - self.low) / 2.0
+    def half_width(self) -> Optional[float]:
+        return (self.high - self.low) / 2.0 if self.available else None
 
 
 def _check_values(values: Sequence[float], what: str) -> list[float]:
@@ -143,14 +154,14 @@ def student_t_ppf(q: float, df: float) -> float:
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Mean and Student-t interval ``mean +- t_{(1+c)/2, n-1} * s / sqrt(n)`` (n = 1: the interval is the
-    point itself and ``excludes_zero`` is False: one pair says nothing about noise)."""
+    """Mean and Student-t interval ``mean +- t_{(1+c)/2, n-1} * s / sqrt(n)`` (n = 1: no interval, ``low`` and
+    ``high`` None with the reason in ``note``; one pair says nothing about noise)."""
     values = _check_values(values, "mean_interval")
     _check_confidence(confidence)
     n = len(values)
     mean = math.fsum(values) / n
     if n == 1:
-        return Interval(mean, mean, mean, 1, confidence, "t")
+        return Interval(mean, None, None, 1, confidence, "t", ONE_VALUE)
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = student_t_ppf((1.0 + confidence) / 2.0, n - 1) * sd / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, confidence, "t")
@@ -166,6 +177,8 @@ def bootstrap_mean_interval(
         raise ValueError(f"resamples must be an int >= 1, got {resamples!r}")
     n = len(values)
     mean = math.fsum(values) / n
+    if n == 1:  # every resample is the value itself: a zero-width "interval" that means nothing
+        return Interval(mean, None, None, 1, confidence, "bootstrap", ONE_VALUE)
     rng = random.Random(seed)
     means = sorted(math.fsum(rng.choice(values) for _ in range(n)) / n for _ in range(resamples))
     tail = (1.0 - confidence) / 2.0

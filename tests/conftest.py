@@ -1,9 +1,12 @@
 import os
 import sys
+import tempfile
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/_tiny_specforge.py and friends
+# content hashes the tests compute are remembered in a throw-away directory, not the user's cache
+os.environ.setdefault("SPECFORGE_DPACE_CACHE_DIR", tempfile.mkdtemp(prefix="specforge-dpace-test-cache-"))
 
 try:
     import torch

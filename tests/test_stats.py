@@ -57,8 +57,10 @@ def test_noisy_changes_straddling_zero_do_not_exclude_zero():
 
 
 def test_one_seed_says_nothing_about_noise():
-    interval = stats.mean_interval([0.3])
-    assert interval.low == interval.high == 0.3 and not interval.excludes_zero
+    for interval in (stats.mean_interval([0.3]), stats.bootstrap_mean_interval([0.3], resamples=50)):
+        assert interval.mean == 0.3 and interval.low is None and interval.high is None  # not a zero-width interval
+        assert not interval.available and not interval.excludes_zero and interval.half_width is None
+        assert interval.note == stats.ONE_VALUE and "one seed" in interval.note
 
 
 def test_bootstrap_brackets_the_mean_and_is_reproducible():

@@ -7,6 +7,8 @@ import argparse
 import shlex
 import sys
 
+from specforge_dpace import _numbers as num
+
 HELP = "benchmark drafters with SGLang (or the offline evaluator): tau three ways, tokens/s, speed-up"
 DESCRIPTION = """\
 Serve the target once without speculation (baseline) and once per drafter with SGLang
@@ -99,36 +101,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ".jsonl/.json/.parquet file; 'smoke' alone uses the bundled 8-prompt set (default)",
     )
     p.add_argument(
-        "--num-prompts", type=int, default=None, help="use the first N prompts of each dataset (default all)"
+        "--num-prompts", type=num.POSITIVE, default=None, help="use the first N prompts of each dataset (default all)"
     )
     p.add_argument(
         "--temperature",
-        type=float,
-        action="append",
+        type=num.TEMPERATURE,
+        action=num.AppendUnique,
         help="sampling temperature (repeat for several; default 0 = greedy)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=256, help="max_new_tokens of every request (default 256)")
+    p.add_argument(
+        "--max-new-tokens", type=num.NEW_TOKENS, default=256, help="max_new_tokens of every request (default 256)"
+    )
     p.add_argument(
         "--top-p",
-        type=float,
+        type=num.TOP_P,
         default=1.0,
         help="top_p of every request, in (0, 1] (default 1.0 = off); --backend hf applies it after top-k",
     )
     p.add_argument(
         "--top-k",
-        type=int,
+        type=num.TOP_K,
         default=-1,
         help="top_k of every request: -1 (off, the default; never a silent greedy 1) or >= 1; "
         "--backend hf applies it to target and draft, verifying against the filtered target",
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=num.SEED,
         default=None,
         help="sampling seed: sglang sends it as sampling_seed with every request (default none); "
         "--backend hf seeds prompt i of a dataset with SEED + i (default 0)",
     )
-    p.add_argument("--concurrency", type=int, default=None, help="sglang: requests in flight per server (default 1)")
+    p.add_argument(
+        "--concurrency", type=num.CONCURRENCY, default=None, help="sglang: requests in flight per server (default 1)"
+    )
     p.add_argument(
         "--chat-template",
         choices=("tokenizer", "raw"),
@@ -170,21 +176,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the no-speculation baseline (no speed-up column)")
     p.add_argument(
-        "--warmup", type=int, default=None, help="sglang: unrecorded warm-up requests per server (default 2)"
+        "--warmup",
+        type=num.NON_NEGATIVE,
+        default=None,
+        help="sglang: unrecorded warm-up requests per server (default 2)",
     )
     p.add_argument(
-        "--health-timeout", type=float, default=None, help="sglang: seconds to wait for /health (default 900)"
+        "--health-timeout", type=num.SECONDS, default=None, help="sglang: seconds to wait for /health (default 900)"
     )
-    p.add_argument("--request-timeout", type=float, default=None, help="sglang: seconds per request (default 600)")
+    p.add_argument(
+        "--request-timeout", type=num.SECONDS, default=None, help="sglang: seconds per request (default 600)"
+    )
     p.add_argument(
         "--time-budget",
-        type=float,
+        type=num.SECONDS,
         default=86400.0,
         help="stop submitting after this many seconds per group; rerun resumes (default 86400)",
     )
     p.add_argument(
         "--hf-chunk",
-        type=int,
+        type=num.POSITIVE,
         default=None,
         help="--backend hf only: prompts per evaluator call (results are saved per chunk; default 4)",
     )
@@ -306,26 +317,7 @@ def build_config(args: argparse.Namespace):
     from specforge_dpace.bench.results import BASELINE
     from specforge_dpace.bench.runner import BenchConfig
 
-    _backend_flags(args)
-    if not (args.top_k == -1 or args.top_k >= 1):
-        raise ValueError(f"--top-k {args.top_k} is invalid; accepted: -1 (off) or an int >= 1")
-    if not 0 < args.top_p <= 1:  # also NaN
-        raise ValueError(f"--top-p {args.top_p} is invalid; accepted: a number in (0, 1] (1 = off)")
-    for t in args.temperature or []:
-        if not t >= 0:  # also NaN
-            raise ValueError(f"--temperature {t} is invalid; accepted: a number >= 0 (0 = greedy)")
-    for value, flag in ((args.warmup, "--warmup"),):
-        if value < 0:
-            raise ValueError(f"{flag} must be >= 0, got {value}")
-    for value, flag in (
-        (args.health_timeout, "--health-timeout"),
-        (args.request_timeout, "--request-timeout"),
-        (args.time_budget, "--time-budget"),
-    ):
-        if not value > 0:
-            raise ValueError(f"{flag} must be > 0 seconds, got {value}")
-    if args.hf_chunk < 1:
-        raise ValueError(f"--hf-chunk must be >= 1, got {args.hf_chunk}")
+    _backend_flags(args)  # every number was checked at parse time (specforge_dpace._numbers)
     drafters = _pairs(args.drafter, "--drafter")
     if BASELINE in drafters:
         raise ValueError(f"--drafter name {BASELINE!r} is reserved for the no-speculation run")
@@ -345,13 +337,6 @@ def build_config(args: argparse.Namespace):
             raise ValueError(f"--dataset {label!r} given twice")
         prompts[label] = loaded
         identities[label] = dataset_identity(kind, path)
-    for n, flag in (
-        (args.num_prompts, "--num-prompts"),
-        (args.concurrency, "--concurrency"),
-        (args.max_new_tokens, "--max-new-tokens"),
-    ):
-        if n is not None and n < 1:
-            raise ValueError(f"{flag} must be >= 1, got {n}")
     template = (
         TemplateChoice("raw", None)
         if args.chat_template == "raw"
@@ -410,6 +395,23 @@ def _convention(name):
 
 
 def run(args: argparse.Namespace) -> int:
+    from specforge_dpace._outdir import output_dir
+    from specforge_dpace.bench.results import APPENDED_FILES, REPORT_FILES
+
+    cfg = build_config(args)
+    # --out checked and locked before anything is validated, launched or measured: one run per directory
+    with output_dir(
+        cfg.out_dir,
+        "--out",
+        "specforge-dpace bench",
+        files=REPORT_FILES,
+        appended=APPENDED_FILES,
+        directories=("logs",),
+    ):
+        return _run(args, cfg)
+
+
+def _run(args: argparse.Namespace, cfg) -> int:
     import signal
 
     from specforge_dpace import report
@@ -425,7 +427,6 @@ def run(args: argparse.Namespace) -> int:
     )
     from specforge_dpace.bench.validate import validate_draft_dir
 
-    cfg = build_config(args)
     if cfg.backend == "sglang":
         # the rules of the SGLang version launched (specforge_dpace.serving): a method it does not serve, a dtype
         # it crashes on, or a temperature it would silently verify greedily is refused (a ValueError) before

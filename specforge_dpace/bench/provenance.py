@@ -3,11 +3,13 @@
 A *result set* is one (backend, drafter, dataset). Its settings record holds everything that
 changes a result of it:
 
-* ``run``: backend, target (path + sha256 of ``config.json`` / ``generation_config.json`` +
-  a digest of the weight files' names and sizes), tokenizer (when one is used: path + sha256 of
-  its tokenizer and chat-template files), chat template choice, sampling (``top_k``, ``top_p``,
-  ``seed``, ``max_new_tokens``), the runner's version fields (specforge-dpace version, results
-  schema, and the backend's libraries), and for ``--backend sglang`` the request concurrency;
+* ``run``: backend, target (path + sha256 of ``config.json`` / ``generation_config.json`` and of
+  every weight file: a target changed in place, same names and sizes, is another target; the hashes
+  are cached per path, size, mtime, ctime and inode, so a 16 GB target is read once), tokenizer
+  (when one is used: path + sha256 of its tokenizer and chat-template files), chat template choice,
+  sampling (``top_k``, ``top_p``, ``seed``, ``max_new_tokens``), the runner's version fields
+  (specforge-dpace version, results schema, and the backend's libraries), and for ``--backend sglang``
+  the request concurrency;
 * ``drafter``: its name, the sha256 of its checkpoint (``validate.checkpoint_hash``: config and
   every weight byte) and block size, or ``speculative: false`` for the baseline; how its server
   is started (launcher command and ``--server-args``) or the URL it is attached to;
@@ -32,7 +34,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-RESULTS_SCHEMA = 2
+RESULTS_SCHEMA = 3  # 3: the target identified by the content of its weights
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -62,15 +64,17 @@ def digest(data: Any) -> str:
 
 
 def target_identity(path: str | Path) -> dict[str, Any]:
-    """Path, config hashes and a names-and-sizes digest of the weights (not their bytes: a
-    16 GB target is not re-read on every run). A path that is not local is kept as given."""
+    """Path, config hashes and the sha256 of every weight file (``_hashing.sha256_file_cached``: a 16 GB
+    target is read once, then recognised by path, size and times). A path that is not local is kept as given."""
+    from .._hashing import sha256_file_cached
+
     p = Path(path)
     if not p.exists():
         return {"path": str(path), "local": False}
     p = p.resolve()
     ident: dict[str, Any] = {"path": str(p)}
     if not p.is_dir():
-        ident["size"] = p.stat().st_size
+        ident["sha256"] = sha256_file_cached(p)
         return ident
     for name in ("config.json", "generation_config.json"):
         if (p / name).is_file():
@@ -78,7 +82,7 @@ def target_identity(path: str | Path) -> dict[str, Any]:
     weights = sorted(
         f for f in p.iterdir() if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name.endswith(".index.json"))
     )
-    ident["weight_files"] = digest([(f.name, f.stat().st_size) for f in weights])
+    ident["weights_sha256"] = {f.name: sha256_file_cached(f) for f in weights}
     return ident
 
 

@@ -5,24 +5,31 @@ interrupted run resumes by skipping every key already there; the key includes ``
 digest of everything the result was measured with (``provenance``). ``server_stats.jsonl`` keeps
 the server-average tau of each measured segment. A last line without its newline (a run killed
 mid-write) is completed when it is a whole record and dropped with a warning naming the file and
-line when it is torn, so the next record starts on a line of its own. The summary (JSON with
-provenance, Markdown, CSV, PNG) is rebuilt from those files at the end of every run.
+line when it is torn, so the next record starts on a line of its own; any other line that is not a
+JSON record is refused (:class:`DamagedResults`, naming the file and line) rather than skipped and
+measured again. Every summary counts each key once (its first record), whatever the history of the
+file, and a record is never stored under a key it already has or under a non-finite one. The summary
+(JSON with provenance, Markdown, CSV, PNG) is rebuilt from those files at the end of every run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from specforge_dpace import report
 from specforge_dpace.bench.metrics import add_speedups, summarize_group
 
 BASELINE = "baseline"
+#: Files of an output directory: appended as results arrive, and rewritten whole (atomically) by every run.
+APPENDED_FILES = ("requests.jsonl", "server_stats.jsonl")
+REPORT_FILES = ("provenance.json", "summary.json", "summary.md", "summary.csv", "tau_speedup.png")
 KEY_FIELDS = ("backend", "drafter", "dataset", "temperature", "prompt_id", "setting_id")
 TABLE_COLUMNS = (
     "backend",
@@ -125,9 +132,61 @@ def repair_torn_tail(path: Path) -> None:
         )
 
 
+class DamagedResults(ValueError):
+    """A result file has a line that is not a record (not the torn last line of a crash): edited or damaged."""
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, record)`` of every non-empty line; a line that is not a JSON object is refused
+    (:class:`DamagedResults`, naming the file and line): skipping it would re-measure that request without a
+    word.  (A torn *last* line is a crash mid-write, handled by :func:`repair_torn_tail` before this.)"""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                record, why = None, f"not valid JSON ({exc.msg})"
+            else:
+                why = "not a JSON object"
+            if not isinstance(record, dict):
+                raise DamagedResults(
+                    f"{path}:{number} is {why}: {line.strip()[:80]!r}. The file was edited or damaged; a skipped "
+                    "line would be measured again and counted without a word, so nothing was run. Repair or "
+                    f"delete line {number} (deleting a request's line re-measures that request), then rerun"
+                )
+            yield number, record
+
+
+def read_result_file(path: Path) -> tuple[list[dict], list[int]]:
+    """``(records, repeated_lines)``: every record of a JSONL result file in file order, each key (``KEY_FIELDS``)
+    once, the first one; and the line numbers of the records whose key an earlier line already has."""
+    records, repeated, seen = [], [], set()
+    for number, record in _json_lines(path):
+        key = record_key(record)
+        if key in seen:
+            repeated.append(number)
+            continue
+        seen.add(key)
+        records.append(record)
+    return records, repeated
+
+
+def _check_key(record: Mapping[str, Any]) -> None:
+    """A record's key must survive JSON unchanged (a NaN or infinite temperature would be stored as null)."""
+    bad = [
+        (k, v) for k, v in zip(KEY_FIELDS, record_key(dict(record))) if isinstance(v, float) and not math.isfinite(v)
+    ]
+    if bad:
+        raise ValueError(f"result key fields {bad} are not finite; a result is only ever stored under a finite key")
+
+
 class ResultStore:
     def __init__(self, out_dir: str | Path):
-        from specforge_dpace.evaluate.cli import check_writable_dir
+        from specforge_dpace._outdir import check_writable_dir
 
         self.out_dir = Path(out_dir)
         check_writable_dir(self.out_dir, "--out")
@@ -136,20 +195,38 @@ class ResultStore:
         self.logs_dir = self.out_dir / "logs"
         for path in (self.requests_path, self.stats_path):
             repair_torn_tail(path)
-        self._done = {record_key(r) for r in report.read_jsonl(self.requests_path)}
+        records, repeated = read_result_file(self.requests_path)  # a damaged line: DamagedResults, before any work
+        self._stats()  # the same for server_stats.jsonl
+        if repeated:
+            lines = ", ".join(map(str, repeated[:10])) + (" ..." if len(repeated) > 10 else "")
+            warnings.warn(
+                f"{self.requests_path}: {len(repeated)} record(s) repeat the key of an earlier one (lines {lines}); "
+                "every key is counted once, its first record",
+                stacklevel=2,
+            )
+        self._done = {record_key(r) for r in records}
 
     def is_done(self, key: tuple) -> bool:
         return key in self._done
 
     def add(self, record: dict) -> None:
+        _check_key(record)
+        key = record_key(record)
+        if key in self._done:  # never two records of one key (the runner only measures what is not done)
+            raise ValueError(f"a result for {dict(zip(KEY_FIELDS, key))} is already in {self.requests_path}")
         report.append_jsonl(self.requests_path, record)
-        self._done.add(record_key(record))
+        self._done.add(key)
 
     def add_server_stat(self, stat: dict) -> None:
         report.append_jsonl(self.stats_path, stat)
 
     def records(self) -> list[dict]:
-        return report.read_jsonl(self.requests_path)
+        """Every finished record, each key once (the first), whatever the history of the file."""
+        return read_result_file(self.requests_path)[0]
+
+    def _stats(self) -> list[dict]:
+        """Server-average segments (not keyed by request: every segment is its own measurement)."""
+        return [stat for _, stat in _json_lines(self.stats_path)]
 
     def recorded_settings(self) -> dict[str, Any]:
         """setting_id -> the settings record, for every result set in ``requests.jsonl``."""
@@ -164,7 +241,7 @@ class ResultStore:
         for r in self.records():
             groups.setdefault((r["backend"], r["drafter"], r["dataset"], r["temperature"]), []).append(r)
         stats: dict[tuple, list[dict]] = {}
-        for s in report.read_jsonl(self.stats_path):
+        for s in self._stats():
             stats.setdefault((s["backend"], s["drafter"], s["dataset"], s["temperature"]), []).append(s)
         rows = []
         for key in sorted(groups, key=lambda k: (k[0], k[2], k[3], k[1] != BASELINE, k[1])):

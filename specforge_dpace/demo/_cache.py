@@ -14,10 +14,10 @@ recompute; it only says whether a cached artefact is still what was written.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from .._atomic import write_text, write_with
 from .._hashing import sha256_file
 
 SIDECAR_SUFFIX = ".sha256"
@@ -26,20 +26,6 @@ DIRECTORY_SUMS = "SHA256SUMS"
 
 class CacheWarning(UserWarning):
     """A cached demo artefact cannot be reused as it is; it is recomputed."""
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _tmp(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _sums_text(sums: dict[str, str]) -> str:
@@ -66,16 +52,11 @@ def write_file(writer: Callable[[Path], object], path: Path | str) -> Path:
     is removed); a stale sidecar without its artefact is harmless (the artefact counts as missing).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    try:
-        writer(tmp)
-        _write_text_atomic(path.with_name(path.name + SIDECAR_SUFFIX), _sums_text({path.name: sha256_file(tmp)}))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    def record_checksum(tmp: Path) -> None:
+        write_text(path.with_name(path.name + SIDECAR_SUFFIX), _sums_text({path.name: sha256_file(tmp)}))
+
+    return write_with(path, writer, before_commit=record_checksum)
 
 
 def verify_file(path: Path | str) -> Optional[tuple[Path, str]]:
@@ -108,18 +89,13 @@ def commit_directory(directory: Path | str, marker: str, writer: Callable[[Path]
     """Finish a directory artefact: write ``marker`` (its "done" file) through ``writer``, recording the
     sha256 of every file in ``directory`` (the marker included) in ``SHA256SUMS`` before the marker lands."""
     directory = Path(directory)
-    final = directory / marker
-    tmp = _tmp(final)
-    try:
-        writer(tmp)
+
+    def record_checksums(tmp: Path) -> None:
         sums = {name: sha256_file(directory / name) for name in _files_in(directory, (DIRECTORY_SUMS, marker))}
         sums[marker] = sha256_file(tmp)
-        _write_text_atomic(directory / DIRECTORY_SUMS, _sums_text(sums))
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final
+        write_text(directory / DIRECTORY_SUMS, _sums_text(sums))
+
+    return write_with(directory / marker, writer, before_commit=record_checksums)
 
 
 def verify_directory(directory: Path | str) -> Optional[tuple[Path, str]]:

@@ -1,10 +1,9 @@
-"""Small shared helpers: determinism, progress bars, atomic file writes."""
+"""Small shared helpers: determinism, progress bars."""
 
 from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:
@@ -22,12 +21,14 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 def default_threads() -> int:
     """Threads for torch: ``SPECFORGE_DPACE_THREADS`` or 1 (one thread avoids oversubscription on shared or
     small machines); fixed per run so a rerun on the same machine reproduces the same floating-point reductions."""
+    from .._numbers import THREADS
+
     value = os.environ.get("SPECFORGE_DPACE_THREADS")
     if value:
         try:
-            return max(1, int(value))
+            return THREADS.check(int(value), "SPECFORGE_DPACE_THREADS")
         except ValueError:
-            raise ValueError(f"SPECFORGE_DPACE_THREADS={value!r} is invalid; accepted: a positive integer") from None
+            raise ValueError(f"SPECFORGE_DPACE_THREADS={value!r} is invalid; accepted: {THREADS.accepted()}") from None
     return 1
 
 
@@ -55,18 +56,3 @@ class _NullBar:
 
     def __exit__(self, *exc):
         return False
-
-
-def atomic_save(obj_writer, path: Path) -> Path:
-    """Write through a temporary file then rename, so an interrupted run never leaves a
-    half-written artefact that a resumed run would trust."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        obj_writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C included: no temporary file is left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

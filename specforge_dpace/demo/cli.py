@@ -26,6 +26,7 @@ examples:
 
 
 def configure(parser) -> None:
+    from .. import _numbers as num
     from .pipeline import DEFAULT_OBJECTIVES
 
     parser.add_argument(
@@ -36,23 +37,32 @@ def configure(parser) -> None:
     parser.add_argument(
         "--objectives",
         nargs="+",
+        action=num.UniqueValues,
+        key=num.objective_key,
         default=list(DEFAULT_OBJECTIVES),
         metavar="SPEC",
         help="objective specs, one drafter each; the first plain 'dflash' spec is the baseline (default: %(default)s)",
     )
     parser.add_argument("--quick", action="store_true", help="CI budget: fewer sequences, steps and prompts (<= 2 min)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches (default 0)")
+    parser.add_argument(
+        "--seed", type=num.SEED, default=0, help="seed for data, initialisation and batches (default 0)"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=num.THREADS,
         default=None,
         help="torch CPU threads, fixed for reproducibility (default: $SPECFORGE_DPACE_THREADS or 1)",
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="drafter optimizer steps per objective (default 600; 100 with --quick)"
+        "--steps",
+        type=num.POSITIVE,
+        default=None,
+        help="drafter optimizer steps per objective (default 600; 100 with --quick)",
     )
-    parser.add_argument("--batch-size", type=int, default=None, help="sequences per drafter step (default 8)")
-    parser.add_argument("--lr", type=float, default=None, help="drafter peak learning rate (default 2e-3)")
+    parser.add_argument(
+        "--batch-size", type=num.BATCH_SIZE, default=None, help="sequences per drafter step (default 8)"
+    )
+    parser.add_argument("--lr", type=num.LEARNING_RATE, default=None, help="drafter peak learning rate (default 2e-3)")
     parser.add_argument(
         "--method",
         choices=("dflash", "domino", "dspark"),
@@ -65,35 +75,49 @@ def configure(parser) -> None:
     )
     parser.add_argument(
         "--block-size",
-        type=int,
+        type=num.BLOCK_SIZE,
         default=None,
         help="block size K of the drafters (default 8; DSpark: gamma, the drafted tokens, verified in K + 1)",
     )
-    parser.add_argument("--num-anchors", type=int, default=None, help="blocks sampled per sequence (default 32)")
-    parser.add_argument("--draft-layers", type=int, default=None, help="draft decoder layers (default 1)")
+    parser.add_argument(
+        "--num-anchors", type=num.NUM_ANCHORS, default=None, help="blocks sampled per sequence (default 32)"
+    )
+    parser.add_argument("--draft-layers", type=num.DRAFT_LAYERS, default=None, help="draft decoder layers (default 1)")
     parser.add_argument(
         "--num-train-seqs",
-        type=int,
+        type=num.TRAIN_SEQUENCES,
         default=None,
         help="sequences the target generates as training data (default 512; 96 with --quick)",
     )
     parser.add_argument(
-        "--gen-len", type=int, default=None, help="tokens generated per training sequence (default 96; 64 with --quick)"
+        "--gen-len",
+        type=num.GEN_LEN,
+        default=None,
+        help="tokens generated per training sequence (default 96; 64 with --quick)",
     )
     parser.add_argument(
-        "--data-temperature", type=float, default=None, help="temperature of the data generation (default 0 = greedy)"
+        "--data-temperature",
+        type=num.TEMPERATURE,
+        default=None,
+        help="temperature of the data generation (default 0 = greedy)",
     )
     parser.add_argument(
-        "--eval-prompts", type=int, default=None, help="held-out prompts evaluated (default 16; 6 with --quick)"
+        "--eval-prompts",
+        type=num.POSITIVE,
+        default=None,
+        help="held-out prompts evaluated (default 16; 6 with --quick)",
     )
     parser.add_argument(
         "--eval-max-new-tokens",
-        type=int,
+        type=num.NEW_TOKENS,
         default=None,
         help="tokens decoded per evaluation prompt (default 64; 48 with --quick)",
     )
     parser.add_argument(
-        "--eval-temperature", type=float, default=None, help="evaluation temperature (default 0 = greedy verification)"
+        "--eval-temperature",
+        type=num.TEMPERATURE,
+        default=None,
+        help="evaluation temperature (default 0 = greedy verification)",
     )
     parser.add_argument(
         "--eval-draft-sampling",
@@ -123,7 +147,15 @@ def configure(parser) -> None:
         help="use this target + tokenizer directory (as written by scripts/build_demo_target.py) "
         "instead of the shipped assets",
     )
-    parser.add_argument("--target-steps", type=int, default=None, help="target training steps with --retrain-target")
+    parser.add_argument(
+        "--target-steps", type=num.POSITIVE, default=None, help="target training steps with --retrain-target"
+    )
+    parser.add_argument(
+        "--allow-non-finite",
+        action="store_true",
+        help="train on through a NaN or infinite loss or gradient (recorded in the train log) instead of stopping "
+        "with an error naming the objective and the step",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -156,6 +188,7 @@ def config_from_args(args):
     overrides = {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name, None) is not None}
     overrides["objectives"] = tuple(args.objectives)
     overrides["retrain_target"] = bool(args.retrain_target)
+    overrides["allow_non_finite"] = bool(getattr(args, "allow_non_finite", False))
     return DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
 
 

@@ -92,7 +92,7 @@ class ExperimentConfig:
     seeds: Sequence[int] = (0, 1, 2, 3, 4)
     baseline: str = BASELINE
     data_temperature: float = 0.0
-    method: str = "dflash"  # "domino" / "dspark": measured tau only (the teacher-forced predictors are DFlash's)
+    method: str = "dflash"  # "domino" / "dspark": their predictors follow each method's serving convention
     steps: int = 600
     num_train_seqs: int = 512
     gen_len: int = 96
@@ -105,6 +105,7 @@ class ExperimentConfig:
     eval_max_new_tokens: int = 64
     confidence: float = 0.95
     threads: int = field(default_factory=default_threads)
+    allow_non_finite: bool = False  # train on through non-finite steps (recorded) instead of stopping
     convention: str = "sglang-0.5.23"  # the serving rule set whose decoding the evaluator reproduces
 
     @property
@@ -127,18 +128,21 @@ class ExperimentConfig:
         return cls(**base)
 
     def validate(self) -> None:
+        from .. import _numbers as num
+
         arms = list(self.arms)
         if len(arms) < 2:
             raise ValueError(f"arms={arms!r}: an experiment needs the baseline and at least one more arm")
-        if len(set(arms)) != len(arms):
-            raise ValueError(f"arms={arms!r} repeats an arm; accepted: distinct objective specs")
+        num.check_unique(arms, "arm", num.objective_key)
         if self.baseline not in arms:
             raise ValueError(f"baseline={self.baseline!r} is not one of the arms {arms}")
         seeds = list(self.seeds)
-        if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-            raise ValueError(f"seeds={seeds!r}: accepted: one or more distinct integers")
-        if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"confidence={self.confidence!r}: accepted: a number in (0, 1)")
+        if not seeds:
+            raise ValueError("seeds=[]: accepted: one or more distinct integers")
+        for seed in seeds:
+            num.SEED.check(seed, "seed")
+        num.check_unique(seeds, "seed")
+        num.CONFIDENCE.check(self.confidence, "confidence")
         for seed in seeds:
             self.demo_config(seed).validate()  # every demo setting checked (names the bad one)
 
@@ -161,6 +165,7 @@ class ExperimentConfig:
             num_anchors=self.num_anchors,
             eval_prompts=self.eval_prompts,
             eval_max_new_tokens=self.eval_max_new_tokens,
+            allow_non_finite=self.allow_non_finite,
             eval_convention=self.convention,
         )
 
@@ -177,13 +182,39 @@ def run_experiment(
 
     ``jobs`` > 1 runs seeds in that many worker processes (each with ``config.threads`` threads);
     the numbers do not depend on it, since every phase of a seed is seeded on its own."""
-    from ._deps import check_dependencies
+    from .._numbers import JOBS
+    from .._outdir import output_dir as checked_and_locked
 
     config.validate()
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs={jobs!r} is invalid; accepted: an int >= 1 (worker processes, one seed each)")
-    check_dependencies(show_progress=show_progress)
+    JOBS.check(jobs, "jobs")
     out = Path(output_dir)
+    seed_dirs = tuple(f"seed-{seed}" for seed in config.seeds)
+    # checked and locked before any work; the workers write under it while this process holds the lock
+    with checked_and_locked(out, "--output-dir", "acceptance experiment", files=REPORT_FILES, directories=seed_dirs):
+        return _run_experiment(out, config, show_progress, log, jobs)
+
+
+REPORT_FILES = ("experiment.json", "experiment.md", "experiment.png", "calibration.png")
+
+
+def worker_pool(jobs: int):
+    """``jobs`` spawned worker processes that die with this one (a SIGKILLed run leaves no worker behind)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .._lifetime import die_with_parent
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    return ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+    )
+
+
+def _run_experiment(out: Path, config: ExperimentConfig, show_progress: bool, log, jobs: int) -> dict:
+    from ._deps import check_dependencies
+
+    check_dependencies(show_progress=show_progress)
     t0 = time.perf_counter()
     bar = progress(total=len(config.seeds) * len(config.arms), desc="experiment cells", enabled=show_progress)
 
@@ -198,11 +229,7 @@ def run_experiment(
         for seed in config.seeds:
             cells.extend(run_seed(out, config, seed, on_arm=report_arm))
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        with ProcessPoolExecutor(max_workers=min(jobs, len(config.seeds)), mp_context=context) as pool:
+        with worker_pool(min(jobs, len(config.seeds))) as pool:
             futures = [pool.submit(run_seed, out, config, seed) for seed in config.seeds]
             for seed, future in zip(config.seeds, futures):
                 seed_cells = future.result()
@@ -276,8 +303,10 @@ def analyse(cells: Sequence[dict], config: ExperimentConfig) -> dict:
                 "seeds": paired,
                 "taus": [taus[s] for s in paired],
                 "tau_mean": tau_interval.mean,
-                "tau_ci": [tau_interval.low, tau_interval.high],
+                "tau_ci": [tau_interval.low, tau_interval.high],  # [None, None] from one seed (see interval_note)
             }
+            if tau_interval.note:
+                row["interval_note"] = tau_interval.note
             if arm != config.baseline:
                 changes = stats.paired_relative_changes([taus[s] for s in paired], [base[s] for s in paired])
                 interval = stats.mean_interval(changes, config.confidence)
@@ -380,9 +409,10 @@ def main_table(result: dict) -> list[dict]:
             if "change" in r:
                 low, high = r["change_ci"]
                 mark = " *" if r["excludes_zero"] else ""
-                row[f"{setting['label']} vs baseline, % [CI]"] = (
-                    f"{_pct(r['change'])} [{_pct(low)}, {_pct(high)}]{mark}"
+                interval = (
+                    f"[{_pct(low)}, {_pct(high)}]" if low is not None else f"[no interval: {len(r['seeds'])} seed]"
                 )
+                row[f"{setting['label']} vs baseline, % [CI]"] = f"{_pct(r['change'])} {interval}{mark}"
             else:
                 row[f"{setting['label']} vs baseline, % [CI]"] = "baseline"
         table.append(row)
@@ -431,7 +461,11 @@ def title(result: dict) -> str:
         f"{c.get('method', 'dflash')} drafters: tau per objective, {len(c['seeds'])} paired seeds, "
         f"{c['steps']} steps, block {c['block_size']}, "
         f"{c['eval_prompts']} held-out prompts x {c['eval_max_new_tokens']} tokens, data T={c['data_temperature']:g}; "
-        f"change vs {c['baseline']} with {100 * c['confidence']:.0f}% t-interval over seeds (* excludes 0)"
+        + (
+            f"change vs {c['baseline']} with {100 * c['confidence']:.0f}% t-interval over seeds (* excludes 0)"
+            if len(c["seeds"]) > 1
+            else f"change vs {c['baseline']}; no interval: {stats.ONE_VALUE.removeprefix('not available: ')}"
+        )
     )
 
 
@@ -461,7 +495,12 @@ def write_report(out_dir: Path | str, result: dict) -> None:
     for setting in result["settings"]:
         mine = {r["arm"]: r for r in result["rows"] if r["setting"] == setting["name"]}
         means = [mine[a]["tau_mean"] if a in mine else None for a in arms]
-        halves = [(mine[a]["tau_ci"][1] - mine[a]["tau_ci"][0]) / 2 if a in mine else None for a in arms]
+        halves = [
+            (mine[a]["tau_ci"][1] - mine[a]["tau_ci"][0]) / 2
+            if a in mine and mine[a]["tau_ci"][0] is not None
+            else None
+            for a in arms
+        ]
         base = mine.get(result["config"]["baseline"])
         panels.append(
             (setting["label"], "tau (mean over seeds)", {"tau": means}, {"tau": halves}, base and base["tau_mean"])

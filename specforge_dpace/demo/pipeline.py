@@ -32,6 +32,9 @@ from . import _cache
 from ._util import default_threads, seed_everything
 
 METHODS = ("dflash", "domino", "dspark")
+#: What a demo output directory holds: the report files and the artefact directories of the phases.
+REPORT_FILES = ("report.json", "report.md", "report.png")
+ARTEFACT_DIRECTORIES = ("cache", "drafters", "eval", "predicted", "target")
 DEFAULT_OBJECTIVES = ("dflash(gamma=7)", "dpace", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain")
 
 
@@ -69,6 +72,8 @@ class DemoConfig:
     retrain_target: bool = False
     target_steps: Optional[int] = None
     target_dir: Optional[str] = None  # a target + tokenizer directory to use instead of the shipped assets
+    # train on through non-finite losses / gradients (recorded in the train log) instead of stopping
+    allow_non_finite: bool = False
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
@@ -78,34 +83,37 @@ class DemoConfig:
         return cls(**base)
 
     def validate(self) -> None:
+        from .. import _numbers as num
+
         if self.retrain_target and self.target_dir is not None:
             raise ValueError("retrain_target and target_dir exclude each other; accepted: one of them")
         if self.target_dir is not None and not str(self.target_dir).strip():
             raise ValueError("target_dir='' is invalid; accepted: a target + tokenizer directory, or None")
-        if self.target_steps is not None and (not isinstance(self.target_steps, int) or self.target_steps < 1):
-            raise ValueError(f"target_steps={self.target_steps!r} is invalid; accepted: None or an int >= 1")
+        num.POSITIVE.check_optional(self.target_steps, "target_steps")
         if self.target_steps is not None and not self.retrain_target:
             raise ValueError(f"target_steps={self.target_steps} applies only with retrain_target (--retrain-target)")
         if not self.objectives:
             raise ValueError("objectives is empty; accepted: one or more objective specs, e.g. 'dpace'")
-        for name, value, low in (
-            ("num_train_seqs", self.num_train_seqs, 1),
-            ("prompt_len", self.prompt_len, 1),
-            ("gen_len", self.gen_len, 2),
-            ("block_size", self.block_size, 2),
-            ("steps", self.steps, 1),
-            ("batch_size", self.batch_size, 1),
-            ("num_anchors", self.num_anchors, 1),
-            ("eval_prompts", self.eval_prompts, 1),
-            ("eval_max_new_tokens", self.eval_max_new_tokens, 1),
-            ("draft_layers", self.draft_layers, 1),
-            ("threads", self.threads, 1),
+        for name, rng in (
+            ("seed", num.SEED),
+            ("num_train_seqs", num.TRAIN_SEQUENCES),
+            ("prompt_len", num.SEQUENCE_LENGTH),
+            ("gen_len", num.GEN_LEN),
+            ("block_size", num.BLOCK_SIZE),
+            ("steps", num.POSITIVE),
+            ("batch_size", num.BATCH_SIZE),
+            ("lr", num.LEARNING_RATE),
+            ("num_anchors", num.NUM_ANCHORS),
+            ("eval_prompts", num.POSITIVE),
+            ("eval_prompt_len", num.SEQUENCE_LENGTH),
+            ("eval_max_new_tokens", num.NEW_TOKENS),
+            ("draft_layers", num.DRAFT_LAYERS),
+            ("threads", num.THREADS),
+            ("data_temperature", num.TEMPERATURE),
+            ("eval_temperature", num.TEMPERATURE),
         ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r} is invalid; accepted: an int >= {low}")
-        for name, value in (("data_temperature", self.data_temperature), ("eval_temperature", self.eval_temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise ValueError(f"{name}={value!r} is invalid; accepted: a finite number >= 0 (0 = greedy)")
+            rng.check(getattr(self, name), name)
+        num.check_unique(self.objectives, "objective", num.objective_key)
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is invalid; accepted: {', '.join(METHODS)}")
         from specforge_dpace import serving
@@ -185,6 +193,30 @@ class DemoPipeline:
         return assets_dir()
 
     def load_target(self):
+        from .._quiet import library_progress
+
+        with library_progress(self.show_progress):  # --no-progress silences transformers' loading bar too
+            target = self._load_target()
+        self._check_context_window(target)
+        return target
+
+    def _check_context_window(self, target) -> None:
+        """Data generation and evaluation must stay inside the target's context window (its positions beyond
+        it were never trained: continuing there makes data and acceptance that mean nothing)."""
+        window = getattr(target.config, "max_position_embeddings", None)
+        c = self.config
+        for what, prompt, new in (
+            ("prompt_len + gen_len", c.prompt_len, c.gen_len),
+            ("eval_prompt_len + eval_max_new_tokens", c.eval_prompt_len, c.eval_max_new_tokens),
+        ):
+            if isinstance(window, int) and prompt + new > window:
+                raise ValueError(
+                    f"{what} = {prompt} + {new} = {prompt + new} runs past the target's context window "
+                    f"(max_position_embeddings={window}); accepted: at most {window} (lower --gen-len / "
+                    "--eval-max-new-tokens)"
+                )
+
+    def _load_target(self):
         from .build import build_target_assets
         from .target import TargetConfig, load_target_dir
         from .tokenizer import load_tokenizer, special_ids
@@ -381,6 +413,7 @@ class DemoPipeline:
 
             cached = self._reuse_directory(directory, load)
             if cached is not None:
+                self._refuse_non_finite(objective, cached[1], directory)
                 self._event(f"train {objective}", "cached")
                 return cached
         shutil.rmtree(directory, ignore_errors=True)  # a stale drafter is retrained from a clean directory
@@ -396,12 +429,27 @@ class DemoPipeline:
             mask_token_id=self.special["mask"],
             show_progress=self.show_progress,
             target_last_hidden_states=feats.get("target_last_hidden_states"),
+            allow_non_finite=self.config.allow_non_finite,
         )
         save_draft_checkpoint(draft, directory)
         # the log is written last and marks "done"; SHA256SUMS (every file, the log included) lands before it
         _cache.commit_directory(directory, log_path.name, lambda p: p.write_text(json.dumps(log, indent=2)))
         self._event(f"train {objective}", "ran")
         return draft, log
+
+    def _refuse_non_finite(self, objective: str, log: dict, directory: Path) -> None:
+        """A cached drafter trained through non-finite steps (``allow_non_finite``) is not reused by a run that
+        did not opt in."""
+        from .._finite import NonFiniteTraining
+
+        steps = log.get("non_finite_steps")
+        if steps and not self.config.allow_non_finite:
+            first = steps[0]
+            raise NonFiniteTraining(
+                f"objective {objective!r}: the cached drafter {directory} was trained through {len(steps)} "
+                f"non-finite step(s) (first: {first['problem']} at step {first['step']}); pass --allow-non-finite "
+                "to use it anyway, or remove it to retrain"
+            )
 
     # -- phase 5: evaluate -------------------------------------------------------------------
     def eval_prompts(self) -> list[list[int]]:
@@ -507,14 +555,15 @@ class DemoPipeline:
 
     def predicted(self, objective: str, draft, temperatures: Sequence[float]) -> dict:
         """Teacher-forced acceptance metrics of ``draft`` on :meth:`heldout` (see ``teacher_forced``)."""
+        from specforge_dpace.evaluate._teacher_forced import SERVING
+
         from .teacher_forced import teacher_forced_metrics
 
-        if self.config.method != "dflash":  # their logits go through the method's head: not the plugin's DFlash metrics
-            return {"method": self.config.method, "note": "teacher-forced predictors are computed for dflash only"}
         directory = self.drafter_dir(objective)
         temperatures = sorted({float(t) for t in temperatures if t > 0})
         key = _key(
-            "predicted-v2",  # v2: with the walk predictors
+            "predicted-v3",  # v3: the shared per-anchor pass, every method in its serving convention
+            SERVING,
             directory.name,
             _cache.content_digest(directory, exclude=("train_log.json",)),
             self.heldout_key(),
@@ -542,13 +591,23 @@ class DemoPipeline:
 
     # -- all phases --------------------------------------------------------------------------
     def run(self) -> dict:
-        """Run (or resume) every phase; returns the report dict (also written to disk)."""
+        """Run (or resume) every phase; returns the report dict (also written to disk).
+
+        The output directory is checked (a writable directory, no directory where a report file goes, no
+        file where an artefact directory goes) and locked against a second run before any work."""
+        from .._outdir import output_dir
+
+        with output_dir(
+            self.out, "--output-dir", "specforge-dpace demo", files=REPORT_FILES, directories=ARTEFACT_DIRECTORIES
+        ):
+            return self._run()
+
+    def _run(self) -> dict:
         from ._deps import check_dependencies
         from .summary import build_report, write_report
 
         check_dependencies(show_progress=self.show_progress)  # before any work: name the extra to install
         t0 = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
         self.load_target()
         data = self.data()
         feats = self.features(data)

@@ -125,14 +125,19 @@ def train_drafter(
     loss_options: Optional[dict] = None,
     show_progress: bool = True,
     target_last_hidden_states=None,
+    allow_non_finite: bool = False,
 ):
     """Train a drafter on captured ``features``; returns ``(draft_model, log)``.
 
     Batches are drawn with a generator seeded by ``config.seed`` and the model's anchor
     sampling uses the global torch RNG, seeded here, so the same seed gives the same drafter
     (the objective changes only the loss). Soft-label objectives also read
-    ``target_last_hidden_states [N, S, H]``, captured with the features."""
-    with _plugin_installed():
+    ``target_last_hidden_states [N, S, H]``, captured with the features.  A non-finite loss or
+    gradient stops training (``_finite.NonFiniteTraining``, naming the objective and step) unless
+    ``allow_non_finite``, which records the steps in ``log["non_finite_steps"]`` instead."""
+    from .._finite import checked_by_caller
+
+    with _plugin_installed(), checked_by_caller():  # the loop below checks every step (and names it)
         return _train(
             target,
             input_ids,
@@ -145,6 +150,7 @@ def train_drafter(
             loss_options=loss_options,
             show_progress=show_progress,
             target_last_hidden_states=target_last_hidden_states,
+            allow_non_finite=allow_non_finite,
         )
 
 
@@ -169,6 +175,8 @@ def _train(target, input_ids, loss_mask, features, objective, config, **kwargs):
     target_last_hidden_states = kwargs["target_last_hidden_states"]
     import torch
 
+    from .._finite import check_step
+
     draft = build_drafter(target, config, target_layer_ids, mask_token_id).float()
     for p in target.parameters():
         p.requires_grad_(False)
@@ -182,6 +190,7 @@ def _train(target, input_ids, loss_mask, features, objective, config, **kwargs):
     draft.train()
     n = input_ids.shape[0]
     log = {"loss": [], "acc": []}
+    non_finite: list[dict] = []
     t0 = time.perf_counter()
     bar = progress(range(config.steps), desc=f"train {objective}", enabled=show_progress, unit="step")
     for step in bar:
@@ -196,7 +205,17 @@ def _train(target, input_ids, loss_mask, features, objective, config, **kwargs):
         loss, acc, _ = model(input_ids[idx], features[idx], loss_mask[idx], **extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        problem = check_step(
+            objective,
+            f"step {step + 1} of {config.steps} (lr {_lr(step, config):.3g})",
+            loss=loss,
+            grad_norm=grad_norm,
+            allow=kwargs["allow_non_finite"],
+            hint="Lower --lr, or pass --allow-non-finite to train on anyway (the steps are recorded)",
+        )
+        if problem is not None:
+            non_finite.append({"step": step + 1, "problem": problem})
         optimizer.step()
         log["loss"].append(float(loss.detach()))
         log["acc"].append(float(acc.detach()))
@@ -215,4 +234,6 @@ def _train(target, input_ids, loss_mask, features, objective, config, **kwargs):
         "final_train_acc": sum(log["acc"][-tail:]) / tail,
         "loss_curve": log["loss"][:: max(1, config.steps // 50)],
     }
+    if non_finite:  # only with allow_non_finite: what the user chose to train through
+        summary["non_finite_steps"] = non_finite
     return draft, summary

@@ -1,6 +1,7 @@
 """Offline acceptance evaluator: DFlash-family speculative decoding with an HF target and a SpecForge
 ``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel`` (greedy, or speculative sampling with
-the draft's proposals sampled or greedy), measuring tau without SGLang or a GPU.
+the draft's proposals sampled or greedy), measuring tau without SGLang or a GPU; and the teacher-forced
+per-anchor pass whose walk predicts it (``teacher_forced_pass``, ``teacher_forced_paths``).
 
 Exports are resolved lazily so that ``specforge-dpace --help`` does not import torch.
 """
@@ -30,6 +31,9 @@ _EXPORTS = {
     "propose_block": "._proposals",
     "model_method": "._proposals",
     "tiny_target": "._tiny",
+    "teacher_forced_pass": "._teacher_forced",
+    "teacher_forced_paths": "._offline_pass",
+    "walk_sums": "._walk",
     "tiny_draft": "._tiny",
 }
 

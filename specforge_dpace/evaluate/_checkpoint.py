@@ -63,11 +63,20 @@ def validate_pair(
         verdict.errors = [e for e in verdict.errors if not e.startswith("architectures must contain")]
     verdict.raise_for_errors(f"the {METHOD_NAMES[method]} draft does not fit the target ({rules.name} rules):")
     spec = verdict.spec
+    _check_block_size(spec.block_size, block_size, "the draft")
     return {
         "block_size": spec.block_size,
         "target_layer_ids": list(spec.target_layer_ids),
         "mask_token_id": spec.mask_token_id,
     }
+
+
+def _check_block_size(resolved: int, given: Optional[int], draft: str) -> None:
+    """Refuse a block size that would size the draft's buffers absurdly (SGLang's rules only want >= 2)."""
+    from .._numbers import BLOCK_SIZE
+
+    source = "the given block size" if given is not None else f"{draft}'s config (dflash_config.block_size first)"
+    BLOCK_SIZE.check(resolved, f"block_size (from {source})")
 
 
 def _model_spec(draft_model) -> serving.DraftSpec:
@@ -156,22 +165,54 @@ def load_draft(
     ``model.`` prefix stripped, fused tensors split, ignored tensors skipped; anything it would refuse or
     serve untrained is a ``ValueError`` naming it.  ``block_size`` stands for an explicit launch flag.  A
     ``mask_embedding.pt`` SGLang 0.5.23 would merge is attached as ``draft.served_mask_embedding``."""
+    path = Path(path)
+    raw = read_draft_config(path)
+    rules = serving.rules_for(server) if server else serving.layout_of(raw)
+    draft = draft_from_state(
+        raw,
+        read_state(path),
+        str(path),
+        target_config,
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+        block_size=block_size,
+        server=rules.name,
+    )
+    spec_mask = draft.mask_token_id
+    draft.served_mask_embedding = _mask_embedding(path, rules, serving.draft_method(raw), spec_mask)
+    return draft
+
+
+def draft_from_state(
+    raw: dict,
+    state: dict,
+    where: str,
+    target_config=None,
+    *,
+    dtype=None,
+    device=None,
+    attn_implementation: str = "sdpa",
+    block_size: Optional[int] = None,
+    server: Optional[str] = None,
+):
+    """:func:`load_draft` of a config dict and a weight dict (``where`` names their source in errors): the
+    same rules, so SpecForge's own checkpoints (``draft_state_dict``) load like an export directory."""
     from specforge.modeling.draft.dflash import DFlashDraftModel
     from specforge.modeling.draft.domino import DominoDraftModel
     from specforge.modeling.draft.dspark import DSparkDraftModel
     from transformers import Qwen3Config
 
     classes = {DFLASH: DFlashDraftModel, serving.DOMINO: DominoDraftModel, serving.DSPARK: DSparkDraftModel}
-    path = Path(path)
-    raw = read_draft_config(path)
-    method = serving.draft_method(raw)
+    path = where
+    method = serving.draft_method(raw, where=f"draft config of {where!r}")
     rules = serving.rules_for(server) if server else serving.layout_of(raw)
-    state = read_state(path)
     verdict = serving.check_draft(
         raw, shapes_of(state), server=rules, method=method, target=target_config, block_size=block_size
     )
     verdict.raise_for_errors(f"{METHOD_NAMES[method]} draft {str(path)!r} does not load by the {rules.name} rules:")
     spec = verdict.spec
+    _check_block_size(spec.block_size, block_size, f"draft {str(path)!r}")
     canonical = serving.canonical_config(raw, method, spec)
     if method == serving.DSPARK and not any(
         serving.specforge_head_name(n).startswith("confidence_head.") for n in state
@@ -193,7 +234,7 @@ def load_draft(
             f"unexpected {unexpected[:8]}"
         )
     draft.load_state_dict(served, strict=True)
-    draft.served_mask_embedding = _mask_embedding(path, rules, method, spec.mask_token_id)
+    draft.served_mask_embedding = None
     if dtype is not None:
         draft = draft.to(dtype=dtype)
     if device is not None:

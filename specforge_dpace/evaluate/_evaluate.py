@@ -42,12 +42,11 @@ class EvalConfig:
     candidate_pool: Optional[int] = None
 
     def validate(self) -> None:
-        from specforge_dpace import serving
-
+        from .. import _numbers as num
+        from .. import serving
         from ._sampling import check_draft_sampling, check_top_k_top_p
 
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} is invalid; accepted: >= 0 (0 = greedy)")
+        num.TEMPERATURE.check(self.temperature, "temperature")
         check_top_k_top_p(self.top_k, self.top_p)
         if self.draft_sampling is not None:
             check_draft_sampling(self.draft_sampling)
@@ -57,10 +56,12 @@ class EvalConfig:
             raise ValueError(
                 f"candidate_pool={pool!r} is invalid; accepted: None (the server's default) or an int >= 0"
             )
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} is invalid; accepted: an int >= 1")
-        if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 2):
-            raise ValueError(f"block_size={self.block_size!r} is invalid; accepted: an int >= 2 or None (draft's own)")
+        num.NEW_TOKENS.check(self.max_new_tokens, "max_new_tokens")
+        num.BLOCK_SIZE.check_optional(self.block_size, "block_size")
+        num.SEED.check(self.seed, "seed")
+        for token in self.stop_token_ids:
+            num.TOKEN_ID.check(token, "stop_token_ids")
+        num.check_unique(self.stop_token_ids, "stop_token_ids:", why="")
 
 
 def _progress(items, enabled: bool, desc: str):
@@ -71,6 +72,24 @@ def _progress(items, enabled: bool, desc: str):
     except ImportError:  # tqdm is optional for the library API
         return items
     return tqdm(items, desc=desc, unit="prompt")
+
+
+def _check_context_window(target_config, prompt_ids, max_new_tokens: int) -> None:
+    """Refuse prompts that ``max_new_tokens`` would decode past the target's context window (positions the
+    target was never trained on: its output there means nothing)."""
+    text = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
+    window = getattr(text, "max_position_embeddings", None)
+    if not isinstance(window, int) or not prompt_ids:
+        return
+    index = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    longest = len(prompt_ids[index])
+    if longest + max_new_tokens > window:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} is invalid for these prompts: prompt {index} has {longest} tokens, so "
+            f"decoding would run to position {longest + max_new_tokens}, past the target's context window "
+            f"(max_position_embeddings={window}); accepted: max_new_tokens <= {max(window - longest, 0)} (or "
+            "shorter prompts)"
+        )
 
 
 def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None) -> EvalResult:
@@ -109,6 +128,7 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the target vocabulary [0, {vocab - 1}]")
+    _check_context_window(target.config, prompt_ids, config.max_new_tokens)
     block_size = settings["block_size"]
     if config.prompt_seeds is not None and len(config.prompt_seeds) != len(prompt_ids):
         raise ValueError(f"prompt_seeds has {len(config.prompt_seeds)} seeds for {len(prompt_ids)} prompts")
@@ -186,12 +206,14 @@ def evaluate_paths(
 
     Prompts: a JSONL path (``"prompt"`` text or ``"input_ids"`` per line) or a list.  Text is
     encoded with the tokenizer in ``tokenizer_path`` or, by default, ``target_path``."""
+    from .._quiet import library_progress
     from ._checkpoint import load_draft, load_target, read_draft_config, validate_pair
     from ._prompts import load_prompts, needs_tokenizer, read_prompt_records
 
     config = config or EvalConfig()
     config.validate()
-    target = load_target(target_path, device=device)
+    with library_progress(config.show_progress):  # --no-progress silences transformers' loading bar too
+        target = load_target(target_path, device=device)
     validate_pair(target.config, read_draft_config(draft_path), config.block_size)
     draft = load_draft(
         draft_path, target.config, dtype=next(target.parameters()).dtype, device=device, block_size=config.block_size

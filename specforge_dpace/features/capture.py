@@ -6,7 +6,7 @@ convention: target layer id ``i`` is HF's ``output_hidden_states[i + 1]`` (the s
 ``extract_context_feature`` uses), and only ids SGLang can capture at serving time are accepted:
 ``0 .. n - 2`` on an ``n``-layer target (SGLang captures id ``i`` as the input of decoder layer
 ``i + 1``, so never the last layer, whose HF entry ``hidden_states[n]`` is also after the final norm),
-distinct and increasing (see :mod:`specforge_dpace.servable`).
+distinct and increasing (see :mod:`specforge_dpace.serving`).
 
 SpecForge's own preparation script captures through a local SGLang engine, which needs a GPU.
 This module does the same job with a plain ``transformers`` forward pass, so the real
@@ -29,6 +29,8 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
+
+from .._atomic import write_with
 
 FEATURE_FORMAT = "specforge_hidden_states_v1"
 FEATURE_SUFFIX = ".ckpt"
@@ -240,9 +242,7 @@ def capture_offline_features(
                 _check_last_hidden(model, input_ids[None].to(device), out[1])
             payload[LAST_HIDDEN_KEY] = out[1][0].to(device="cpu", dtype=store_dtype).contiguous()
         path = os.path.join(out_dir, f"{prefix}_{index:08d}{FEATURE_SUFFIX}")
-        temporary = path + ".tmp"
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
+        write_with(path, lambda tmp: torch.save(payload, tmp))  # noqa: B023 (called at once)
         paths.append(path)
     return paths
 

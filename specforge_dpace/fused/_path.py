@@ -12,6 +12,10 @@ chain term the value is not linear in it), gradients from ``slot_grad``.
 Soft-label objectives (``needs_target``) take the target's hidden states of the same slots and run
 :mod:`._soft`: the target logits of each piece are formed there (forward only), and the gradient
 directions of DESIGN.md 3.1 come from the same buffers (one gradient product per direction).
+
+On CUDA tensors (:func:`.kernels.kernels_for`) the element-wise work runs in Triton kernels, with the
+``[tokens, V]`` buffers in the compute dtype: :func:`.kernels.hard_rows_kernel` for hard objectives,
+:class:`._kernel_soft.KernelSoftPass` for soft ones (docs/gpu-kernels.md).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from ..losses import SoftSlots, acceptance_terms, soft_slot_stats
+from ..losses import SoftSlots, acceptance_terms
 from ._autograd import attach_directions, attach_gradient
+from ._kernel_soft import KernelSoftPass, kernel_plan_reason
 from ._soft import SOFT_BUFFERS, SoftPass, soft_plan
 from ._subchunk import blocks_per_sub_chunk
+from .kernels import check_labels, kernels_for, launcher, log_once, slot_stats
 
 Tensor = torch.Tensor
 logger = logging.getLogger("specforge_dpace")
@@ -132,10 +138,13 @@ def _sub_chunk_pass(
     out_nlq: Tensor,
     out_correct: Tensor,
     out_dl: Optional[Tensor],
+    kernels: bool = False,
 ) -> Optional[Tensor]:
     """One sub-chunk ``[n, K]`` of blocks: fill per-slot CE, correctness and ``d l / d hidden``.
 
     Returns the objective's ``slot_grad`` ``[T, n, K]`` when gradients are wanted, else None.
+    ``kernels``: the element-wise work in :func:`.kernels.hard_rows_kernel` (the logits buffer stays in the
+    compute dtype; no fp32 copy).
     """
     n, k, width = hidden.shape
     rows = hidden.reshape(n * k, width)
@@ -145,6 +154,15 @@ def _sub_chunk_pass(
         torch.mm(rows, weight.t(), out=logits)
     else:
         torch.addmm(bias, rows, weight.t(), out=logits)
+    if kernels:  # one kernel: CE, argmax and, in place in the compute dtype, softmax - onehot
+        argmax = torch.empty(n * k, dtype=torch.long, device=logits.device)
+        launcher().hard_rows(logits, targets.reshape(-1), out_nlq.view(-1), argmax, want_grad)
+        out_correct.copy_((argmax == targets.reshape(-1)).view(n, k))
+        if not want_grad:
+            return None
+        grad = objective.slot_grad(out_nlq.unsqueeze(0), mask.unsqueeze(0), out_correct.unsqueeze(0))
+        torch.mm(logits, weight, out=out_dl.view(n * k, width))
+        return grad.reshape(grad.shape[0], n, k).to(out_nlq.dtype)
     work = logits if logits.dtype == out_nlq.dtype else logits.to(out_nlq.dtype)  # exact upcast: same argmax
     del logits
     row_max, argmax = work.max(dim=-1, keepdim=True)  # one pass: max for the softmax and argmax (first on ties)
@@ -196,6 +214,9 @@ def fused_objective_terms(
 
     want_grad = torch.is_grad_enabled() and hidden.requires_grad
     work_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    kernels = kernels_for(weight) and hidden.device == weight.device
+    if kernels:
+        check_labels(target_ids, weight.shape[0])
     total = batch * blocks
     flat_hidden = hidden.detach().reshape(total, slots, width)
     flat_targets = target_ids.reshape(total, slots)
@@ -220,6 +241,7 @@ def fused_objective_terms(
                 nlq[part],
                 correct[part],
                 None if dl_dhidden is None else dl_dhidden[part],
+                kernels,
             )
         )
     shape = (batch, blocks, slots)
@@ -263,7 +285,21 @@ def _soft_terms(
         _log_fallback(objective, reason)
         return _plain_terms(objective, hidden, lm_head, target_ids, weight_mask, step, target_hidden)
     want_grad = torch.is_grad_enabled() and hidden.requires_grad
-    result = SoftPass(objective, plan, weight, bias, step, slots, want_grad).run(
+    soft_pass = SoftPass
+    if kernels_for(weight) and hidden.device == weight.device:
+        reason = kernel_plan_reason(plan)
+        if reason is None:
+            soft_pass = KernelSoftPass
+            check_labels(target_ids, weight.shape[0])
+        else:
+            spec = _spec_of(objective)
+            log_once(
+                f"kernel-plan:{spec}",
+                "specforge-dpace: objective %s %s; the fused path runs its PyTorch pass for it",
+                spec,
+                reason,
+            )
+    result = soft_pass(objective, plan, weight, bias, step, slots, want_grad).run(
         hidden, target_hidden, target_ids, weight_mask
     )
     shape = (batch, blocks, slots)
@@ -284,6 +320,7 @@ def _reshape_slots(slots: SoftSlots, shape: tuple) -> SoftSlots:
         slots.kl.view(shape),
         slots.teacher_ids.view(shape),
         slots.draft_ids.view(shape),
+        {key: value.view(shape) for key, value in slots.extras.items()},
     )
 
 
@@ -297,20 +334,22 @@ def _finish(
 
 
 def _plain_chunk(lm_head: Any, hidden: Tensor, targets: Tensor, *rest: Any) -> tuple[Tensor, ...]:
-    """Per-slot CE and correctness of a sub-chunk; with ``(target_hidden, *temperatures)`` also
-    ``(teacher_ids, draft_ids, log_alpha_T, kl_T, ...)`` (target logits without grad)."""
+    """Per-slot CE and correctness of a sub-chunk; with ``(target_hidden, extras, *temperatures)`` also
+    ``(teacher_ids, draft_ids, log_alpha_T, kl_T, *extras_T, ...)`` (target logits without grad; ``extras``:
+    the objective's ``soft_extras``)."""
     logits = lm_head(hidden.reshape(-1, hidden.shape[-1]))
     nlq = F.cross_entropy(logits.float(), targets.reshape(-1), reduction="none")
     correct = logits.detach().argmax(dim=-1) == targets.reshape(-1)
     out: tuple[Tensor, ...] = (nlq.view(targets.shape), correct.view(targets.shape))
     if rest:
-        target_hidden, temperatures = rest[0], rest[1:]
+        target_hidden, extras, temperatures = rest[0], rest[1], rest[2:]
         with torch.no_grad():
             target_logits = lm_head(target_hidden.reshape(-1, target_hidden.shape[-1]))
-        stats = [soft_slot_stats(logits, t, target_logits=target_logits) for t in temperatures]
+        stats = [slot_stats(logits, t, target_logits=target_logits, extras=extras.get(t, ())) for t in temperatures]
         out += (stats[0].teacher_ids.view(targets.shape), stats[0].draft_ids.view(targets.shape))
         for slots in stats:
             out += (slots.log_alpha.view(targets.shape), slots.kl.view(targets.shape))
+            out += tuple(value.view(targets.shape) for value in slots.extras.values())
     return out
 
 
@@ -330,6 +369,7 @@ def _plain_terms(
     flat_hidden = hidden.reshape(batch * blocks, slots, width)
     flat_targets = target_ids.reshape(batch * blocks, slots)
     temperatures = tuple(getattr(objective, "soft_temperatures", ())) if target_hidden is not None else ()
+    extras = dict(getattr(objective, "soft_extras", {}))
     flat_target_hidden = None if target_hidden is None else target_hidden.detach().reshape(batch * blocks, slots, width)
     checkpointed = torch.is_grad_enabled() and hidden.requires_grad
     pieces = []
@@ -337,7 +377,7 @@ def _plain_terms(
         part = slice(start, start + step)
         args = (lm_head, flat_hidden[part], flat_targets[part])
         if temperatures:
-            args += (flat_target_hidden[part], *temperatures)
+            args += (flat_target_hidden[part], extras, *temperatures)
         pieces.append(checkpoint(_plain_chunk, *args, use_reentrant=False) if checkpointed else _plain_chunk(*args))
     shape = (batch, blocks, slots)
     joined = [torch.cat([p[i] for p in pieces]).view(shape) for i in range(len(pieces[0]))]
@@ -346,7 +386,12 @@ def _plain_terms(
         num, den = objective.chunk_terms(nlq, weight_mask, correct)
         return _finish(num, den.detach(), nlq, correct, weight_mask)
     teacher, draft = joined[2], joined[3]
-    soft = {t: SoftSlots(t, joined[4 + 2 * i], joined[5 + 2 * i], teacher, draft) for i, t in enumerate(temperatures)}
+    soft, index = {}, 4
+    for t in temperatures:
+        keys = tuple(extras.get(t, ()))
+        formed = dict(zip(keys, joined[index + 2 : index + 2 + len(keys)]))
+        soft[t] = SoftSlots(t, joined[index], joined[index + 1], teacher, draft, formed)
+        index += 2 + len(keys)
     num, den = objective.chunk_terms(nlq, weight_mask, correct, soft=soft)
     detached = {t: slots_t.detached() for t, slots_t in soft.items()}
     return _finish(num, den.detach(), nlq, correct, weight_mask, detached)

@@ -59,6 +59,7 @@ from typing import Any, Optional, Union
 import torch
 
 from ..losses import SoftSlots, stat_grads
+from ..losses._statistics import TEACHER_NLQ, RowStats
 
 Tensor = torch.Tensor
 NLQ = "nlq"
@@ -80,8 +81,15 @@ class SoftPlan:
 
     temperatures: tuple[float, ...]
     kl_temperatures: frozenset  # temperatures whose KL is read (value or gradient); elsewhere kl is NaN
-    directions: tuple  # NLQ, ("la", T), ("kl", T); the first one lives in the logits buffer
+    directions: tuple  # NLQ, ("la", T), ("kl", T) (+ extended ones); the first one lives in the logits buffer
     terms: int  # leading size of the probe's coefficients (numerator entries at K = 2)
+    extras: tuple = ()  # ((T, statistic keys), ...): the objective's soft_extras (:mod:`..losses._statistics`)
+
+    @property
+    def extended(self) -> bool:
+        """Reads a statistic beyond cross-entropy, log alpha and KL (Renyi-1/2, top-k KL, the target's
+        argmax): the general row-tiled pass (:meth:`SoftPass._piece_extended`)."""
+        return any(_kind(d) in EXTENDED_KINDS for d in self.directions)
 
     @property
     def combined(self) -> bool:
@@ -89,7 +97,43 @@ class SoftPlan:
         return self.terms == 1
 
 
-def _probe_slots(temperatures, kl_value: float = 0.25, nan_at: Optional[float] = None) -> dict:
+#: direction kinds only the extended pass forms: Renyi-1/2's log BC, top-k KL, cross-entropy on argmax p
+EXTENDED_KINDS = ("bc", "topk", TEACHER_NLQ)
+#: per-row [rows, V] temporaries of the extended pass (its row tiles keep them within SCRATCH_SHARE of A)
+EXTENDED_TEMPORARIES = 8
+
+
+def _kind(direction: Direction) -> str:
+    return direction if isinstance(direction, str) else direction[0]
+
+
+def direction_of(key: Any) -> Optional[Direction]:
+    """The gradient direction of a ``stat_grads`` key (None for a key the fused path does not know)."""
+    if key in (NLQ, TEACHER_NLQ):
+        return key
+    if not isinstance(key, tuple) or len(key) not in (2, 3):
+        return None
+    kind = {"alpha": "la", "log_alpha": "la", "kl": "kl", "log_bc": "bc", "topk_kl": "topk"}.get(key[0])
+    if kind is None or (len(key) == 3) != (kind == "topk"):
+        return None
+    return (kind, float(key[1]), *key[2:])
+
+
+def key_of(direction: Direction) -> Any:
+    """The statistic key whose d/dz (times T) is ``direction``'s unit row (alpha folded into log alpha)."""
+    if isinstance(direction, str):
+        return direction
+    name = {"la": "log_alpha", "kl": "kl", "bc": "log_bc", "topk": "topk_kl"}[direction[0]]
+    return (name, *direction[1:])
+
+
+def _direction_order(direction: Direction) -> tuple:
+    """la first (formed in place where it can), then kl, the extended kinds, the cross-entropies last."""
+    rank = ("la", "kl", "bc", "topk", TEACHER_NLQ, NLQ).index(_kind(direction))
+    return (rank, *([] if isinstance(direction, str) else direction[1:]))
+
+
+def _probe_slots(temperatures, kl_value: float = 0.25, nan_at: Optional[float] = None, extras=None) -> dict:
     shape = (1, 1, 2)
     return {
         t: SoftSlots(
@@ -98,6 +142,7 @@ def _probe_slots(temperatures, kl_value: float = 0.25, nan_at: Optional[float] =
             torch.full(shape, math.nan if t == nan_at else kl_value),
             torch.zeros(shape, dtype=torch.long),
             torch.zeros(shape, dtype=torch.long),
+            {key: torch.full(shape, 0.3) for key in (extras or {}).get(t, ())},
         )
         for t in temperatures
     }
@@ -111,24 +156,17 @@ def soft_plan(objective: Any) -> tuple[Optional[SoftPlan], str]:
     nlq = torch.full((1, 1, 2), 0.5)
     mask = torch.tensor([[[0.0, 1.0]]])
     correct = torch.ones(1, 1, 2, dtype=torch.bool)
+    extras = {float(t): tuple(keys) for t, keys in getattr(objective, "soft_extras", {}).items()}
     try:
-        grads = stat_grads(objective, nlq, mask, correct, _probe_slots(temperatures))
+        grads = stat_grads(objective, nlq, mask, correct, _probe_slots(temperatures, extras=extras))
     except NotImplementedError:
         return None, "slot_grad is not implemented"
     directions: list = []
     sizes = set()
     for key, value in grads.items():
         sizes.add(int(value.shape[0]))
-        if key == NLQ:
-            direction: Direction = NLQ
-        elif (
-            isinstance(key, tuple)
-            and len(key) == 2
-            and key[0] in ("alpha", "log_alpha", "kl")
-            and float(key[1]) in temperatures
-        ):
-            direction = ("kl" if key[0] == "kl" else "la", float(key[1]))
-        else:
+        direction = direction_of(key)
+        if direction is None or (not isinstance(direction, str) and direction[1] not in temperatures):
             return None, f"slot_grad returns a statistic the fused path does not know ({key!r})"
         if direction not in directions:
             directions.append(direction)
@@ -138,13 +176,17 @@ def soft_plan(objective: Any) -> tuple[Optional[SoftPlan], str]:
     with torch.no_grad():
         for t in temperatures:  # does the value read KL at t? (NaN there propagates into the numerator)
             if t not in kl_temperatures:
-                num, _ = objective.chunk_terms(nlq, mask, correct, soft=_probe_slots(temperatures, nan_at=t))
+                probe = _probe_slots(temperatures, nan_at=t, extras=extras)
+                num, _ = objective.chunk_terms(nlq, mask, correct, soft=probe)
                 if bool(torch.isnan(num).any()):
                     kl_temperatures.add(t)
     # soft directions first (the first one is formed in place in the logits buffer), nlq last
-    directions.sort(key=lambda d: (d == NLQ, 0 if d == NLQ else (d[0] != "la", d[1])))
+    directions.sort(key=_direction_order)
     terms = sizes.pop() if sizes else 1
-    return SoftPlan(temperatures, frozenset(kl_temperatures), tuple(directions), terms), ""
+    return (
+        SoftPlan(temperatures, frozenset(kl_temperatures), tuple(directions), terms, tuple(sorted(extras.items()))),
+        "",
+    )
 
 
 @dataclass
@@ -203,6 +245,7 @@ class SoftPass:
         self.objective, self.plan = objective, plan
         self.weight, self.bias = weight, bias
         self.work = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        self.buffer_dtype = self.work  # of the [rows, V] logits buffers (subclasses may keep the compute dtype)
         self.vocab = weight.shape[0]
         self.slots = slots
         self.step = step  # blocks per sub-chunk
@@ -212,12 +255,14 @@ class SoftPass:
         t = self.temperature = plan.temperatures[0]
         # B holds log p_T in place when one temperature is read; A holds log q_T in place when that
         # temperature is 1 or when no nlq direction needs q at T = 1.
-        self.b_inplace = single
-        self.a_inplace = single and (t == 1.0 or NLQ not in plan.directions)
+        self.b_inplace = single and not plan.extended
+        self.a_inplace = single and (t == 1.0 or NLQ not in plan.directions) and not plan.extended
         fast = self.a_inplace and self.b_inplace and plan.combined
-        has_la = any(d != NLQ and d[0] == "la" for d in plan.directions)
-        has_kl = any(d != NLQ and d[0] == "kl" for d in plan.directions)
-        if fast and not plan.kl_temperatures:
+        has_la = any(_kind(d) == "la" for d in plan.directions)
+        has_kl = any(_kind(d) == "kl" for d in plan.directions)
+        if plan.extended:
+            self.mode = "extended"
+        elif fast and not plan.kl_temperatures:
             self.mode = "la"
         elif self.a_inplace and self.b_inplace:
             self.mode = "single"
@@ -226,9 +271,15 @@ class SoftPass:
         # What B holds after the statistics pass (one temperature): p where KL is read (its sum needs
         # p, and so does the KL direction), else u where an alpha direction needs it, else log p.
         self.p_in_b = single and self.mode == "general" and t in plan.kl_temperatures
-        self.store_u = single and has_la and not has_kl and self.want_grad and not self.p_in_b
+        self.store_u = single and has_la and not has_kl and self.want_grad and not self.p_in_b and not plan.extended
         self.in_b = None
-        if self.mode != "la" and not plan.combined and single and not self.store_u and len(plan.directions) > 1:
+        if (
+            self.mode not in ("la", "extended")
+            and not plan.combined
+            and single
+            and not self.store_u
+            and len(plan.directions) > 1
+        ):
             second = plan.directions[1]
             # the single form writes only a KL direction (q - p) into b; the general form any
             self.in_b = second if (self.mode == "general" or (second != NLQ and second[0] == "kl")) else None
@@ -267,9 +318,9 @@ class SoftPass:
         out.copy_(logits)
 
     def _gradient(self, direction: Tensor, out: Tensor) -> None:
-        """``out = direction @ W`` (``direction`` [rows, V] in the work dtype)."""
+        """``out = direction @ W`` (``direction`` [rows, V] in the work or the compute dtype)."""
         weight = self.weight
-        if weight.dtype == direction.dtype:
+        if weight.dtype == direction.dtype == out.dtype:
             torch.mm(direction, weight, out=out)
         else:
             out.copy_(torch.mm(direction.to(weight.dtype), weight))
@@ -301,6 +352,7 @@ class SoftPass:
         self.teacher = torch.empty(rows_total, dtype=torch.long, device=device)
         self.log_alpha = {t: new() for t in plan.temperatures}
         self.kl = {t: (new() if t in plan.kl_temperatures else None) for t in plan.temperatures}
+        self.extras = {t: {key: new() for key in keys} for t, keys in plan.extras}
         self.buffers: list = []
         if self.want_grad:
             count = 1 if plan.combined else len(plan.directions)
@@ -313,8 +365,8 @@ class SoftPass:
         self.piece = max(1, min(self.step, total) // 2)
         step_rows = min(self.step, total) * slots
         piece_rows = self.piece * slots
-        logits = torch.empty(step_rows, self.vocab, dtype=self.work, device=device)
-        target = torch.empty(piece_rows, self.vocab, dtype=self.work, device=device)
+        logits = torch.empty(step_rows, self.vocab, dtype=self.buffer_dtype, device=device)
+        target = torch.empty(piece_rows, self.vocab, dtype=self.buffer_dtype, device=device)
         self.scratch = _Scratch(piece_rows, self.tile, self.work, device)
         for start in range(0, total, self.step):
             stop = min(start + self.step, total)
@@ -332,7 +384,7 @@ class SoftPass:
         soft = {}
         for t in plan.temperatures:
             kl = self.kl[t] if self.kl[t] is not None else torch.full_like(self.log_alpha[t], math.nan)
-            soft[t] = SoftSlots(t, self.log_alpha[t], kl, self.teacher, self.draft)
+            soft[t] = SoftSlots(t, self.log_alpha[t], kl, self.teacher, self.draft, self.extras.get(t))
         if self.want_grad:
             self.buffers = list(zip(self.coef, self.dl))
         return SoftResult(self.nlq, self.correct, soft, self.buffers)
@@ -345,6 +397,9 @@ class SoftPass:
         torch.log_softmax(a, -1, out=a)  # log q at T = 1 (the same kernel as F.cross_entropy)
         self.nlq[p0:p1] = a.gather(1, ids.unsqueeze(1)).squeeze(1).neg_()
         self.correct[p0:p1] = self.draft[p0:p1] == ids
+        if self.mode == "extended":
+            self._piece_extended(a, b, p0, p1, block0, block1)
+            return
         t_one = self.temperature
         if self.a_inplace and t_one != 1.0:
             a.div_(t_one)
@@ -398,6 +453,42 @@ class SoftPass:
             self._directions_general(a, b, stats, coef, ids, p0, p1)
         if exact is not None:
             self._fix_directions(a, bad, exact, coef, ids, p0)
+
+    def _piece_extended(self, a: Tensor, b: Tensor, p0: int, p1: int, block0: int, block1: int) -> None:
+        """The extended form (a plan reading Renyi-1/2, top-k KL or the cross-entropy on argmax p): every
+        statistic and unit direction (``T * d stat / dz``) from :class:`~..losses._statistics.RowStats`
+        over row tiles of the piece, in log space (exact however small alpha is).  ``a`` holds log q at
+        T = 1 and ``b`` the target's logits; the statistics are read first (the coefficients of a block
+        need all its slots), then the directions: the first (or their sum, one numerator entry) written
+        into ``a``, the others through one gradient product per tile into their buffers."""
+        plan, rows = self.plan, p1 - p0
+        tile = max(1, int(self.step * self.slots * SCRATCH_SHARE / EXTENDED_TEMPORARIES))
+        ids = self.ids[p0:p1]
+        for r0 in range(0, rows, tile):
+            r1 = min(r0 + tile, rows)
+            stats = RowStats(a[r0:r1], b[r0:r1], ids[r0:r1])
+            for t in plan.temperatures:
+                self.log_alpha[t][p0 + r0 : p0 + r1] = stats.log_alpha(t)
+                if self.kl[t] is not None:
+                    self.kl[t][p0 + r0 : p0 + r1] = stats.value(("kl", t))
+                for key, out in self.extras.get(t, {}).items():
+                    out[p0 + r0 : p0 + r1] = stats.value(key)
+        if not self.want_grad:
+            return
+        coef = self._coefficients(p0, p1, block0, block1)
+        for r0 in range(0, rows, tile):
+            r1 = min(r0 + tile, rows)
+            stats = RowStats(a[r0:r1], b[r0:r1], ids[r0:r1])
+            units = {d: stats.unit(key_of(d)) for d in plan.directions if not plan.combined or d in coef}
+            if plan.combined:
+                total = torch.zeros_like(a[r0:r1])
+                for direction, unit in units.items():
+                    total.addcmul_(unit, coef[direction][0][r0:r1].unsqueeze(1))
+                a[r0:r1] = total
+                continue
+            a[r0:r1] = units[plan.directions[0]]
+            for index, direction in enumerate(plan.directions[1:], start=1):
+                self._gradient(units[direction], self.dl[index][p0 + r0 : p0 + r1])
 
     def _tiles(self):
         for start in range(0, self.vocab, self.tile):
@@ -561,6 +652,7 @@ class SoftPass:
                 kl.view(shape),
                 self.teacher[p0:p1].view(shape),
                 self.draft[p0:p1].view(shape),
+                {key: value[p0:p1].view(shape) for key, value in self.extras.get(t, {}).items()},
             )
         grads = stat_grads(
             self.objective,
@@ -572,11 +664,9 @@ class SoftPass:
         coef: dict = {}
         for key, value in grads.items():
             value = value.reshape(value.shape[0], p1 - p0).to(self.work)
-            if key == NLQ:
-                direction = NLQ
-            else:
+            direction = direction_of(key)
+            if not isinstance(key, str):
                 kind, t = key[0], float(key[1])
-                direction = ("kl" if kind == "kl" else "la", t)
                 if kind == "alpha":
                     value = value * torch.exp(self.log_alpha[t][p0:p1])
                 value = value / t

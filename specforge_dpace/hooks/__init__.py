@@ -11,11 +11,18 @@ target                            SpecForge module                              
 ``unified-composition``           ``specforge.application.composition``             unified
 ``unified-domino-providers``      ``specforge.algorithms.domino.providers``         unified
 ``unified-dspark-providers``      ``specforge.algorithms.dspark.providers``         unified
+``unified-dflash-providers``      ``specforge.algorithms.dflash.providers``         unified
+``unified-evaluation``            ``specforge.training.controller``                 unified
+``unified-trainer``               ``specforge.training.trainer``                    unified
+``unified-checkpoint``            ``specforge.training.checkpoint``                 unified
 ``legacy-model``                  ``specforge.core.dflash``                         legacy
 ================================  ================================================  ============
 
 ``unified-model`` patches the three DFlash-family models of that module (``OnlineDFlashModel``,
-``OnlineDominoModel``, ``OnlineDSparkModel``; see ``_family``).
+``OnlineDominoModel``, ``OnlineDSparkModel``; see ``_family``).  The three ``*-providers`` targets of the
+methods record the objective and the best-checkpoint metric in the resume contracts; ``unified-evaluation``,
+``unified-trainer`` and ``unified-checkpoint`` add the walk predictors to SpecForge's evaluation and keep the
+best checkpoint by ``training.best_metric`` (see ``_evaluation``).
 
 ``install()`` detects the layout by import and applies its targets; ``uninstall()`` restores
 every patched attribute to the very object it was.  Installing twice is a no-op.  The
@@ -69,6 +76,20 @@ TARGETS = (
         f"{__name__}._method_providers",
         UNIFIED,
         required=False,
+    ),
+    HookTarget(
+        "unified-dflash-providers",
+        "specforge.algorithms.dflash.providers",
+        f"{__name__}._method_providers",
+        UNIFIED,
+        required=False,
+    ),
+    HookTarget(
+        "unified-evaluation", "specforge.training.controller", f"{__name__}._evaluation", UNIFIED, required=False
+    ),
+    HookTarget("unified-trainer", "specforge.training.trainer", f"{__name__}._evaluation", UNIFIED, required=False),
+    HookTarget(
+        "unified-checkpoint", "specforge.training.checkpoint", f"{__name__}._evaluation", UNIFIED, required=False
     ),
     HookTarget("legacy-model", "specforge.core.dflash", f"{__name__}._legacy", LEGACY),
 )

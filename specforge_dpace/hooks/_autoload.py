@@ -23,6 +23,10 @@ WATCHED = {
     "specforge.application.composition": "unified-composition",
     "specforge.algorithms.domino.providers": "unified-domino-providers",
     "specforge.algorithms.dspark.providers": "unified-dspark-providers",
+    "specforge.algorithms.dflash.providers": "unified-dflash-providers",
+    "specforge.training.controller": "unified-evaluation",
+    "specforge.training.trainer": "unified-trainer",
+    "specforge.training.checkpoint": "unified-checkpoint",
     "specforge.core.dflash": "legacy-model",
 }
 ENV_VAR = "SPECFORGE_DPACE_AUTOLOAD"

@@ -6,8 +6,11 @@ registration: ``resolve_run`` (``specforge train`` in the launcher and in every 
 ``bind_run`` swaps the DFlash registration for one that carries ``target_last_hidden_states``
 (:func:`specforge_dpace.hooks._target_hidden.with_target_hidden`) when, and only when,
 ``training.strategy`` is ``dflash`` or ``domino`` (that strategy's own registration) and
-``training.loss_type`` reads the target distribution (DSpark's registration carries the key already); for
-offline runs it also checks, before anything is launched, that the feature files carry the key.
+``training.loss_type`` reads the target distribution, or the user asked for eval walks at T > 0 (DSpark's
+registration carries the key already); for offline runs it also checks, before anything is launched, that the
+feature files carry the key, for those runs and for every DSpark run (DSpark's own data path always reads it,
+whatever the objective).  It also refuses plugin evaluation settings the run would ignore
+(:func:`._eval_settings.check_eval_configured`).
 Every other run gets SpecForge's registration object itself, so hard objectives and built-in names
 run exactly as before.
 
@@ -35,7 +38,7 @@ def registration_for(cfg: Any, algorithm: Any) -> Any:
 
     if algorithm.name not in _target_hidden.STRATEGIES or cfg.training.strategy != algorithm.name:
         return algorithm
-    if _target_hidden.soft_spec(cfg.training) is None:
+    if _target_hidden.needs_target_hidden(cfg.training) is None:
         return algorithm
     return _target_hidden.with_target_hidden(algorithm)
 
@@ -44,13 +47,15 @@ def _make_bind_run(original: Any) -> Any:
     @functools.wraps(original)
     def bind_run(cfg, algorithm):
         from . import _target_hidden
+        from ._eval_settings import check_eval_configured
 
+        check_eval_configured(cfg)
         swapped = registration_for(cfg, algorithm)
         resolved = original(cfg, swapped)
-        if _target_hidden.carries_target_hidden(swapped):
-            spec = _target_hidden.soft_spec(cfg.training)
-            if spec is not None and cfg.mode == "offline":
-                _target_hidden.check_offline_features(cfg, spec)
+        if cfg.mode == "offline":
+            reason = _target_hidden.why_target_hidden(cfg.training, swapped)
+            if reason is not None:
+                _target_hidden.check_offline_features(cfg, *reason)
         return resolved
 
     setattr(bind_run, MARKER, True)

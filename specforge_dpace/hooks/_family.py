@@ -133,11 +133,15 @@ def objective_terms(
 def soft_stats(objective: Any, draft_logits: Tensor, target_logits: Tensor) -> Optional[dict]:
     """Soft statistics of one chunk at the objective's temperatures (``None`` for hard objectives)."""
     from ..losses import soft_slot_stats
+    from ..losses._statistics import soft_extras_at
 
     temperatures = getattr(objective, "soft_temperatures", ())
     if not temperatures:
         return None
-    return {t: soft_slot_stats(draft_logits, t, target_logits=target_logits) for t in temperatures}
+    return {
+        t: soft_slot_stats(draft_logits, t, target_logits=target_logits, extras=soft_extras_at(objective, t))
+        for t in temperatures
+    }
 
 
 def ratio_scalars(ratio_metrics: dict, skip: tuple = ("acc",)) -> dict:

@@ -14,10 +14,12 @@ def fused_totals(
     weight_mask: Any,
     sub_chunk: Optional[int],
     target_hidden: Any = None,
+    share_mask: Any = None,
 ) -> tuple:
     """Totals in the order of ``_blocks.objective_chunk_terms``: the 10 hard totals, then, for
     soft-label objectives (which read p from ``target_hidden``, the aligned target states), the soft
-    metric terms of :func:`._blocks.soft_metric_terms`."""
+    metric terms of :func:`._blocks.soft_metric_terms`, then, with ``share_mask``, the sampled blocks'
+    ``Q`` (their logits formed again: one small product per head)."""
     from ..fused import fused_objective_terms
 
     soft = getattr(objective, "needs_target", False)
@@ -36,6 +38,27 @@ def fused_totals(
         from ._blocks import soft_metric_terms
 
         extra = soft_metric_terms(terms.soft, weight_mask, target_ids)
+    if share_mask is not None:
+        import torch
+
+        from ..losses._shares import gram_terms
+
+        with torch.no_grad():
+            draft = lm_head(hidden.detach()[share_mask])
+            target = lm_head(target_hidden[share_mask]) if soft else None
+        gram = gram_terms(
+            objective,
+            share_mask,
+            draft,
+            target,
+            target_ids,
+            terms.neg_log_q,
+            weight_mask,
+            terms.correct,
+            terms.soft,
+            terms.num.shape[0],
+        )
+        extra = (*extra, gram)
     return (
         terms.num,
         terms.den,

@@ -221,7 +221,7 @@ def _plugin_loss(
 ) -> Any:
     import torch
 
-    from ._blocks import block_labels
+    from ._blocks import block_labels, check_finite_loss
 
     per_token = [call for call in calls if call[2] == "none"]
     if len(anchors) != 1 or len(per_token) != 1:
@@ -231,6 +231,7 @@ def _plugin_loss(
     target_ids, weight_mask = block_labels(input_ids, loss_mask, anchor_positions, keep, model.block_size)
     if flat_targets.shape != target_ids.reshape(-1).shape or not torch.equal(flat_targets, target_ids.reshape(-1)):
         raise _layout_error("block labels differ from the checkout's")
+    check_finite_loss(plan.objective, own_loss)  # a NaN forward stops here, not as a "layout" mismatch below
     with torch.no_grad():
         flat_weights = weight_mask.reshape(-1)
         rebuilt = (neg_log_q * flat_weights).sum() / (flat_weights.sum() + 1e-6)
@@ -240,7 +241,9 @@ def _plugin_loss(
     neg_log_q = neg_log_q.reshape(target_ids.shape)
     objective = plan.objective
     num, den = objective.chunk_terms(neg_log_q, weight_mask, correct)
-    return objective.reduce(num, den, input_ids.shape[0]).loss
+    loss = objective.reduce(num, den, input_ids.shape[0]).loss
+    check_finite_loss(objective, loss, count=False)  # the same forward call as the check above
+    return loss
 
 
 def _make_forward(original_forward: Any, module: Any) -> Any:

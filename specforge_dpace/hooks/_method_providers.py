@@ -1,5 +1,5 @@
-"""Hooks for ``specforge.algorithms.domino.providers`` and ``specforge.algorithms.dspark.providers``:
-resume contracts that record the objective.
+"""Hooks for ``specforge.algorithms.{dflash,domino,dspark}.providers``: resume contracts that record the
+objective (Domino, DSpark) and the best-checkpoint metric (all three).
 
 SpecForge persists each method's resume contract in its checkpoints and, on resume, compares every
 key of the *current* contract with the checkpoint (a key the checkpoint lacks is refused, a key the
@@ -14,6 +14,11 @@ for DSpark), and SpecForge refuses the mismatch instead of silently continuing a
 with another objective.  Finding that out reads the checkpoint's ``training_state.pt`` memory-mapped
 (no tensor data is loaded).
 
+The best-checkpoint metric follows the same rule for every method: ``specforge_dpace_best_metric`` (the
+metric, with the anchor stride a walk metric depends on) is recorded when ``training.best_metric`` names one,
+or when the resumed checkpoint records it (then with SpecForge's default when the run names none), so a
+resumed run keeps choosing its best checkpoint the way it started or is refused.
+
 ``builtin_algorithm_registry()`` builds the registrations afresh each time it is called, reading the
 module's ``resume_contract`` then, so patching the module attribute reaches every later run.
 """
@@ -26,7 +31,13 @@ from typing import Any
 
 from ._patching import PatchSet
 
-MODULES = {"specforge.algorithms.domino.providers": "domino", "specforge.algorithms.dspark.providers": "dspark"}
+MODULES = {
+    "specforge.algorithms.dflash.providers": "dflash",
+    "specforge.algorithms.domino.providers": "domino",
+    "specforge.algorithms.dspark.providers": "dspark",
+}
+#: Methods whose contract gets the objective key here (DFlash records ``dflash_loss_type`` upstream).
+OBJECTIVE_KEYS = ("domino", "dspark")
 MARKER = "__specforge_dpace_patched__"
 
 
@@ -50,16 +61,29 @@ def checkpoint_records(resume_from: Any, key: str) -> bool:
     return isinstance(state, dict) and key in state
 
 
+def best_metric_entry(config: Any, training_model: Any, resume_from: Any) -> dict:
+    """``{CONTRACT_KEY: metric}`` when the run names ``training.best_metric`` or resumes a checkpoint that
+    records one (then SpecForge refuses a different or dropped choice), else ``{}`` (SpecForge's contract)."""
+    from ._eval_settings import CONTRACT_KEY, settings_of_training
+    from ._providers import eval_settings_of
+
+    settings = eval_settings_of(training_model) or settings_of_training(getattr(config, "training", None))
+    if settings.best_metric is None and not checkpoint_records(resume_from, CONTRACT_KEY):
+        return {}
+    return {CONTRACT_KEY: settings.contract_value()}
+
+
 def _make_contract(original: Any, method: str) -> Any:
     @functools.wraps(original)
     def resume_contract(config, draft_model, training_model):
         from ._family import plan_of
 
         contract = dict(original(config, draft_model, training_model))
-        key = contract_key(method)
         resume_from = getattr(getattr(config, "training", None), "resume_from", None)
-        if plan_of(training_model) is not None or checkpoint_records(resume_from, key):
+        key = contract_key(method)
+        if method in OBJECTIVE_KEYS and (plan_of(training_model) is not None or checkpoint_records(resume_from, key)):
             contract[key] = str(training_model.loss_type)  # the spec, or the method's own name
+        contract.update(best_metric_entry(config, training_model, resume_from))
         return contract
 
     setattr(resume_contract, MARKER, True)

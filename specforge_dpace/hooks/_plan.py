@@ -15,8 +15,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from ..losses import CompositeObjective, Option, build_loss, parse_spec
-from ..losses._spec import Term, format_spec
+from ..losses import CompositeObjective, Option, build_loss
+from ..losses._composite import COMPOSITE_OPTIONS
+from ..losses._shares import SHARE_BLOCKS
+from ..losses._spec import Term, format_spec, parse_composite
 
 UPSTREAM_NAMES = (
     "dflash",
@@ -35,6 +37,12 @@ PATH_OPTIONS: dict[str, Option] = {
     "acceptance_metrics": Option(
         None, (bool,), nullable=True, help="log sim_tau/surrogate/accept_pos (default: on for plugin objectives)"
     ),
+    "share_blocks": Option(
+        SHARE_BLOCKS,
+        (int,),
+        minimum=0,
+        help="composites: blocks per micro-batch sampled for the grad_share[term] metrics (0: loss_share only)",
+    ),
 }
 
 
@@ -49,6 +57,7 @@ class ObjectivePlan:
     fused: bool = False
     fused_sub_chunk: Optional[int] = None
     acceptance_metrics: bool = True
+    share_blocks: int = SHARE_BLOCKS  # composites: blocks sampled per micro-batch for grad_share (0: none)
 
 
 def _check_same(name: str, key: str, spec_value: Any, arg: str, arg_value: Any, arg_default: Any) -> None:
@@ -114,14 +123,26 @@ def _plan(
     fused = bool(path.get("fused", False))
     sub_chunk = path.get("fused_sub_chunk")
     metrics_opt = path.get("acceptance_metrics")
+    share_blocks = path.get("share_blocks", SHARE_BLOCKS)
 
     if not isinstance(loss_type, str):
         raise TypeError(f"loss_type must be a string (name or composite spec), got {loss_type!r}")
-    terms = parse_spec(loss_type)
+    terms, composite = parse_composite(loss_type)
+    given = {k: options.pop(k) for k in list(options) if k in COMPOSITE_OPTIONS}
+    if given and len(terms) == 1:
+        raise ValueError(
+            f"loss_options {given} apply to a composite of two or more terms, but loss_type {loss_type!r} has one; "
+            "accepted: a multi-term loss_type ('dpace + 0.5*lk-lambda'), or leave them out"
+        )
+    clash = sorted(set(given) & set(composite))
+    if clash:
+        raise ValueError(f"option(s) {clash} given both in loss_type {loss_type!r} and in loss_options")
+    composite.update(given)
     if options and len(terms) > 1:
         raise ValueError(
             f"loss_options {options} apply only to a single-term loss_type, but {loss_type!r} has {len(terms)} "
-            "terms; write options inside the spec, e.g. 'dpace(alpha=0.3) + 0.3*first-error-focal'"
+            "terms; write options inside the spec, e.g. 'dpace(alpha=0.3) + 0.3*first-error-focal' (the "
+            f"composite's own options {', '.join(COMPOSITE_OPTIONS)} may be loss_options keys)"
         )
     if options:
         clash = sorted(set(options) & set(terms[0].options))
@@ -129,8 +150,16 @@ def _plan(
             raise ValueError(f"option(s) {clash} given both in loss_type {loss_type!r} and in loss_options")
         terms = [Term(terms[0].name, terms[0].weight, {**terms[0].options, **options})]
 
-    single = terms[0] if len(terms) == 1 and terms[0].weight == 1.0 else None
-    if single is not None and single.name in upstream_names:
+    single = terms[0] if len(terms) == 1 and terms[0].weight == 1.0 and not composite else None
+    if "share_blocks" in path and single is not None:
+        raise ValueError(
+            f"loss_options share_blocks={share_blocks!r} applies to composites (it samples blocks for the "
+            f"grad_share[term] metrics), but loss_type {loss_type!r} is one term; accepted: a multi-term "
+            "loss_type, or leave share_blocks out"
+        )
+    # SpecForge's own code computes a built-in name whose options are all its own (alpha, gamma); any other
+    # option (e.g. labels=target) makes it a plugin objective
+    if single is not None and single.name in upstream_names and not set(single.options) - {"alpha", "gamma"}:
         name, opts = single.name, dict(single.options)
         if name.startswith(_DPACE_PREFIX) and "alpha" in opts:
             _check_same(name, "alpha", opts["alpha"], "dpace_alpha", dpace_alpha, 0.5)
@@ -161,7 +190,7 @@ def _plan(
         if term.name == "dflash" and "gamma" not in opts and loss_decay_gamma is not None:
             opts["gamma"] = loss_decay_gamma
         resolved_terms.append(Term(term.name, term.weight, opts))
-    objective = build_loss(format_spec(resolved_terms))
+    objective = build_loss(format_spec(resolved_terms, composite))
     spec = objective.spec()
     return ObjectivePlan(
         spec=spec,
@@ -173,6 +202,7 @@ def _plan(
         fused=fused,
         fused_sub_chunk=sub_chunk,
         acceptance_metrics=True if metrics_opt is None else bool(metrics_opt),
+        share_blocks=share_blocks,
     )
 
 

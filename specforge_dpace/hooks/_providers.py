@@ -6,7 +6,8 @@ the patched builder also forwards ``loss_options`` (present once the schema hook
 hard-code their loss); the patched builders pass ``loss_type``, ``dpace_alpha`` and
 ``loss_options`` to ``OnlineDominoModel`` / ``OnlineDSparkModel`` (patched by ``_family``), which
 record the canonical spec as their ``loss_type`` for the resume contracts
-(:mod:`._method_providers`).  ``loss_type`` left at ``dflash`` without ``loss_options`` calls
+(:mod:`._method_providers`).  Every DFlash-family model a patched builder returns carries the run's
+evaluation settings (:func:`with_eval_settings`).  ``loss_type`` left at ``dflash`` without ``loss_options`` calls
 SpecForge's own builder.
 """
 
@@ -19,6 +20,31 @@ from ._patching import PatchSet
 
 TARGET_MODULE = "specforge.algorithms.model_providers"
 MARKER = "__specforge_dpace_patched__"
+EVAL_ATTR = "_specforge_dpace_eval"
+
+
+def with_eval_settings(parts: Any, cfg: Any) -> Any:
+    """A builder's result (SpecForge's ``TrainingModelParts``) whose training model carries the run's
+    evaluation settings (``training.eval_walk`` / ``best_metric``) for :mod:`._evaluation`."""
+    from ._eval_settings import settings_of_training
+
+    model = getattr(parts, "model", parts)
+    settings = settings_of_training(cfg.training)
+    if settings.enabled and settings.anchor_stride > 1:  # refused before training, not at the first evaluation
+        from specforge_dpace.evaluate._teacher_forced import check_stride, method_of, slot_alignment
+
+        draft = model.draft_model
+        alignment = slot_alignment(
+            method_of(draft), model.block_size, shift_label=bool(getattr(draft, "shift_label", False))
+        )
+        check_stride(settings.anchor_stride, alignment.drafted, "training.eval_walk.anchor_stride")
+    setattr(model, EVAL_ATTR, settings)
+    return parts
+
+
+def eval_settings_of(model: Any) -> Any:
+    """The settings a patched builder attached (``None`` for a model built otherwise)."""
+    return getattr(model, EVAL_ATTR, None)
 
 
 def _make_builder(module: Any, original: Any):
@@ -26,23 +52,28 @@ def _make_builder(module: Any, original: Any):
     def build_dflash_model(cfg, draft_model, _draft_config, _target_config, tokenizer):
         options = getattr(cfg.training, "loss_options", None)
         if not options:
-            return original(cfg, draft_model, _draft_config, _target_config, tokenizer)
-        from specforge.algorithms.common.dflash_family_model import OnlineDFlashModel
+            return with_eval_settings(original(cfg, draft_model, _draft_config, _target_config, tokenizer), cfg)
 
-        return module._build_dflash_family_model(
-            cfg,
-            draft_model,
-            tokenizer,
-            lambda common: OnlineDFlashModel(
-                **common,
-                loss_type=cfg.training.loss_type,
-                dpace_alpha=cfg.training.dpace_alpha,
-                loss_options=dict(options),
-            ),
-        )
+        return with_eval_settings(_build_plugin_dflash(module, cfg, draft_model, tokenizer, options), cfg)
 
     setattr(build_dflash_model, MARKER, True)
     return build_dflash_model
+
+
+def _build_plugin_dflash(module: Any, cfg: Any, draft_model: Any, tokenizer: Any, options: Any) -> Any:
+    from specforge.algorithms.common.dflash_family_model import OnlineDFlashModel
+
+    return module._build_dflash_family_model(
+        cfg,
+        draft_model,
+        tokenizer,
+        lambda common: OnlineDFlashModel(
+            **common,
+            loss_type=cfg.training.loss_type,
+            dpace_alpha=cfg.training.dpace_alpha,
+            loss_options=dict(options),
+        ),
+    )
 
 
 def _method_kwargs(method: str, cfg: Any, draft_model: Any) -> dict:
@@ -62,11 +93,11 @@ def _make_method_builder(module: Any, original: Any, method: str, class_name: st
         training = cfg.training
         options = getattr(training, "loss_options", None)
         if training.loss_type == "dflash" and not options:
-            return original(cfg, draft_model, _draft_config, _target_config, tokenizer)
+            return with_eval_settings(original(cfg, draft_model, _draft_config, _target_config, tokenizer), cfg)
         from specforge.algorithms.common import dflash_family_model
 
         model_class = getattr(dflash_family_model, class_name)
-        return module._build_dflash_family_model(
+        model = module._build_dflash_family_model(
             cfg,
             draft_model,
             tokenizer,
@@ -78,6 +109,7 @@ def _make_method_builder(module: Any, original: Any, method: str, class_name: st
                 loss_options=dict(options or {}),
             ),
         )
+        return with_eval_settings(model, cfg)
 
     setattr(builder, MARKER, True)
     return builder

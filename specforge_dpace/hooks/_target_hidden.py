@@ -52,11 +52,12 @@ NORMALIZER_ID = "specforge_dpace_dflash_target_hidden_offline_v1"
 MARKER = "__specforge_dpace_target_hidden__"
 
 #: How to produce feature files that carry the key (named by every error about a missing key).
-CAPTURE_HINT = (
+CAPTURE = (
     "capture it with specforge_dpace.features.capture_offline_features(target, records, out_dir, layer_ids, "
     "last_hidden=True) (the tiny CPU example: python examples/cpu_offline/make_tiny_setup.py DIR writes it by "
-    "default), or train with a hard objective"
+    "default)"
 )
+CAPTURE_HINT = CAPTURE + ", or train with a hard objective"
 
 
 def soft_spec(training: Any) -> Optional[str]:
@@ -249,8 +250,45 @@ def with_target_hidden(registration: Any) -> Any:
 # -- early data validation ---------------------------------------------------------------------
 
 
-def check_offline_features(cfg: Any, spec: str) -> None:
-    """Refuse, before training starts, offline features whose first file lacks the key.
+def needs_target_hidden(training: Any) -> Optional[str]:
+    """Why a DFlash / Domino run needs the key, or ``None``: a soft-label objective, or walks at T > 0 the
+    user asked for (``training.eval_walk.temperatures`` or a ``training.best_metric`` at a temperature)."""
+    spec = soft_spec(training)
+    if spec is not None:
+        return f"training.loss_type={spec!r} is a soft-label objective: it needs the target's distribution p"
+    from ._eval_settings import settings_of_training
+
+    settings = settings_of_training(training)
+    if settings.temperatures_required:
+        return (
+            f"the eval walks at T = {', '.join(f'{t:g}' for t in settings.temperatures)} (training.eval_walk / "
+            "training.best_metric) need the target's distribution p"
+        )
+    return None
+
+
+def why_target_hidden(training: Any, registration: Any) -> Optional[tuple[str, str]]:
+    """``(why, hint)`` when a run's data path reads ``target_last_hidden_states`` (the sentence that opens the
+    error when the features lack it, and how to get them), or ``None``: a derived DFlash / Domino registration
+    whose run needs p (:func:`needs_target_hidden`), or any DSpark run (SpecForge's DSpark reader, normalizer and
+    collator always read it, so a hard objective is no way out there)."""
+    if training.strategy == "dspark" and registration.name == "dspark":
+        why = (
+            "training.strategy='dspark' trains against the target's distribution p whatever the objective "
+            f"(training.loss_type={training.loss_type!r}): SpecForge's DSpark data path reads the target's last "
+            "hidden state (post final norm)"
+        )
+        return why, CAPTURE
+    if carries_target_hidden(registration):
+        reason = needs_target_hidden(training)
+        if reason is not None:
+            return f"{reason}, computed from the target's last hidden state (post final norm)", CAPTURE_HINT
+    return None
+
+
+def check_offline_features(cfg: Any, why: str, hint: str = CAPTURE_HINT) -> None:
+    """Refuse, before training starts, offline features whose first file lacks the key; ``why`` and ``hint``
+    (from :func:`why_target_hidden`) open and close the message.
 
     One file per directory is opened (``data.hidden_states_path`` and ``data.eval_hidden_states_path``);
     SpecForge's own eager check of every file is ``SPECFORGE_VALIDATE_OFFLINE_FEATURES=1``.
@@ -268,10 +306,8 @@ def check_offline_features(cfg: Any, spec: str) -> None:
         raw = load_feature_file(files[0])
         if TARGET_HIDDEN_KEY not in raw:
             raise ValueError(
-                f"training.loss_type={spec!r} is a soft-label objective: it needs the target's distribution p, "
-                f"computed from the target's last hidden state (post final norm), but the offline feature file "
-                f"{files[0]} (data.{field}={path!r}) has no {TARGET_HIDDEN_KEY!r} (it has {sorted(raw)}); "
-                + CAPTURE_HINT
+                f"{why}, but the offline feature file {files[0]} (data.{field}={path!r}) has no "
+                f"{TARGET_HIDDEN_KEY!r} (it has {sorted(raw)}); " + hint
             )
 
 
@@ -284,7 +320,9 @@ __all__ = [
     "build_step",
     "carries_target_hidden",
     "check_offline_features",
+    "needs_target_hidden",
     "normalize_offline_sample",
+    "why_target_hidden",
     "soft_spec",
     "strategy_class",
     "with_target_hidden",

@@ -14,9 +14,10 @@ import functools
 import inspect
 from typing import Any, Optional
 
+from ..losses._shares import sample_blocks
 from ._blocks import align_target_hidden, assemble_outputs, block_labels, objective_chunk_terms, run_objective
 from ._patching import PatchSet
-from ._plan import ObjectivePlan, plan_objective
+from ._plan import ObjectivePlan, is_composite, plan_objective
 
 TARGET_MODULE = "specforge.algorithms.common.dflash_family_model"
 PLAN_ATTR = "_specforge_dpace_plan"
@@ -64,11 +65,13 @@ def _plan_of(model: Any) -> Optional[ObjectivePlan]:
 
 def _make_chunk_terms(original):
     @functools.wraps(original)
-    def _dflash_objective_chunk_terms(self, hidden, target_ids, weight_mask, target_hidden=None):
+    def _dflash_objective_chunk_terms(self, hidden, target_ids, weight_mask, target_hidden=None, share_mask=None):
         plan = _plan_of(self)
         if plan is None:
             return original(self, hidden, target_ids, weight_mask)
-        return objective_chunk_terms(plan.objective, self.lm_head, hidden, target_ids, weight_mask, target_hidden)
+        return objective_chunk_terms(
+            plan.objective, self.lm_head, hidden, target_ids, weight_mask, target_hidden, share_mask
+        )
 
     setattr(_dflash_objective_chunk_terms, MARKER, True)
     return _dflash_objective_chunk_terms
@@ -93,6 +96,9 @@ def _make_forward(original, module):
         target_hidden = None
         if getattr(plan.objective, "needs_target", False) and target_last_hidden_states is not None:
             target_hidden = align_target_hidden(target_last_hidden_states.to(hidden_4d.dtype), anchors, self.block_size)
+        share_mask = None
+        if is_composite(plan.objective):  # the blocks whose slots measure each term's gradient share
+            share_mask = sample_blocks(batch_size, anchors.shape[1], plan.share_blocks, hidden_4d.device)
         totals = run_objective(
             self,
             plan.objective,
@@ -105,8 +111,14 @@ def _make_forward(original, module):
             fused=plan.fused,
             fused_sub_chunk=plan.fused_sub_chunk,
             target_hidden=target_hidden,
+            share_mask=share_mask,
         )
-        return assemble_outputs(plan.objective, totals, batch_size, acceptance_metrics=plan.acceptance_metrics)
+        gram = None
+        if share_mask is not None:
+            totals, gram = totals[:-1], totals[-1]
+        return assemble_outputs(
+            plan.objective, totals, batch_size, acceptance_metrics=plan.acceptance_metrics, gram=gram
+        )
 
     setattr(forward, MARKER, True)
     return forward

@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .._numbers import SECONDS
 from .._versions import package_version, package_versions
 from ._autoload import ENV_VAR, enabled, switch
 
@@ -24,7 +25,8 @@ DESCRIPTION = """Check the installation: versions, the autoload .pth file, SPECF
 (1/true/yes/on or unset: on; 0/false/no/off: off; any other value warns and keeps it on), the
 SpecForge layout, and, in a fresh Python process of this environment (like the ones `specforge
 train` starts), which SpecForge modules the plugin patched on import. Also lists third-party
-objectives and any entry point that failed to load.
+objectives and any entry point that failed to load, and recommends the best-checkpoint metric
+(training.best_metric: eval/tau_walk; docs/eval-metrics.md).
 
 Exit status: 0 when nothing failed (warnings allowed), 1 otherwise.
 
@@ -64,7 +66,7 @@ class Check:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as JSON instead of a table")
     parser.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds allowed for the fresh-process check (default 120)"
+        "--timeout", type=SECONDS, default=120.0, help="seconds allowed for the fresh-process check (default 120)"
     )
 
 
@@ -175,15 +177,26 @@ def objectives() -> list[Check]:
     return checks
 
 
+def best_metric() -> Check:
+    """The recommendation for SpecForge's best-checkpoint metric (docs/eval-metrics.md)."""
+    from ._eval_settings import RECOMMENDED_METRIC, SPECFORGE_DEFAULT_METRIC
+
+    return Check(
+        "best checkpoint metric",
+        INFO,
+        f"recommended: training.best_metric: {RECOMMENDED_METRIC} (the walk predictor of served tau at T = 0), "
+        "with data.eval_hidden_states_path and training.eval_interval; unset, SpecForge keeps the best checkpoint "
+        f"by {SPECFORGE_DEFAULT_METRIC}, the mean token accuracy (docs/eval-metrics.md)",
+    )
+
+
 def run_checks(timeout: float = 120.0) -> list[Check]:
-    return [versions(), pth_file(), autoload_switch(), *fresh_process(timeout), *objectives()]
+    return [versions(), pth_file(), autoload_switch(), *fresh_process(timeout), *objectives(), best_metric()]
 
 
 def run(args: argparse.Namespace) -> int:
     from ..report import format_table
 
-    if args.timeout <= 0:
-        raise ValueError(f"--timeout {args.timeout} is invalid; accepted: seconds > 0")
     checks = run_checks(args.timeout)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))

@@ -7,7 +7,8 @@ for the exact math.
 
 from ._api import block_loss
 from ._base import BlockObjective, LossValue, Option
-from ._composite import CompositeObjective
+from ._composite import COMPOSITE_OPTIONS, CompositeObjective
+from ._divergences import RenyiHalfLoss, TopKKLLoss
 from ._metrics import acceptance_terms
 from ._prefix import AcceptUntilFailLoss, ChainLoss, FirstErrorFocalLoss, accepted_support, first_valid_error
 from ._registry import (
@@ -31,8 +32,9 @@ from ._soft import (
     soft_slot_stats,
     stat_grads,
 )
-from ._spec import GRAMMAR, SpecError, Term, format_spec, parse_spec
-from ._twin import LKAlphaLoss, SoftTwin
+from ._spec import GRAMMAR, SpecError, Term, format_spec, parse_composite, parse_spec
+from ._statistics import RowStats
+from ._twin import LKAlphaLoss, SoftTwin, TargetLabels
 from ._weighted import (
     DFlashLoss,
     DPaceContinuationValueLoss,
@@ -53,12 +55,19 @@ HARD_NAMES = (
     "auf",
 )
 #: Soft-label objectives: read the target's distribution p at every slot. Every hard objective
-#: also has a soft twin, spelled ``soft-<name>``.
-SOFT_NAMES = ("lk-alpha", "lk-lambda", "tv", "kl")
+#: also has a soft twin, spelled ``soft-<name>`` (``soft-<name>(divergence=renyi-half)``: on Renyi-1/2's
+#: per-slot statistic), and a ``labels=target`` form trained on the target's argmax.
+SOFT_NAMES = ("lk-alpha", "lk-lambda", "tv", "kl", "renyi-half", "topk-kl")
 BUILTIN_NAMES = HARD_NAMES + SOFT_NAMES
 
 __all__ = [
     "BUILTIN_NAMES",
+    "COMPOSITE_OPTIONS",
+    "RenyiHalfLoss",
+    "RowStats",
+    "TargetLabels",
+    "TopKKLLoss",
+    "parse_composite",
     "ENTRY_POINT_GROUP",
     "GRAMMAR",
     "HARD_NAMES",

@@ -38,14 +38,18 @@ class Option:
     maximum: Optional[float] = None
     help: str = ""
     exclusive_minimum: bool = False  # the minimum itself is refused (e.g. a temperature > 0)
+    exclusive_maximum: bool = False  # the maximum itself is refused (e.g. a decay < 1)
+    choices: tuple = ()  # the accepted values of a string option (e.g. labels: data or target)
 
     def describe(self) -> str:
+        if self.choices:
+            return f"one of {', '.join(map(str, self.choices))}, default {self.default!r}"
         kinds = "/".join(t.__name__ for t in self.types) + ("/None" if self.nullable else "")
         rng = ""
         if self.minimum is not None or self.maximum is not None:
             lo = "-inf" if self.minimum is None else f"{self.minimum:g}"
             hi = "inf" if self.maximum is None else f"{self.maximum:g}"
-            rng = f" in {'(' if self.exclusive_minimum else '['}{lo}, {hi}]"
+            rng = f" in {'(' if self.exclusive_minimum else '['}{lo}, {hi}{')' if self.exclusive_maximum else ']'}"
         return f"{kinds}{rng}, default {self.default!r}"
 
     def coerce(self, objective: str, key: str, value: Any) -> Any:
@@ -72,8 +76,13 @@ class Option:
             below = self.minimum is not None and (
                 value <= self.minimum if self.exclusive_minimum else value < self.minimum
             )
-            if below or (self.maximum is not None and value > self.maximum):
+            above = self.maximum is not None and (
+                value >= self.maximum if self.exclusive_maximum else value > self.maximum
+            )
+            if below or above:
                 raise OptionError(f"{objective}: option {key}={value!r} is out of range; expected {self.describe()}")
+        if self.choices and value not in self.choices:
+            raise OptionError(f"{objective}: option {key}={value!r} is not accepted; expected {self.describe()}")
         return value
 
 
@@ -110,6 +119,11 @@ class LossValue:
     numerator: Tensor
     denominator: Tensor
     parts: dict[str, Tensor] = field(default_factory=dict)  # per-term values (composites only)
+    #: composites only: each term's contribution ``weight * scale * value`` (with grad; sums to ``loss``),
+    #: in term order, what the share metrics divide (:mod:`._shares`)
+    weighted: Optional[Tensor] = None
+    #: composites with ``normalize=true`` only: each term's running magnitude (detached) it was divided by
+    magnitudes: Optional[Tensor] = None
 
 
 def check_block_tensors(
@@ -185,6 +199,12 @@ class BlockObjective:
     def soft_temperatures(self) -> tuple[float, ...]:
         """Temperatures at which this objective needs the soft statistics of p and q (none if hard)."""
         return (self.temperature,) if self.needs_target else ()
+
+    @property
+    def soft_extras(self) -> dict[float, tuple]:
+        """Statistic keys beyond log alpha and KL this objective reads, per temperature (none by default;
+        see :mod:`._statistics`): callers form them beside the soft statistics."""
+        return {}
 
     def spec(self) -> str:
         """Canonical spec string that rebuilds this objective (used for configs and resume checks)."""

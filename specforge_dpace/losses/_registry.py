@@ -15,8 +15,8 @@ from importlib import metadata
 from typing import Any, Callable, Mapping, Optional, Union
 
 from ._base import BlockObjective, Option
-from ._composite import CompositeObjective
-from ._spec import GRAMMAR, Term, parse_spec
+from ._composite import COMPOSITE_OPTIONS, CompositeObjective, composite_options
+from ._spec import GRAMMAR, Term, parse_composite
 
 ENTRY_POINT_GROUP = "specforge_dpace.losses"
 DISTRIBUTION = "specforge-dpace"
@@ -40,6 +40,7 @@ class LossInfo:
 
 def _builtin_factories() -> dict[str, Callable[..., BlockObjective]]:
     """Used only when the package runs from a source tree without installed metadata."""
+    from ._divergences import RenyiHalfLoss, TopKKLLoss
     from ._prefix import AcceptUntilFailLoss, ChainLoss, FirstErrorFocalLoss
     from ._soft import KLLoss, LKLambdaLoss, TVLoss
     from ._twin import LKAlphaLoss
@@ -62,8 +63,21 @@ def _builtin_factories() -> dict[str, Callable[..., BlockObjective]]:
         LKLambdaLoss,
         TVLoss,
         KLLoss,
+        RenyiHalfLoss,
+        TopKKLLoss,
     ]
     return {cls.name: cls for cls in classes}
+
+
+def _listed_options(factory: Callable[..., Any]) -> dict[str, Option]:
+    """The options a registered name takes: the factory's own, plus ``labels`` for a hard objective
+    (the registry wraps it in :class:`~._twin.TargetLabels` for ``labels=target``)."""
+    from ._twin import LABELS
+
+    options = _options_of(factory)
+    if not getattr(factory, "needs_target", False) and "labels" not in options:
+        options["labels"] = LABELS
+    return options
 
 
 def _options_of(factory: Callable[..., Any]) -> dict[str, Option]:
@@ -101,10 +115,10 @@ class LossRegistry:
         description: Optional[str] = None,
     ) -> LossInfo:
         """Register ``factory`` under ``name``; a duplicate is refused unless ``replace=True``."""
-        if not isinstance(name, str) or not name or any(c in name for c in "+*(),= \t"):
+        if not isinstance(name, str) or not name or any(c in name for c in "+*(),=; \t"):
             raise ValueError(
                 f"invalid objective name {name!r}: use letters, digits, '-', '_' or '.' "
-                "(the characters + * ( ) , = and spaces belong to the spec grammar)"
+                "(the characters + * ( ) , = ; and spaces belong to the spec grammar)"
             )
         if not callable(factory):
             raise TypeError(f"objective factory for {name!r} must be callable, got {type(factory).__name__}")
@@ -122,7 +136,7 @@ class LossRegistry:
         info = LossInfo(
             name=name,
             factory=factory,
-            options=_options_of(factory),
+            options=_listed_options(factory),
             source=source,
             description=description if description is not None else getattr(factory, "description", "") or "",
             needs_correct=bool(getattr(factory, "needs_correct", False)),
@@ -174,7 +188,7 @@ class LossRegistry:
             self._entries[ep.name] = LossInfo(
                 ep.name,
                 factory,
-                _options_of(factory),
+                _listed_options(factory),
                 source,
                 getattr(factory, "description", "") or "",
                 bool(getattr(factory, "needs_correct", False)),
@@ -186,7 +200,7 @@ class LossRegistry:
                     self._entries[name] = LossInfo(
                         name,
                         factory,
-                        _options_of(factory),
+                        _listed_options(factory),
                         BUILTIN_SOURCE,
                         factory.description,
                         factory.needs_correct,
@@ -212,7 +226,7 @@ class LossRegistry:
 
     def _twin_info(self, name: str, base: LossInfo) -> LossInfo:
         from ._soft import TEMPERATURE
-        from ._twin import twin_factory
+        from ._twin import DIVERGENCE, twin_factory
 
         if base.needs_target:
             raise ValueError(
@@ -222,9 +236,14 @@ class LossRegistry:
         return LossInfo(
             name=name,
             factory=twin_factory(base.factory, name),
-            options={**base.options, "temperature": TEMPERATURE},
+            options={
+                **{k: v for k, v in base.options.items() if k != "labels"},
+                "temperature": TEMPERATURE,
+                "divergence": DIVERGENCE,
+            },
             source=f"soft twin of {base.name} ({base.source})",
-            description=f"soft twin of {base.name}: {base.description or base.name}, run on -log alpha",
+            description=f"soft twin of {base.name}: {base.description or base.name}, run on -log alpha "
+            "(or -2 log sum sqrt(p q) with divergence=renyi-half)",
             needs_correct=False,
             needs_target=True,
             twin_of=base.name,
@@ -251,7 +270,14 @@ class LossRegistry:
             accepted = ", ".join(f"{k} ({o.describe()})" for k, o in info.options.items()) or "none"
             raise ValueError(f"{name}: unknown option(s) {unknown}; accepted options: {accepted}")
         coerced = {k: info.options[k].coerce(name, k, v) for k, v in options.items()}
+        from ._twin import LABELS
+
+        labels = coerced.pop("labels", "data") if info.options.get("labels") is LABELS else "data"
         objective = info.factory(**coerced)
+        if labels == "target":
+            from ._twin import TargetLabels
+
+            objective = TargetLabels(objective)
         for attr in ("chunk_terms", "reduce"):
             if not callable(getattr(objective, attr, None)):
                 raise TypeError(
@@ -263,7 +289,9 @@ class LossRegistry:
     def build(self, spec: Any, options: Optional[Mapping[str, Any]] = None) -> Objective:
         """Objective from a name or composite spec (or an objective, returned as is).
 
-        ``options`` apply to a single-term spec, on top of options written in the spec.
+        ``options`` apply to a single-term spec, on top of options written in the spec; beside a
+        multi-term spec they may hold the composite options (``normalize``, ``normalize_decay``), as the
+        spec's ``; key=value`` part does.
         """
         if isinstance(spec, (BlockObjective, CompositeObjective)):
             if options:
@@ -271,22 +299,34 @@ class LossRegistry:
             return spec
         if not isinstance(spec, str):
             raise TypeError(f"objective spec must be a string, got {type(spec).__name__} {spec!r}")
-        terms = parse_spec(spec)
+        terms, composite = parse_composite(spec)
         options = dict(options or {})
+        if len(terms) > 1:
+            given = {k: options.pop(k) for k in list(options) if k in COMPOSITE_OPTIONS}
+            clash = sorted(set(given) & set(composite))
+            if clash:
+                raise ValueError(f"composite option(s) {clash} given both in the spec {spec!r} and separately")
+            composite.update(given)
         if options:
             if len(terms) != 1:
                 raise ValueError(
                     f"separate options {options} apply only to a single-term spec, but {spec!r} has "
-                    f"{len(terms)} terms; write them inside the spec, e.g. 'dpace(alpha=0.3) + 0.3*chain'"
+                    f"{len(terms)} terms; write them inside the spec, e.g. 'dpace(alpha=0.3) + 0.3*chain' "
+                    f"(the composite's own options: {', '.join(COMPOSITE_OPTIONS)})"
                 )
             clash = sorted(set(options) & set(terms[0].options))
             if clash:
                 raise ValueError(f"option(s) {clash} given both in the spec {spec!r} and separately")
             terms = [Term(terms[0].name, terms[0].weight, {**terms[0].options, **options})]
+        settings = {
+            key: value
+            for key, value in composite_options(composite, f"objective spec {spec!r}").items()
+            if value != COMPOSITE_OPTIONS[key].default
+        }
         built = [(t.weight, self.create(t.name, **t.options)) for t in terms]
-        if len(built) == 1 and built[0][0] == 1.0:
+        if len(built) == 1 and built[0][0] == 1.0 and not settings:
             return built[0][1]
-        return CompositeObjective(built)
+        return CompositeObjective(built, **settings)
 
 
 default_registry = LossRegistry()

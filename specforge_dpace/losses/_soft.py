@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from ._base import BlockObjective, LossValue, Option, OptionError, Tensor, check_block_tensors, mask_as
+from ._state import CommittedOnRead, in_backward
 from ._weighted import decay_weights
 
 #: Statistic keys of soft-label gradients (``slot_grad`` of soft objectives returns a mapping).
@@ -63,14 +64,30 @@ class SoftSlots:
     ``teacher_ids`` (argmax p) and ``draft_ids`` (argmax q, the same at every temperature) are long
     tensors, detached; either may be given as a zero-argument function, called when first read."""
 
-    __slots__ = ("temperature", "log_alpha", "kl", "_teacher", "_draft")
+    __slots__ = ("temperature", "log_alpha", "kl", "extras", "_teacher", "_draft")
 
-    def __init__(self, temperature: float, log_alpha: Tensor, kl: Tensor, teacher_ids, draft_ids):
+    def __init__(
+        self, temperature: float, log_alpha: Tensor, kl: Tensor, teacher_ids, draft_ids, extras: Optional[dict] = None
+    ):
         self.temperature = temperature
         self.log_alpha = log_alpha  # log acceptance rate; carries grad
         self.kl = kl  # KL(p || q); carries grad
+        #: statistics only some objectives read, by their ``stat_grads`` key (e.g. ``("log_bc", T)``,
+        #: :mod:`._statistics`), formed when the objective declares them (``soft_extras``); carry grad
+        self.extras = dict(extras or {})
         self._teacher = teacher_ids if isinstance(teacher_ids, _Deferred) else _Deferred(teacher_ids)
         self._draft = draft_ids if isinstance(draft_ids, _Deferred) else _Deferred(draft_ids)
+
+    def extra(self, key) -> Tensor:
+        """The statistic ``key`` (an error naming what was computed when it is missing)."""
+        found = self.extras.get(key)
+        if found is None:
+            raise ValueError(
+                f"soft statistics at temperature {self.temperature:g} have no {key!r} (computed: "
+                f"{sorted(map(str, self.extras)) or 'none'}); the caller forms the statistics an objective "
+                "declares in soft_extras"
+            )
+        return found
 
     @property
     def teacher_ids(self) -> Tensor:
@@ -91,7 +108,10 @@ class SoftSlots:
 
     def detached(self) -> "SoftSlots":
         """The same statistics without grad (the deferred argmaxes shared, formed at most once)."""
-        return SoftSlots(self.temperature, self.log_alpha.detach(), self.kl.detach(), self._teacher, self._draft)
+        extras = {key: value.detach() for key, value in self.extras.items()}
+        return SoftSlots(
+            self.temperature, self.log_alpha.detach(), self.kl.detach(), self._teacher, self._draft, extras
+        )
 
 
 SoftInput = Union[SoftSlots, Mapping[float, SoftSlots], None]
@@ -221,13 +241,6 @@ class _SoftStatistics(torch.autograd.Function):
         return grad.view(logits.shape).to(logits.dtype), None, None, None, None, None
 
 
-def _in_backward() -> bool:
-    """Whether autograd's engine is running a backward pass in this thread (a checkpointed chunk
-    being recomputed).  Without the private probe, assume not."""
-    probe = getattr(torch._C, "_current_graph_task_id", None)
-    return probe is not None and probe() != -1
-
-
 class _RecomputeStore:
     """The statistics a forward pass formed for a chunk, kept for its recomputation in backward.
 
@@ -274,6 +287,7 @@ def soft_slot_stats(
     target_log_probs: Optional[Tensor] = None,
     labels: Optional[Tensor] = None,
     reuse: Optional[Tensor] = None,
+    extras: tuple = (),
 ) -> Union[SoftSlots, tuple[SoftSlots, Tensor]]:
     """Soft statistics of one chunk: ``draft_logits [..., V]`` (carries grad) against the target.
 
@@ -284,7 +298,8 @@ def soft_slot_stats(
     ``reuse``: a tensor that identifies the chunk (an argument of a checkpointed chunk function, e.g. its
     target hidden states): the values are stored under it, and a call for the same chunk during a
     backward pass (the checkpoint's recomputation) takes them instead of forming them again
-    (:class:`_RecomputeStore`).
+    (:class:`_RecomputeStore`).  ``extras``: further statistic keys at this temperature (``soft_extras`` of
+    the objective, :mod:`._statistics`), formed tile by tile with their analytic gradient (not stored).
     """
     if (target_logits is None) == (target_log_probs is None):
         raise ValueError("soft_slot_stats: pass exactly one of target_logits and target_log_probs")
@@ -300,16 +315,21 @@ def soft_slot_stats(
         )
     temperature = float(temperature)
     stored = None
-    if reuse is not None and _in_backward():
+    if reuse is not None and in_backward():
         stored = RECOMPUTE_STORE.take(reuse, temperature, labels is not None)
     outputs = _SoftStatistics.apply(
         draft_logits, target.detach(), temperature, labels, target_log_probs is not None, stored
     )
-    if reuse is not None and stored is None and not _in_backward():
+    if reuse is not None and stored is None and not in_backward():
         RECOMPUTE_STORE.put(reuse, temperature, labels is not None, tuple(o.detach() for o in outputs))
     draft = draft_logits.detach()
     # argmaxes formed when first read: after the objective (the metrics), so never in a recomputation
-    slots = SoftSlots(temperature, outputs[0], outputs[1], lambda: _argmax(target), lambda: _argmax(draft))
+    formed = {}
+    if extras:
+        from ._statistics import extra_statistics
+
+        formed = extra_statistics(draft_logits, target, temperature, tuple(extras), target_log_probs is not None)
+    slots = SoftSlots(temperature, outputs[0], outputs[1], lambda: _argmax(target), lambda: _argmax(draft), formed)
     return slots if labels is None else (slots, outputs[2])
 
 
@@ -424,36 +444,34 @@ class LaggedAlpha:
     (``lk-lambda(lagged=true)``), kept on the objective between calls.
 
     ``reduce`` records a micro-batch's sums as *pending*; the first read outside a backward pass
-    commits them.  So every chunk of a micro-batch, and its recomputation by activation checkpointing
-    in backward (after ``reduce`` ran), sees the same lambda.  Before any training micro-batch, and
-    at positions never supervised so far, the mean is 0 (lambda = 1: KL only, the LK schedule's start).
+    commits them (:mod:`._state`: per rank, not saved in checkpoints).  So every chunk of a
+    micro-batch, and its recomputation by activation checkpointing in backward (after ``reduce``
+    ran), sees the same lambda.  Before any training micro-batch, and at positions never supervised
+    so far, the mean is 0 (lambda = 1: KL only, the LK schedule's start).
     """
 
-    __slots__ = ("_mean", "_pending")
+    __slots__ = ("_state",)
 
     def __init__(self) -> None:
-        self._mean: Optional[Tensor] = None
-        self._pending: Optional[tuple[Tensor, Tensor]] = None
+        self._state = CommittedOnRead(_merge_position_means)
 
     def mean(self, positions: int, like: Tensor) -> Tensor:
         """``[positions]`` mean alpha in ``like``'s dtype and device (0 where none is known)."""
-        if self._pending is not None and not _in_backward():
-            self._commit()
-        if self._mean is None or self._mean.shape[0] != positions:
+        mean = self._state.read()
+        if mean is None or mean.shape[0] != positions:
             return torch.zeros(positions, dtype=like.dtype, device=like.device)
-        return self._mean.to(dtype=like.dtype, device=like.device)
+        return mean.to(dtype=like.dtype, device=like.device)
 
     def record(self, alpha_sum: Tensor, count: Tensor) -> None:
-        self._pending = (alpha_sum.detach().clone(), count.detach().clone())
+        self._state.record((alpha_sum.detach().clone(), count.detach().clone()))
 
-    def _commit(self) -> None:
-        alpha_sum, count = self._pending
-        self._pending = None
-        fresh = alpha_sum / count.clamp_min(1.0)
-        previous = self._mean
-        if previous is not None and previous.shape == fresh.shape:
-            fresh = torch.where(count > 0, fresh, previous.to(fresh))  # unsupervised positions keep theirs
-        self._mean = fresh
+
+def _merge_position_means(previous: Optional[Tensor], pending: tuple[Tensor, Tensor]) -> Tensor:
+    alpha_sum, count = pending
+    fresh = alpha_sum / count.clamp_min(1.0)
+    if previous is not None and previous.shape == fresh.shape:
+        fresh = torch.where(count > 0, fresh, previous.to(fresh))  # unsupervised positions keep theirs
+    return fresh
 
 
 class LKLambdaLoss(SoftObjective):

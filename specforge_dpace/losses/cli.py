@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import argparse
 
+from .. import _numbers as num
+
 HELP = "list registered objectives, their options and where they come from"
 DESCRIPTION = """List every registered objective (built-in or from a distribution's
 `specforge_dpace.losses` entry point) with its options and defaults.
 
-Soft-label objectives (lk-alpha, lk-lambda, tv, kl, and the soft twin soft-<name> of every
-hard objective) read the target's distribution p at every slot: in SpecForge they need the
-target's last hidden state in the training data (column "needs target hidden").
+Soft-label objectives (lk-alpha, lk-lambda, tv, kl, renyi-half, topk-kl, the soft twin soft-<name>
+of every hard objective, soft-<name>(divergence=renyi-half) on Renyi-1/2's per-slot statistic, and
+<name>(labels=target), a hard objective trained on the target's argmax) read the target's
+distribution p at every slot: in SpecForge they need the target's last hidden state in the
+training data (column "needs target hidden").
 
 Objective specs combine them: 'dflash(gamma=10) + 0.3*first-error-focal + 40*chain',
-'dpace + 0.5*lk-lambda'. With --try, evaluate each objective (or the given specs) on a random DFlash block batch
+'dpace + 0.5*lk-lambda'; options after ';' belong to the composite: 'dpace + 0.5*lk-lambda;
+normalize=true' divides each term by its running magnitude, so the weights are relative.
+With --try, evaluate each objective (or the given specs) on a random DFlash block batch
 and print value, gradient norm and time:
 
   specforge-dpace losses --try
   specforge-dpace losses --try 'dpace(alpha=0.3)' 'dpace + 0.3*first-error-focal'"""
+
+
+#: Logits per tensor of the random batch (B*N*K*V): 256 MiB in fp32; --try holds several such tensors.
+TRY_ELEMENTS = 1 << 26
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,11 +47,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="one more spec to try (repeatable; implies --try)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="B of the random batch (default 4)")
-    parser.add_argument("--blocks", type=int, default=64, help="N, blocks per sequence (default 64)")
-    parser.add_argument("--block-size", type=int, default=16, help="K, slots per block (default 16)")
-    parser.add_argument("--vocab", type=int, default=32, help="V of the random draft and target logits (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--batch-size", type=num.BATCH_SIZE, default=4, help="B of the random batch (default 4)")
+    parser.add_argument("--blocks", type=num.NUM_ANCHORS, default=64, help="N, blocks per sequence (default 64)")
+    parser.add_argument("--block-size", type=num.BLOCK_SIZE, default=16, help="K, slots per block (default 16)")
+    parser.add_argument(
+        "--vocab",
+        type=num.VOCAB,
+        default=32,
+        help=f"V of the random draft and target logits (default 32; B*N*K*V at most {TRY_ELEMENTS})",
+    )
+    parser.add_argument("--seed", type=num.SEED, default=0, help="random seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print the listing as JSON")
 
 
@@ -74,6 +89,7 @@ def try_objectives(specs, batch_size: int, blocks: int, block_size: int, seed: i
     import torch.nn.functional as F
 
     from . import build_loss, soft_slot_stats
+    from ._statistics import soft_extras_at
 
     gen = torch.Generator().manual_seed(seed)
     shape = (batch_size, blocks, block_size)
@@ -89,7 +105,10 @@ def try_objectives(specs, batch_size: int, blocks: int, block_size: int, seed: i
         start = time.perf_counter()
         neg_log_q = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), reduction="none").view(shape)
         correct = logits.detach().argmax(dim=-1) == labels
-        soft = {t: soft_slot_stats(logits, t, target_logits=target) for t in objective.soft_temperatures}
+        soft = {
+            t: soft_slot_stats(logits, t, target_logits=target, extras=soft_extras_at(objective, t))
+            for t in objective.soft_temperatures
+        }
         if soft:
             num, den = objective.chunk_terms(neg_log_q, mask, correct, soft=soft)
         else:
@@ -114,15 +133,14 @@ def run(args: argparse.Namespace) -> int:
     from ..report import format_table
     from . import available_losses
 
-    for name, value in (
-        ("--batch-size", args.batch_size),
-        ("--blocks", args.blocks),
-        ("--block-size", args.block_size),
-        ("--vocab", args.vocab),
-    ):
-        if value < 1:
-            raise SystemExit(f"{name} must be >= 1, got {value}")
-    asked = [*(args.try_specs or ()), *(args.spec or ())]
+    asked = num.check_unique([*(args.try_specs or ()), *(args.spec or ())], "objective spec", num.objective_key)
+    elements = args.batch_size * args.blocks * args.block_size * args.vocab
+    if elements > TRY_ELEMENTS:
+        raise ValueError(
+            f"--batch-size {args.batch_size} x --blocks {args.blocks} x --block-size {args.block_size} x --vocab "
+            f"{args.vocab} = {elements} logits per tensor; accepted: at most {TRY_ELEMENTS} (the random batch holds "
+            "several such fp32 tensors)"
+        )
     if not asked:  # the listing, unless the user asked about particular specs
         rows = _listing_rows()
         if args.json:
@@ -133,13 +151,19 @@ def run(args: argparse.Namespace) -> int:
             print(format_table(rows, title=f"{len(rows)} registered objectives"))
             print(
                 "every hard objective has a soft twin 'soft-<name>': the objective run on -log alpha "
-                "(alpha = sum_x min(p, q)) instead of the cross-entropy; options: its own plus temperature"
+                "(alpha = sum_x min(p, q)) instead of the cross-entropy, or with divergence=renyi-half on "
+                "-2 log sum_x sqrt(p q); options: its own plus temperature and divergence. labels=target "
+                "trains a hard objective on the target's argmax (needs the target's last hidden state). "
+                "Composites take options after ';': normalize=true, normalize_decay (default 0.99)"
             )
     if args.try_specs is not None or asked:
         specs = asked or available_losses() + [
             "soft-dpace",
             "dflash(gamma=10) + 0.3*first-error-focal + 40*chain",
             "dpace + 0.5*lk-lambda",
+            "dpace + 0.5*lk-lambda; normalize=true",
+            "soft-dpace(divergence=renyi-half)",
+            "dflash(labels=target)",
         ]
         shape = f"B={args.batch_size}, N={args.blocks}, K={args.block_size}, V={args.vocab}"
         table = try_objectives(specs, args.batch_size, args.blocks, args.block_size, args.seed, args.vocab)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import _numbers as num
 from .legacy_args import LOSS_OPTION_HELP, LossOptionAction, loss_spec_type, parse_loss_option
 
 
@@ -24,7 +25,7 @@ class Flag:
     default: Any  # the legacy script's default
     help: str
     yaml: Optional[str]  # dotted path in the unified config; None: no unified equivalent
-    type: Any = str
+    type: Any = str  # numbers: a specforge_dpace._numbers.Range, checked at parse time (SpecForge's lower bounds)
     store_true: bool = False
     choices: Optional[tuple] = None
 
@@ -49,17 +50,21 @@ MODEL = (
         16,
         "DFlash block size K; with --draft-config-path the draft config's block_size unless given",
         "model.draft_block_size",
-        int,
+        num.BLOCK_SIZE,
     ),
     _F(
         "--num-draft-layers",
         1,
         "draft transformer layers; with --draft-config-path the draft config's num_hidden_layers unless given",
         "model.draft_num_hidden_layers",
-        int,
+        num.DRAFT_LAYERS,
     ),
     _F(
-        "--mask-token-id", None, "MASK token id (default: auto-detected from the tokenizer)", "model.mask_token_id", int
+        "--mask-token-id",
+        None,
+        "MASK token id (default: auto-detected from the tokenizer)",
+        "model.mask_token_id",
+        num.TOKEN_ID,
     ),
     _F(
         "--attention-backend",
@@ -75,14 +80,14 @@ MODEL = (
         "model.trust_remote_code",
         store_true=True,
     ),
-    _F("--num-anchors", 512, "anchor positions (blocks) sampled per sequence", "training.num_anchors", int),
+    _F("--num-anchors", 512, "anchor positions (blocks) sampled per sequence", "training.num_anchors", num.NUM_ANCHORS),
     _F(
         "--loss-decay-gamma",
         None,
         "DFlash slot decay exp(-(k-1)/gamma) of the dflash objective (7 for K=16); with --strategy domino/dspark "
         "also the method's own decay (Domino's base term, DSpark's confidence loss)",
         "training.loss_decay_gamma",
-        float,
+        num.FINITE,
     ),
     _F("--embedding-key", None, "embedding weight key in the target checkpoint", "model.embedding_key"),
     _F("--lm-head-key", None, "LM head weight key in the target checkpoint", "model.lm_head_key"),
@@ -98,19 +103,25 @@ DATA = (
     ),
     _F("--chat-template", "qwen", "chat template name", "data.chat_template"),
     _F("--is-preformatted", False, "data is already chat-formatted text", "data.is_preformatted", store_true=True),
-    _F("--dataloader-num-workers", 8, "data loader workers", "data.dataloader_num_workers", int),
-    _F("--build-dataset-num-proc", 8, "processes for dataset preprocessing", "data.build_dataset_num_proc", int),
-    _F("--max-length", 3072, "maximum sequence length", "data.max_length", int),
+    _F("--dataloader-num-workers", 8, "data loader workers", "data.dataloader_num_workers", num.PROCESSES),
+    _F(
+        "--build-dataset-num-proc",
+        8,
+        "processes for dataset preprocessing",
+        "data.build_dataset_num_proc",
+        num.PROCESSES_POSITIVE,
+    ),
+    _F("--max-length", 3072, "maximum sequence length", "data.max_length", num.SEQUENCE_LENGTH),
     _F("--cache-dir", "./cache", "dataset/cache directory", "data.cache_dir"),
 )
 TRAINING = (
-    _F("--num-epochs", 6, "training epochs", "training.num_epochs", int),
-    _F("--batch-size", 1, "micro-batch size per rank", "training.batch_size", int),
-    _F("--learning-rate", 6e-4, "peak learning rate", "training.learning_rate", float),
-    _F("--warmup-ratio", 0.04, "warm-up fraction of the schedule", "training.warmup_ratio", float),
-    _F("--max-grad-norm", 1.0, "gradient clipping norm", "training.max_grad_norm", float),
-    _F("--accumulation-steps", 1, "gradient accumulation steps", "training.accumulation_steps", int),
-    _F("--seed", 42, "random seed", "training.seed", int),
+    _F("--num-epochs", 6, "training epochs", "training.num_epochs", num.POSITIVE),
+    _F("--batch-size", 1, "micro-batch size per rank", "training.batch_size", num.BATCH_SIZE),
+    _F("--learning-rate", 6e-4, "peak learning rate", "training.learning_rate", num.LEARNING_RATE),
+    _F("--warmup-ratio", 0.04, "warm-up fraction of the schedule", "training.warmup_ratio", num.UNIT_INTERVAL),
+    _F("--max-grad-norm", 1.0, "gradient clipping norm", "training.max_grad_norm", num.POSITIVE_FINITE),
+    _F("--accumulation-steps", 1, "gradient accumulation steps", "training.accumulation_steps", num.POSITIVE),
+    _F("--seed", 42, "random seed", "training.seed", num.SEED),
     _F(
         "--resume",
         False,
@@ -119,11 +130,11 @@ TRAINING = (
         None,
         store_true=True,
     ),
-    _F("--tp-size", 1, "tensor parallel size of the target", "training.tp_size", int),
-    _F("--dist-timeout", 30, "distributed timeout (minutes)", "training.dist_timeout", int),
-    _F("--log-interval", 50, "log every N steps", "training.log_interval", int),
-    _F("--eval-interval", 1000, "evaluate every N steps", "training.eval_interval", int),
-    _F("--save-interval", 1000, "checkpoint every N steps", "training.save_interval", int),
+    _F("--tp-size", 1, "tensor parallel size of the target", "training.tp_size", num.PROCESSES_POSITIVE),
+    _F("--dist-timeout", 30, "distributed timeout (minutes)", "training.dist_timeout", num.POSITIVE),
+    _F("--log-interval", 50, "log every N steps", "training.log_interval", num.POSITIVE),
+    _F("--eval-interval", 1000, "evaluate every N steps", "training.eval_interval", num.NON_NEGATIVE),
+    _F("--save-interval", 1000, "checkpoint every N steps", "training.save_interval", num.NON_NEGATIVE),
 )
 OUTPUT = (_F("--output-dir", None, "output directory (the unified YAML config is written here too)", "output_dir"),)
 TRACKING = (
@@ -154,10 +165,14 @@ TRACKING = (
 SGLANG = (
     _F("--sglang-attention-backend", None, "SGLang target attention backend", "model.sglang_attention_backend"),
     _F(
-        "--sglang-mem-fraction-static", None, "SGLang static memory fraction", "model.sglang_mem_fraction_static", float
+        "--sglang-mem-fraction-static",
+        None,
+        "SGLang static memory fraction",
+        "model.sglang_mem_fraction_static",
+        num.FRACTION,
     ),
-    _F("--sglang-context-length", None, "SGLang context length", "model.sglang_context_length", int),
-    _F("--sglang-ep-size", None, "SGLang expert parallel size", "model.sglang_ep_size", int),
+    _F("--sglang-context-length", None, "SGLang context length", "model.sglang_context_length", num.POSITIVE),
+    _F("--sglang-ep-size", None, "SGLang expert parallel size", "model.sglang_ep_size", num.PROCESSES_POSITIVE),
     *(
         _F(f"--sglang-{name}", False, f"SGLang {name}", f"model.sglang_{name.replace('-', '_')}", store_true=True)
         for name in (
@@ -176,7 +191,7 @@ SGLANG = (
         None,
         "legacy only: SGLang piecewise CUDA graph max tokens",
         None,
-        int,
+        num.POSITIVE,
     ),
 )
 LEGACY_FLAGS: tuple[Flag, ...] = MODEL + DATA + TRAINING + OUTPUT + TRACKING + SGLANG
@@ -219,11 +234,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=loss_spec_type(),
         default=None,
         metavar="SPEC",
-        help="registered objective or composite spec, e.g. dpace or "
-        "'dflash(gamma=10) + 0.3*first-error-focal + 40*chain' (default: dflash)",
+        help="registered objective or composite spec, e.g. dpace, "
+        "'dflash(gamma=10) + 0.3*first-error-focal + 40*chain' or 'dpace + 0.5*lk-lambda; normalize=true' "
+        "(default: dflash)",
     )
     objective.add_argument(
-        "--dpace-alpha", type=float, default=None, help="D-PACE smoothing alpha in [0, 1] (default 0.5)"
+        "--dpace-alpha", type=num.UNIT_INTERVAL, default=None, help="D-PACE smoothing alpha in [0, 1] (default 0.5)"
     )
     objective.add_argument(
         "--loss-option",
@@ -264,7 +280,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     launch.add_argument(
         "--nproc-per-node",
-        type=int,
+        type=num.PROCESSES_POSITIVE,
         default=None,
         help="unified runtime: trainer processes per node (deployment.trainer.nproc_per_node; "
         "legacy runs use torchrun's own flag)",
@@ -280,7 +296,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     online.add_argument(
         "--server-url",
         dest="server_urls",
-        action="append",
+        action=num.AppendUnique,
+        why="one capture server listed twice",
         default=None,
         metavar="URL",
         help="unified online runtime: SGLang capture server URL (repeatable); online training "

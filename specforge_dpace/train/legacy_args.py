@@ -76,7 +76,10 @@ LOSS_TYPE_HELP = (
     "objective: a registered name (see `specforge-dpace losses`) or a weighted composite spec such as "
     "'dflash(gamma=10) + 0.3*first-error-focal + 40*chain' (specforge-dpace)"
 )
-LOSS_OPTION_HELP = "option of a single-term --loss-type, e.g. alpha=0.3 (repeatable; specforge-dpace)"
+LOSS_OPTION_HELP = (
+    "option of a single-term --loss-type (e.g. alpha=0.3), or of a composite (normalize=true, normalize_decay, "
+    "share_blocks), or of the path (fused=true) (repeatable; specforge-dpace)"
+)
 
 
 def _widen(kwargs: dict) -> dict:

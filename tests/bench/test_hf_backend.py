@@ -150,17 +150,22 @@ def test_sglang_backend_refuses_hf_only_flags(tmp_path, capsys):
 @pytest.mark.parametrize(
     "flag, value, message",
     [
-        ("--top-k", "0", "--top-k 0 is invalid; accepted: -1 (off) or an int >= 1"),
-        ("--top-p", "0", "--top-p 0.0 is invalid; accepted: a number in (0, 1]"),
-        ("--top-p", "1.5", "--top-p 1.5 is invalid"),
-        ("--temperature", "-0.5", "--temperature -0.5 is invalid"),
+        ("--top-k", "0", "--top-k: 0 is invalid; accepted: -1 (off) or an int in [1, 2147483647]"),
+        ("--top-p", "0", "--top-p: 0 is invalid; accepted: a finite number in (0, 1]"),
+        ("--top-p", "1.5", "--top-p: 1.5 is invalid"),
+        ("--top-p", "nan", "--top-p: nan is invalid (not finite)"),
+        ("--temperature", "-0.5", "--temperature: -0.5 is invalid"),
+        ("--temperature", "inf", "--temperature: inf is invalid (not finite)"),
+        ("--temperature", "1e309", "--temperature: 1e309 is invalid (not finite)"),  # was stored as null
     ],
 )
 def test_sampling_values_outside_sglangs_ranges_are_refused(tmp_path, capsys, flag, value, message):
     for backend in ("hf", "sglang"):
         argv = ["bench", "--backend", backend, "--target", "t", "--drafter", "d=x", "--out", str(tmp_path / "o")]
-        assert main(argv + [flag, value]) == 2
-        assert message in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:  # at parse time, before anything else
+            main(argv + [flag, value])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
 
 
 @pytest.fixture(scope="module")

@@ -296,4 +296,4 @@ def test_an_unwritable_out_is_refused_before_any_launch(tmp_path, capsys, draft_
     argv = _argv(tmp_path, target="t", drafter=f"k4={draft_dirs['k4']}", dataset="smoke", out=str(tmp_path / "file"))
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"--out {str(tmp_path / 'file')!r} is not a writable directory" in err
+    assert f"--out {str(tmp_path / 'file')!r}: is a file; accepted: a directory" in err

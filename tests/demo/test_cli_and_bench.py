@@ -25,10 +25,11 @@ def _bench_module():
 
 def test_bench_flags_reach_the_experiment_config_and_bad_values_are_refused(capsys):
     bench = _bench_module()
-    config = bench.config_from_args(bench.parse_args(["--quick", "--seeds", "3", "4", "--steps", "0"]))
-    assert config.seeds == (3, 4) and config.steps == 0
-    assert bench.main(["--quick", "--steps", "0", "--output-dir", "/nonexistent/never-written"]) == 2
-    assert "steps=0 is invalid" in capsys.readouterr().err
+    config = bench.config_from_args(bench.parse_args(["--quick", "--seeds", "3", "4", "--steps", "7"]))
+    assert config.seeds == (3, 4) and config.steps == 7
+    with pytest.raises(SystemExit) as exc:  # refused at parse time, naming the flag and the range
+        bench.main(["--quick", "--steps", "0", "--output-dir", "/nonexistent/never-written"])
+    assert exc.value.code == 2 and "argument --steps: 0 is invalid; accepted: an int >= 1" in capsys.readouterr().err
     assert bench.main(["--arms", "dpace", "lk-lambda"]) == 2  # the baseline is not an arm
     assert "baseline='dflash(gamma=7)' is not one of the arms" in capsys.readouterr().err
 

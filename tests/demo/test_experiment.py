@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from specforge_dpace.demo.experiment import PREDICTORS, SETTINGS, ExperimentConfig, analyse, main_table
+from specforge_dpace.demo.experiment import PREDICTORS, SETTINGS, ExperimentConfig, analyse, main_table, title
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_acceptance.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SPECFORGE_DPACE_THREADS": "1"}
@@ -75,9 +75,12 @@ def test_the_predictor_that_ranks_the_arms_is_trusted():
     "overrides,error",
     [
         (dict(arms=("dpace",)), "needs the baseline and at least one more arm"),
-        (dict(arms=("dflash(gamma=7)", "dpace", "dpace")), "repeats an arm"),
+        (dict(arms=("dflash(gamma=7)", "dpace", "dpace")), "arm 'dpace' given twice"),
+        (dict(arms=("dflash(gamma=7)", "dpace", "dpace(alpha=0.5)")), r"arm 'dpace\(alpha=0.5\)' repeats 'dpace'"),
         (dict(arms=("dpace", "kl")), "is not one of the arms"),
-        (dict(seeds=(0, 0)), "distinct integers"),
+        (dict(seeds=(0, 0)), "seed 0 given twice"),
+        (dict(seeds=(2**40,)), r"seed=1099511627776 is invalid; accepted: an int in \[0, 4294967295\]"),
+        (dict(lr=float("inf")), r"lr=inf is invalid \(not finite\)"),
         (dict(confidence=1.0), r"confidence=1.0"),
         (dict(steps=0), "steps=0 is invalid"),
         (dict(data_temperature=float("nan")), "data_temperature=nan is invalid"),
@@ -87,6 +90,25 @@ def test_the_predictor_that_ranks_the_arms_is_trusted():
 def test_bad_settings_are_refused_by_name(overrides, error):
     with pytest.raises(ValueError, match=error):
         ExperimentConfig.quick(**overrides).validate()
+
+
+def test_the_new_objectives_are_accepted_as_arms():
+    """Renyi-1/2, top-k KL, labels=target and normalized composites are arms like any spec; they read the
+    target's distribution, so the demo captures the target's last hidden state for them."""
+    from specforge_dpace.demo.pipeline import DemoPipeline
+
+    arms = (
+        "dflash(gamma=7)",
+        "renyi-half",
+        "topk-kl(k=8)",
+        "dflash(labels=target)",
+        "dpace + 0.5*lk-lambda; normalize=true",
+    )
+    config = ExperimentConfig.quick(arms=arms)
+    config.validate()
+    for spec in arms[1:]:
+        pipeline = DemoPipeline(Path("/nonexistent"), config.demo_config(0).__class__(objectives=(spec,)))
+        assert pipeline.needs_target_hidden, spec
 
 
 def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -140,33 +162,17 @@ def test_a_killed_run_resumes_to_the_same_numbers(tmp_path):
     assert _taus(resumed) == _taus(reference)
 
 
-@pytest.mark.parametrize(
-    "accept,tau",
-    [
-        (1.0, 3.0),  # K=3: two drafted tokens accepted + the bonus at every step: 6 tokens in 2 steps
-        (0.0, 1.0),  # nothing accepted: one token per step
-        (0.5, 6.0 / 3.75),  # by hand below: S(5)=1, S(4)=1.5, S(3)=2, S(2)=2.625, S(1)=3.1875, S(0)=3.75
-    ],
-)
-def test_the_walk_predictor_counts_verify_steps_as_decoding_does(accept, tau):
-    """A continuation of 7 tokens (the first is the prefill token), block K=3, acceptance per slot p:
-    S(a) = 1 + P(L=0) S(a+1) + P(L=1) S(a+2) + P(L=2) S(a+3), S(a) = 0 once a >= 6 (the last token)."""
-    import torch
-
-    from specforge_dpace.demo.teacher_forced import walk_terms
-
-    anchors = torch.arange(0, 6).view(1, -1)
-    valid = torch.ones(1, 6, 3, dtype=torch.bool)
-    valid[..., 0] = False
-    tokens, steps = walk_terms(
-        anchors, torch.ones_like(anchors, dtype=torch.bool), torch.full((1, 6, 3), accept), valid, torch.ones(1, 7)
-    )
-    if accept == 0.5:  # P(L=0)=0.5, P(L=1)=0.25, P(L=2)=0.25
-        s = {a: 0.0 for a in range(6, 10)}
-        for a in range(5, -1, -1):
-            s[a] = 1 + 0.5 * s[a + 1] + 0.25 * s[a + 2] + 0.25 * s[a + 3]
-        tau = 6.0 / s[0]
-    assert tokens == 6.0 and tokens / steps == pytest.approx(tau)
+def test_one_seed_reports_no_interval_and_says_why():
+    """Before: a zero-width "95 % interval" [x, x] printed as if it were a result."""
+    taus = {"dflash(gamma=7)": {0: 2.0}, "dpace": {0: 2.2}}
+    result = analyse(_cells(taus), ExperimentConfig(arms=tuple(taus), seeds=(0,)))
+    row = next(r for r in result["rows"] if r["arm"] == "dpace" and r["setting"] == "T0")
+    assert row["change"] == pytest.approx(0.1)
+    assert row["change_ci"] == [None, None] and row["change_bootstrap_ci"] == [None, None]
+    assert row["tau_ci"] == [None, None] and "one seed" in row["interval_note"] and not row["excludes_zero"]
+    table = main_table(result)
+    assert table[1]["T=0 vs baseline, % [CI]"] == "+10.0 [no interval: 1 seed]"
+    assert "no interval: one value (one seed) says nothing about the spread" in title(result)
 
 
 def test_each_method_is_measured_in_the_settings_its_server_performs():

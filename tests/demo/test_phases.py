@@ -118,3 +118,44 @@ def test_the_pipeline_captures_the_last_hidden_state_only_for_soft_objectives(tm
     hard.target_key = soft.target_key = "t"
     assert not hard.needs_target_hidden and soft.needs_target_hidden
     assert hard.features_key() != soft.features_key()
+
+
+@pytest.mark.parametrize("objective", ["dpace", "chain"])  # SpecForge's own built-in / the plugin's objective
+def test_a_non_finite_loss_stops_training_naming_the_objective_and_step(tiny, objective):
+    """``lr`` inf (what ``--lr inf`` reached before it was refused at parse time): the first step makes the
+    weights non-finite, the second step's loss is NaN.  Before, training went on and saved a NaN drafter."""
+    from specforge_dpace._finite import NonFiniteTraining
+
+    target, _, ids, mask, feats = tiny
+    cfg = DrafterConfig(block_size=4, steps=3, batch_size=4, num_anchors=4, seed=0, lr=float("inf"))
+    kwargs = dict(target_layer_ids=LAYERS, mask_token_id=95, show_progress=False)
+    with pytest.raises(
+        NonFiniteTraining, match=rf"objective '{objective}': the loss is nan.* at step 2 of 3 \(lr inf\)"
+    ):
+        train_drafter(target, ids, mask, feats, objective, cfg, **kwargs)
+    _, log = train_drafter(target, ids, mask, feats, objective, cfg, allow_non_finite=True, **kwargs)
+    assert [s["step"] for s in log["non_finite_steps"]] == [2, 3]  # the user opted in: recorded, not hidden
+
+
+def test_non_finite_features_stop_training_at_the_first_step(tiny):
+    from specforge_dpace._finite import NonFiniteTraining
+
+    target, _, ids, mask, feats = tiny
+    broken = feats.clone()
+    broken[:, 3] = float("nan")  # a damaged feature file
+    cfg = DrafterConfig(block_size=4, steps=3, batch_size=4, num_anchors=4, seed=0)
+    kwargs = dict(target_layer_ids=LAYERS, mask_token_id=95, show_progress=False)
+    with pytest.raises(NonFiniteTraining, match=r"objective 'dflash\(gamma=7\)': the loss is nan.*at step 1 of 3"):
+        train_drafter(target, ids, mask, broken, "dflash(gamma=7)", cfg, **kwargs)
+
+
+def test_a_cached_drafter_trained_through_non_finite_steps_needs_the_opt_in(tmp_path):
+    from specforge_dpace._finite import NonFiniteTraining
+    from specforge_dpace.demo.pipeline import DemoConfig, DemoPipeline
+
+    log = {"non_finite_steps": [{"step": 2, "problem": "the loss is nan"}]}
+    strict = DemoPipeline(tmp_path, DemoConfig(), show_progress=False, log=lambda _: None)
+    with pytest.raises(NonFiniteTraining, match="trained through 1 non-finite step.*--allow-non-finite"):
+        strict._refuse_non_finite("dpace", log, tmp_path)
+    lenient = DemoPipeline(tmp_path, DemoConfig(allow_non_finite=True), show_progress=False, log=lambda _: None)
+    lenient._refuse_non_finite("dpace", log, tmp_path)  # opted in: reused

@@ -108,6 +108,13 @@ TARGET = {"hidden_size": 32, "vocab_size": 64, "num_hidden_layers": 3}
         ({"block_size": 1}, None, r"block size 1 is invalid"),
         ({}, 1, r"block size 1 is invalid \(the given block size\)"),
         ({"block_size": None}, None, r"block_size is missing \(SGLang 0.5.14 reads dflash_config.block_size"),
+        (  # sized the draft's buffers: tens of GB before
+            {"block_size": 100000},
+            None,
+            r"block_size \(from the draft's config \(dflash_config.block_size first\)\)=100000 is invalid; "
+            r"accepted: an int in \[2, 256\]",
+        ),
+        ({}, 1000000, r"block_size \(from the given block size\)=1000000 is invalid"),
         ({"num_target_layers": None}, None, r"num_target_layers is missing"),
     ],
 )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -116,12 +118,14 @@ def test_cli_reports_both_tau_conventions_and_applies_top_k_top_p(checkpoint_dir
     assert overall["tau_sglang"] == pytest.approx(overall["completion_tokens"] / overall["verify_steps"])
     assert overall["tau"] == pytest.approx((overall["completion_tokens"] - 2) / overall["verify_steps"])
     for flag, value, message in (
-        ("--top-k", "0", "top_k=0 is invalid; accepted: -1 (disabled) or an int >= 1"),
-        ("--top-p", "0", "top_p=0.0 is invalid; accepted: a number in (0, 1]"),
+        ("--top-k", "0", "--top-k: 0 is invalid; accepted: -1 (off) or an int in [1, 2147483647]"),
+        ("--top-p", "0", "--top-p: 0 is invalid; accepted: a finite number in (0, 1]"),
     ):
         bad = list(argv)
         bad[bad.index(flag) + 1] = value
-        assert main(bad) == 2 and message in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:
+            main(bad)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cli_output_dir_that_cannot_be_written_fails_before_decoding(checkpoint_dirs, tmp_path, capsys):
@@ -145,7 +149,7 @@ def test_cli_output_dir_that_cannot_be_written_fails_before_decoding(checkpoint_
     ]
     assert main(argv) == 2
     captured = capsys.readouterr()
-    assert f"--output-dir {str(out)!r} is not a writable directory" in captured.err
+    assert f"--output-dir {str(out)!r}: sits under {str(blocker)!r}, which is a file" in captured.err
     assert "accepted-length histogram" not in captured.out  # nothing was decoded
     # checked before any model is loaded: a missing target is not even looked at
     argv[argv.index("--target") + 1] = str(tmp_path / "no-such-target")
@@ -187,20 +191,15 @@ def test_cli_reports_bad_input_without_traceback(checkpoint_dirs, tmp_path, caps
     code = main(["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompts", str(bad)])
     assert code == 2
     assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
-    code = main(
-        [
-            "evaluate",
-            "--target",
-            str(root / "target"),
-            "--draft",
-            str(root / "draft"),
-            "--prompts",
-            str(root / "prompts.jsonl"),
-            "--block-size",
-            "1",
-        ]
-    )
-    assert code == 2 and "block_size=1 is invalid" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused at parse time, before anything is loaded
+        main(
+            ["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft"), "--prompts", str(bad)]
+            + [
+                "--block-size",
+                "1",
+            ]
+        )
+    assert exc.value.code == 2 and "--block-size: 1 is invalid; accepted: an int in [2, 256]" in capsys.readouterr().err
 
 
 def test_cli_help_explains_every_flag():
@@ -311,3 +310,88 @@ def test_evaluate_paths_honours_a_given_block_size_for_a_draft_without_one(check
     assert result.overall["block_size"] == 3 and len(result.overall["accept_hist"]) == 3
     with pytest.raises(ValueError, match=r"block_size is missing \(SGLang 0.5.23 reads dflash_config.block_size"):
         evaluate_paths(root / "target", bare, [[1, 2, 3]], EvalConfig(show_progress=False))
+
+
+def _evaluate_argv(root, out, *extra):
+    return ["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft")] + [
+        "--prompts",
+        str(root / "prompts.jsonl"),
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
+
+
+def test_output_dir_problems_are_reported_before_any_model_is_loaded(checkpoint_dirs, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "eval.json").mkdir(parents=True)  # a directory where the report file goes
+    argv = _evaluate_argv(checkpoint_dirs, out)
+    argv[argv.index("--target") + 1] = str(tmp_path / "no-such-target")  # never looked at
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{str(out / 'eval.json')!r} is a directory where this run writes its file eval.json" in err
+
+
+def test_a_second_evaluate_into_one_output_dir_is_refused_naming_the_holder(checkpoint_dirs, tmp_path, capsys):
+    from specforge_dpace._outdir import locked_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with locked_output(out, "another evaluate", "--output-dir"):
+        assert main(_evaluate_argv(checkpoint_dirs, out)) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {str(out)!r} is in use by another run: pid {os.getpid()} (another evaluate" in err
+    assert not (out / "eval.json").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE behaviour is Linux's")
+def test_a_full_disk_leaves_the_previous_reports_not_an_empty_per_prompt_jsonl(checkpoint_dirs, tmp_path):
+    """per_prompt.jsonl is written whole (it was unlinked, then appended line by line: a disk filling up left
+    it empty or torn beside a complete eval.json), before eval.json, so a failed run changes neither report and
+    names the file, without a traceback or a temporary file left behind.  RLIMIT_FSIZE in the child stands in
+    for the full disk (writes past it fail with EFBIG, as they fail with ENOSPC); being a per-file limit it
+    cannot let eval.json (the larger file) through and stop per_prompt.jsonl, so the old code failed here on
+    eval.json: with a traceback, leaving its torn temporary file."""
+    root = tmp_path / "many"
+    root.mkdir()
+    for name in ("target", "draft"):
+        shutil.copytree(checkpoint_dirs / name, root / name)
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"input_ids": [i % 60 + 1]}) + "\n" for i in range(30)))
+    out = tmp_path / "out"
+    out.mkdir()
+    previous = {"eval.json": '{"previous": true}\n', "per_prompt.jsonl": '{"previous": 1}\n'}
+    for name, text in previous.items():
+        (out / name).write_text(text)
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))\n"
+        "from specforge_dpace.cli import main\n"
+        f"sys.exit(main({_evaluate_argv(root, out, '--max-new-tokens', '40')!r}))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"could not write {out / 'per_prompt.jsonl'}" in result.stderr and "Traceback" not in result.stderr
+    for name, text in previous.items():
+        assert (out / name).read_text() == text, name
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_max_new_tokens_past_the_targets_context_window_is_refused(checkpoint_dirs, tmp_path, capsys):
+    """tiny_target has 1024 positions: before, decoding ran on past them without a word."""
+    argv = _evaluate_argv(checkpoint_dirs, tmp_path / "out", "--max-new-tokens", "1022")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "max_new_tokens=1022 is invalid for these prompts: prompt 1 has 4 tokens" in err
+    assert "(max_position_embeddings=1024); accepted: max_new_tokens <= 1020" in err
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_no_progress_also_silences_transformers_weight_loading_bar(checkpoint_dirs, tmp_path, capsys, quiet):
+    argv = _evaluate_argv(checkpoint_dirs, tmp_path / "out", "--max-new-tokens", "2", "--num-prompts", "1")
+    if not quiet:
+        argv.remove("--no-progress")
+    assert main(argv) == 0
+    assert ("Loading weights" in capsys.readouterr().err) is not quiet

@@ -59,6 +59,9 @@ def test_fused_and_overhead_sections(bench, tmp_path, capsys):
     for row in fused:
         assert row["grad_rel_err"] <= 1e-5 and row["loss_rel_err"] <= 1e-5
         assert row["time_ratio"] > 0 and row["sub_chunk"] % 4 == 0
+        assert row["kernels"] == "pytorch"  # CPU tensors: the PyTorch path unless forced
+        # PyTorch's chunked linear cross-entropy feeding the objective (torch 2.13 has it): same gradient
+        assert row["torch_lce_x"] > 0 and row["torch_lce_grad_rel_err"] <= 1e-5
     names = [row["objective"] for row in data["overhead"]]
     assert bench.COMPOSITE in names and "chain" in names
     assert "[fused]" in md.read_text() and "[overhead]" in capsys.readouterr().out
@@ -103,3 +106,23 @@ def test_soft_section(bench, tmp_path):
         assert row["fused_x"] > 0 and row["plain_x"] > 0 and row["upstream_ms"] > 0
         assert row["fused_x"] == pytest.approx(row["fused_ms"] / row["upstream_ms"])
         assert len(row["meets"].split()) == 3
+
+
+def test_kernels_forced_and_anchors_skipped_on_cpu(bench, tmp_path, capsys, kernel_device):
+    """``--kernels force`` runs both paths' element-wise work in the Triton kernels (the interpreter here),
+    with the same values as upstream and plain; the GPU-only anchors say why they are skipped."""
+    pytest.importorskip("specforge")
+    if kernel_device != "cpu":
+        pytest.skip("the CPU run of the kernels")
+    out = tmp_path / "bench.json"
+    argv = ["--sections", "fused,soft", *TOY, "--soft-objectives", "kl;lk-lambda", "--kernels", "force"]
+    assert bench.main([*argv, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    for row in data["fused"] + data["soft"]:
+        assert row["kernels"] == "triton" and row["grad_rel_err"] <= 1e-5
+    text = capsys.readouterr().out
+    assert (
+        "kernels force (Triton" in text
+        and "[soft-anchors] skipped: Liger's and speculators' kernels need a CUDA GPU" in text
+    )
+    assert "soft-anchors" not in data

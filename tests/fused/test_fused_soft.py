@@ -27,6 +27,13 @@ MIXED = (
     "chain + 0.2*tv",
     "dpace + kl",  # kl in the logits buffer, cross-entropy beside it
     "lk-alpha + soft-dpace",  # one direction, two numerator entries
+    # the extended pass: Renyi-1/2, top-k KL, cross-entropy on the target's argmax
+    "soft-dpace(divergence=renyi-half,alpha=0.3)",
+    "dpace(labels=target)",
+    "first-error-focal(labels=target) + 0.5*topk-kl(k=3)",
+    "renyi-half(temperature=0.5) + dpace",
+    "lk-lambda + renyi-half + chain(labels=target)",
+    "topk-kl(k=2,temperature=0.7) + kl(temperature=0.7)",
 )
 SPECS = SOFT_NAMES + TWINS + MIXED
 
@@ -80,14 +87,26 @@ def test_fp32_equals_plain_path(spec, sub_chunk_tokens):
     assert rel_err(fused_loss_grad, plain_loss_grad) <= 1e-5
 
 
-@pytest.mark.parametrize("spec", ["lk-alpha", "lk-lambda", "kl(temperature=0.5) + tv", "dpace + 0.5*lk-lambda"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "lk-alpha",
+        "lk-lambda",
+        "kl(temperature=0.5) + tv",
+        "dpace + 0.5*lk-lambda",
+        "renyi-half",
+        "dpace + 0.5*topk-kl(k=3) + auf(labels=target)",
+    ],
+)
 def test_fp64_equals_plain_path_tightly(spec):
     plain, fused, _, _, grads, _ = run_both(spec, dtype=torch.float64, sub_chunk_tokens=24)
     check_totals(plain, fused, 1e-12)
     assert rel_err(grads[1], grads[0]) <= 1e-12 and rel_err(grads[3], grads[2]) <= 1e-12
 
 
-@pytest.mark.parametrize("spec", ["lk-alpha", "lk-lambda", "soft-dpace", "dpace + 0.5*lk-lambda"])
+@pytest.mark.parametrize(
+    "spec", ["lk-alpha", "lk-lambda", "soft-dpace", "dpace + 0.5*lk-lambda", "renyi-half + topk-kl(k=3)"]
+)
 def test_gradient_zero_on_masked_slots_and_blocks(spec):
     _, _, _, _, grads, mask = run_both(spec, sub_chunk_tokens=16)
     _, fused_grad, _, _ = grads
@@ -121,6 +140,7 @@ def test_larger_vocabulary_and_blocks_of_sixteen():
         "lk-lambda",
         "dpace + 0.5*lk-lambda",
         "lk-alpha + 0.5*tv(temperature=0.5)",  # an alpha direction in a second buffer
+        "renyi-half + lk-alpha",  # the extended pass: log space throughout
     ],
 )
 def test_tiny_alpha_stays_exact(spec):
@@ -171,6 +191,8 @@ def test_without_grad_only_values():
         ("soft-chain", 1),
         ("lk-lambda", 2),
         ("dpace + 0.5*lk-lambda", 3),
+        ("renyi-half", 1),  # the extended pass sums its directions too
+        ("dpace(labels=target) + renyi-half", 2),  # cross-entropy on argmax p, log BC
     ],
 )
 def test_one_hidden_sized_buffer_per_direction_and_no_logits(spec, buffers):
@@ -253,6 +275,18 @@ def test_plan_names_directions():
     assert plan.directions == (("la", 1.0),) and plan.combined and not plan.kl_temperatures
     plan, _ = soft_plan(build_loss("kl(temperature=0.5) + tv"))
     assert plan.temperatures == (0.5, 1.0) and plan.kl_temperatures == {0.5}
+
+
+def test_extended_plans_name_their_directions():
+    plan, _ = soft_plan(build_loss("dpace + renyi-half + topk-kl(k=3) + chain(labels=target)"))
+    assert plan.directions == (("bc", 1.0), ("topk", 1.0, 3), "teacher_nlq", "nlq") and plan.extended
+    assert dict(plan.extras) == {1.0: (("log_bc", 1.0), ("topk_kl", 1.0, 3), "teacher_nlq")}
+    head, hidden, target, mask = make_batch(vocab=300)
+    soft_pass = SoftPass(
+        build_loss("renyi-half"), soft_plan(build_loss("renyi-half"))[0], head.weight, None, 4, 8, True
+    )
+    assert soft_pass.mode == "extended" and not soft_pass.scratch_names
+    assert not soft_plan(build_loss("dpace + 0.5*lk-lambda"))[0].extended
 
 
 def test_kl_is_not_computed_where_unread():
@@ -376,10 +410,19 @@ def test_exact_ties_at_a_large_vocabulary_go_where_the_plain_path_puts_them(spec
     assert rel_err(fused_grad, plain_grad) <= 1e-5
 
 
-@pytest.mark.parametrize("spec", ["lk-lambda(lagged=true)", "dpace + 0.5*lk-lambda(lagged=true,gamma=7)"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "lk-lambda(lagged=true)",
+        "dpace + 0.5*lk-lambda(lagged=true,gamma=7)",
+        "dpace + 0.5*lk-lambda; normalize=true",  # running magnitudes instead of (or beside) a lagged lambda
+        "dpace + 0.5*lk-lambda(lagged=true) + tv; normalize=true,normalize_decay=0.5",
+    ],
+)
 def test_lagged_lambda_over_successive_micro_batches_equals_the_plain_path(spec):
-    """Each path keeps its own objective (the lagged state lives on it): fed the same micro-batches in
-    turn, both use the same lambda at every step, and agree on values and gradients."""
+    """Each path keeps its own objective (the lagged state, the normalize magnitudes live on it): fed the
+    same micro-batches in turn, both use the same lambda and magnitudes at every step, and agree on values
+    and gradients."""
     plain_objective, fused_objective = build_loss(spec), build_loss(spec)
     losses = []
     for step in range(3):

@@ -38,6 +38,10 @@ def test_installed_plugin_patches_every_unified_module_in_a_fresh_process():
         assert checks[f"patched on import: {target}"]["status"] == "ok"
     assert checks["autoload .pth"]["status"] == "ok"
     assert "specforge 0.2.0" in checks["versions"]["detail"]
+    for target in ("unified-evaluation", "unified-trainer", "unified-checkpoint", "unified-dflash-providers"):
+        assert checks[f"patched on import: {target}"]["status"] == "ok"
+    recommended = checks["best checkpoint metric"]
+    assert recommended["status"] == "info" and "training.best_metric: eval/tau_walk" in recommended["detail"]
 
 
 def test_autoload_switched_off_fails_and_says_why():
@@ -76,11 +80,13 @@ def test_without_specforge_the_library_still_counts_as_healthy(monkeypatch):
     assert row.check == "SpecForge" and row.status == "warn" and "--no-deps specforge==0.2.0" in row.detail
 
 
-def test_bad_timeout_is_a_clean_error():
+@pytest.mark.parametrize("value", ["0", "inf", "nan", "1e309"])
+def test_bad_timeout_is_a_clean_error(value):
     result = subprocess.run(
-        [sys.executable, "-m", "specforge_dpace", "doctor", "--timeout", "0"], capture_output=True, text=True
+        [sys.executable, "-m", "specforge_dpace", "doctor", "--timeout", value], capture_output=True, text=True
     )
-    assert result.returncode == 2 and "--timeout 0.0 is invalid" in result.stderr
+    assert result.returncode == 2 and f"argument --timeout: {value} is invalid" in result.stderr
+    assert "accepted: a finite number in (0, 1000000]" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_switch_value_neither_on_nor_off_is_reported():

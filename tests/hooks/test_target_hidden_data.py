@@ -29,7 +29,7 @@ from specforge_dpace.hooks._blocks import TARGET_HIDDEN_KEY as MODEL_KEY  # noqa
 
 KEY = _target_hidden.TARGET_HIDDEN_KEY
 HARD = ["dflash", "dpace", "chain", "dflash(gamma=10) + 0.3*first-error-focal + 40*chain"]
-SOFT = ["lk-lambda", "dpace + 0.5*lk-lambda", "soft-dpace"]
+SOFT = ["lk-lambda", "dpace + 0.5*lk-lambda", "soft-dpace", "renyi-half", "topk-kl(k=4)", "dflash(labels=target)"]
 VOCAB, HIDDEN, BLOCK = 64, 32, 4
 
 
@@ -257,7 +257,9 @@ def test_builtin_name_matches_unpatched_specforge(target, features):
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
 
 
-@pytest.mark.parametrize("loss_type", ["lk-lambda", "dpace + 0.5*lk-lambda"])
+@pytest.mark.parametrize(
+    "loss_type", ["lk-lambda", "dpace + 0.5*lk-lambda", "dpace(labels=target) + 0.5*renyi-half; normalize=true"]
+)
 def test_soft_objectives_train_through_specforges_offline_data_path(loss_type, target, features):
     registration = _composition_module().resolve_run(_config(loss_type, features[0])).algorithm
     batch = _batch(registration, features[0])
@@ -354,3 +356,17 @@ def test_specforges_local_capture_plan_persists_the_key_for_soft_objectives(tmp_
     sources = {"input_ids": 1, "loss_mask": 2, "aux_hidden_states": 3, "last_hidden_states": 4}
     assert layouts["dpace"].materialize(sources) == {"input_ids": 1, "loss_mask": 2, "hidden_states": 3}
     assert layouts["lk-lambda"].materialize(sources) == {"input_ids": 1, "loss_mask": 2, "hidden_states": 3, KEY: 4}
+
+
+@pytest.mark.parametrize("loss_type", ["dflash", "dpace", "lk-lambda"])
+def test_a_dspark_run_on_features_without_the_key_is_refused_at_resolve_time(features, loss_type):
+    """DSpark's own data path reads the key whatever the objective; before, such a run died in SpecForge's
+    reader with a 48-line traceback (also with a hard objective), the pre-check not looking."""
+    with pytest.raises(ValueError) as caught:
+        _composition_module().resolve_run(_config(loss_type, features[1], strategy="dspark"))
+    message = str(caught.value)
+    assert "training.strategy='dspark' trains against the target's distribution p whatever the objective" in message
+    assert f"training.loss_type={loss_type!r}" in message and f"no '{KEY}'" in message and str(features[1]) in message
+    assert "last_hidden=True" in message and "hard objective" not in message  # no way out through the objective
+    resolved = _composition_module().resolve_run(_config(loss_type, features[0], strategy="dspark"))
+    assert resolved.algorithm.name == "dspark"  # with the key: SpecForge's own DSpark registration

@@ -12,6 +12,8 @@ pytest.importorskip("specforge")
 import specforge.algorithms.common.dflash_family_model  # noqa: E402,F401
 import specforge.algorithms.model_providers  # noqa: E402,F401
 import specforge.config.schema  # noqa: E402,F401
+import specforge.training.controller  # noqa: E402,F401
+import specforge.training.trainer  # noqa: E402,F401
 from _tiny_specforge import tiny_online_model  # noqa: E402
 
 import specforge_dpace  # noqa: E402
@@ -55,6 +57,10 @@ def test_install_is_idempotent_and_uninstall_restores_identity():
         "unified-composition",
         "unified-domino-providers",
         "unified-dspark-providers",
+        "unified-dflash-providers",
+        "unified-evaluation",
+        "unified-trainer",
+        "unified-checkpoint",
     ]
     patched = _originals()
     assert all(patched[name] is not before[name] for name in before)
@@ -139,8 +145,17 @@ def test_metrics_in_specforge_trainer_form(specforge_installed):
         "accept_pos_3",
         "loss[dpace]",
         "loss[chain]",
+        "loss_share[dpace]",
+        "loss_share[chain]",
+        "grad_share[dpace]",
+        "grad_share[chain]",
     }
     assert expected == set(ratio)
+    for kind in ("loss_share", "grad_share"):  # shares of one total
+        assert ratio[f"{kind}[dpace]"][1] == ratio[f"{kind}[chain]"][1]
+        assert float(sum(ratio[f"{kind}[{t}]"][0] for t in ("dpace", "chain")) / ratio[f"{kind}[dpace]"][1]) == (
+            pytest.approx(1.0)
+        )
     for numerator, denominator in ratio.values():
         assert numerator.numel() == 1 and denominator.numel() == 1 and not numerator.requires_grad
     tau = ratio["sim_tau"][0] / ratio["sim_tau"][1]

@@ -55,6 +55,15 @@ def _greedy_setup(loss_type="lk-lambda", chunk=2, seed=0):
     return model, batch
 
 
+def _train_step(spec, chunk):
+    """``(loss, metrics, draft gradients)`` of one training micro-batch of the greedy setup."""
+    model, batch = _greedy_setup(spec, chunk=chunk)
+    torch.manual_seed(3)
+    loss, _, metrics = model(**batch)
+    loss.backward()
+    return loss.detach(), metrics, [p.grad.clone() for p in model.draft_model.parameters() if p.grad is not None]
+
+
 def test_alignment_gives_teacher_agreement_one_on_greedy_data(specforge_installed):
     model, batch = _greedy_setup()
     torch.manual_seed(0)
@@ -85,17 +94,19 @@ def test_shifting_the_alignment_breaks_agreement():
         assert bool(agree.all()) is expect_all
 
 
-@pytest.mark.parametrize("spec", ["lk-lambda", "soft-dpace", "dpace + 0.5*lk-lambda", "kl(temperature=0.5) + tv"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "lk-lambda",
+        "soft-dpace",
+        "dpace + 0.5*lk-lambda",
+        "kl(temperature=0.5) + tv",
+        "renyi-half",
+        "topk-kl(k=5) + dflash(labels=target)",
+    ],
+)
 def test_soft_objectives_train_and_are_chunk_invariant(specforge_installed, spec):
-    results = []
-    for chunk in (0, 1):
-        model, batch = _greedy_setup(spec, chunk=chunk)
-        torch.manual_seed(3)
-        loss, _, metrics = model(**batch)
-        loss.backward()
-        grads = [p.grad.clone() for p in model.draft_model.parameters() if p.grad is not None]
-        results.append((loss.detach(), metrics, grads))
-    (l0, m0, g0), (l1, m1, g1) = results
+    (l0, m0, g0), (l1, m1, g1) = (_train_step(spec, chunk) for chunk in (0, 1))
     torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
     assert g0 and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g0, g1))
     assert m0["loss_terms"][0].requires_grad
@@ -121,24 +132,54 @@ def test_hard_objectives_ignore_the_target_hidden_state(specforge_installed):
         assert torch.equal(model(**without)[0], with_key)
 
 
-def test_lagged_lambda_survives_checkpoint_recomputation(specforge_installed):
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "lk-lambda(lagged=true)",
+        "dpace + 0.5*lk-lambda; normalize=true",
+        "dpace + 0.5*lk-lambda(lagged=true); normalize=true",
+    ],
+)
+def test_running_state_survives_checkpoint_recomputation(specforge_installed, spec):
     """SpecForge's checkpointed chunks recompute the objective in backward, after ``reduce`` has recorded
-    this micro-batch's alpha: the recomputation must still use the lambda the forward used (the
-    previous micro-batch's), so chunked and unchunked models agree on the second micro-batch."""
+    this micro-batch's alpha (``lagged=true``) or term magnitudes (``normalize=true``): the recomputation
+    must still use the lambda and magnitudes the forward used, so chunked and unchunked models agree on
+    the second micro-batch."""
     _, second_batch = _greedy_setup(seed=1)
     results = []
     for chunk in (0, 1):  # 0: one unchecked evaluation; 1: one checkpointed chunk per block
-        model, first_batch = _greedy_setup("lk-lambda(lagged=true)", chunk=chunk)
+        model, first_batch = _greedy_setup(spec, chunk=chunk)
         for batch in (first_batch, second_batch):
             model.zero_grad()
             torch.manual_seed(3)
-            loss, _, _ = model(**batch)
+            loss, _, metrics = model(**batch)
             loss.backward()
         grads = [p.grad.clone() for p in model.draft_model.parameters() if p.grad is not None]
-        results.append((loss.detach(), grads))
-    (l0, g0), (l1, g1) = results
+        results.append((loss.detach(), grads, metrics))
+    (l0, g0, m0), (l1, g1, _) = results
     torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
     assert g0 and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g0, g1))
-    fresh, _ = _greedy_setup("lk-lambda(lagged=true)", chunk=1)
+    assert model.loss_type == spec  # the canonical spec, recorded for resume checks
+    if "normalize" in spec:
+        magnitudes = {k for k in m0["ratio_metrics"] if k.startswith("loss_magnitude[")}
+        assert magnitudes == {"loss_magnitude[dpace]", f"loss_magnitude[{spec.split('*')[1].split(';')[0]}]"}
+    fresh, _ = _greedy_setup(spec, chunk=1)
     torch.manual_seed(3)
-    assert abs(float(fresh(**second_batch)[0].detach()) - float(l1)) > 1e-5  # lambda moved after the first batch
+    assert abs(float(fresh(**second_batch)[0].detach()) - float(l1)) > 1e-5  # the state moved after the first
+
+
+@pytest.mark.parametrize("name", ["dpace", "first-error-focal", "chain"])
+def test_target_labels_equal_data_labels_on_greedy_data(specforge_installed, name):
+    """On data the target regenerated greedily, argmax p is the data token at every supervised slot, so
+    ``<name>(labels=target)`` (which needs the target's last hidden state) trains exactly as ``<name>``; the
+    patched model asks for that state, like every soft-label objective."""
+    (hard, _, hard_grads), (target, metrics, target_grads) = (
+        _train_step(spec, 1) for spec in (name, f"{name}(labels=target)")
+    )
+    assert metrics["ratio_metrics"]["teacher_agreement"][0] == metrics["ratio_metrics"]["teacher_agreement"][1]
+    torch.testing.assert_close(target, hard, rtol=1e-5, atol=1e-7)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(target_grads, hard_grads))
+    model, batch = _greedy_setup(f"{name}(labels=target)")
+    del batch["target_last_hidden_states"]
+    with pytest.raises(ValueError, match="no 'target_last_hidden_states'"):
+        model(**batch)

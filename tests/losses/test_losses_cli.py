@@ -18,8 +18,10 @@ def test_listing_shows_every_objective_options_and_source():
     assert result.returncode == 0, result.stderr
     rows = {row["objective"]: row for row in json.loads(result.stdout)}
     assert set(BUILTIN_NAMES) <= set(rows)
-    assert rows["dpace"]["options (defaults)"] == "alpha=0.5"
-    assert rows["dflash"]["options (defaults)"] == "gamma=None"
+    assert rows["dpace"]["options (defaults)"] == "alpha=0.5, labels='data'"  # labels: every hard objective's
+    assert rows["dflash"]["options (defaults)"] == "gamma=None, labels='data'"
+    assert rows["topk-kl"]["options (defaults)"] == "k=20, gamma=None, temperature=1.0"
+    assert rows["renyi-half"]["needs target hidden"] and not rows["dpace"]["needs target hidden"]
     assert all(rows[name]["source"] == "built-in" for name in BUILTIN_NAMES)
 
 

@@ -228,6 +228,7 @@ def test_signature_factories_expose_their_keyword_options():
         return Doubled(scale=scale)
 
     info = registry.register("sig", make)
-    assert set(info.options) == {"scale", "flag"}
+    assert set(info.options) == {"scale", "flag", "labels"}  # labels: the registry's, for every hard objective
+    assert registry.build("sig(labels=target,scale=2)").spec() == "doubled(labels=target)"  # the objective names itself
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['nope'\]"):
         registry.build("sig(nope=1)")

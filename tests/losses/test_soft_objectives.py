@@ -147,14 +147,17 @@ def test_soft_objectives_match_loop_references(name, options, T):
     torch.testing.assert_close(value.loss, value.numerator / value.denominator)
 
 
-@pytest.mark.parametrize("name,options", [case for case in CASES if case[0] != "lk-lambda"])
+@pytest.mark.parametrize(
+    "name,options",
+    [case for case in CASES if case[0] != "lk-lambda"] + [("renyi-half", {"gamma": 3.0}), ("topk-kl", {"k": 3})],
+)
 def test_soft_objective_gradients_match_finite_differences(name, options):
     z, zp, y, mask = batch(seed=4)
     objective = build_loss(name, options)
     nlq = F.cross_entropy(z.reshape(-1, V), y.reshape(-1), reduction="none").view(B, N, K)
 
     def loss_of(logits):
-        soft = soft_slot_stats(logits, 1.0, target_logits=zp)
+        soft = soft_slot_stats(logits, 1.0, target_logits=zp, extras=objective.soft_extras.get(1.0, ()))
         num, den = objective.chunk_terms(nlq, mask, soft=soft)
         return objective.reduce(num, den, B).loss
 

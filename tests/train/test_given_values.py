@@ -1,10 +1,12 @@
 """Every value given to ``train-dflash`` is honoured or refused, in both runtimes (``0`` is a value).
 
-Unified: the value reaches the translated config, or SpecForge's real schema refuses it and the
-error names the flag, the value and the field.  Legacy: the value reaches the checkout script's
-command line, or the wrapper refuses it up front naming the flag.  With a draft config, its own
-``block_size`` / ``num_hidden_layers`` win unless a flag is given (checked with SpecForge's own
-draft-config resolution).
+Every number is checked at parse time against its range (``specforge_dpace._numbers``): finite, an
+upper bound where it sizes memory or processes, and SpecForge's own lower bound, so a value SpecForge's
+real schema would refuse is refused before anything (the range agrees with the schema: checked here by
+handing the schema that value directly).  Unified: the value reaches the translated config.  Legacy:
+the value reaches the checkout script's command line, or the wrapper refuses it up front naming the
+flag.  With a draft config, its own ``block_size`` / ``num_hidden_layers`` win unless a flag is given
+(checked with SpecForge's own draft-config resolution).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from specforge_dpace._numbers import Range
 from specforge_dpace.train.args import legacy_value_errors
 from specforge_dpace.train.cli import configure
 from specforge_dpace.train.launch import legacy_argv
@@ -86,8 +89,12 @@ def _numeric_flags() -> list[str]:
         opt
         for action in _parser()._actions
         for opt in action.option_strings
-        if opt.startswith("--") and action.type in (int, float)
+        if opt.startswith("--") and (isinstance(action.type, Range) or action.type in (int, float))
     )
+
+
+def _action(flag: str) -> argparse.Action:
+    return next(a for a in _parser()._actions if flag in a.option_strings)
 
 
 NUMERIC = _numeric_flags()
@@ -116,23 +123,56 @@ def test_unified_zero_reaches_the_config_and_specforge_accepts_it(specforge_inst
     assert getattr(getattr(validated, section), field) == 0
 
 
+def test_every_numeric_flag_is_checked_at_parse_time():
+    for flag in NUMERIC:  # no bare int / float: inf, nan and absurd sizes pass those (tests/test_numbers.py: --help)
+        assert isinstance(_action(flag).type, Range), flag
+
+
 @pytest.mark.parametrize("flag", sorted(UNIFIED_REFUSED))
-def test_unified_zero_that_specforge_refuses_names_the_flag_and_the_field(specforge_installed, flag):
-    config = unified_config(_parser().parse_args([*OFFLINE, flag, "0"]))
-    assert _get(config, UNIFIED_REFUSED[flag]) == 0  # written as given, never replaced by a default
-    with pytest.raises(SchemaError) as exc:
-        validate(config)
-    message = str(exc.value)
+def test_a_zero_specforge_refuses_is_refused_at_parse_time_and_the_range_agrees_with_the_schema(
+    specforge_installed, flag, capsys
+):
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args([*OFFLINE, flag, "0"])
+    assert exc.value.code == 2 and f"argument {flag}: 0 is invalid; accepted: " in capsys.readouterr().err
+    # SpecForge's real schema refuses the same 0 (handed to it directly), naming the flag and the field ...
+    args = _parser().parse_args(list(OFFLINE))
+    setattr(args, _action(flag).dest, 0)
+    with pytest.raises(SchemaError) as refused:
+        validate(unified_config(args))
+    message = str(refused.value)
     assert f"{flag} 0" in message and f"({UNIFIED_REFUSED[flag]})" in message and "greater than 0" in message
+    # ... and accepts the smallest value the range accepts
+    rng = _action(flag).type
+    smallest = rng.low if not rng.low_open else (rng.low + 1 if rng.kind is int else rng.low + 1e-9)
+    setattr(args, _action(flag).dest, rng.kind(smallest))
+    assert _get(validate(unified_config(args)).model_dump(), UNIFIED_REFUSED[flag]) == rng.kind(smallest)
 
 
-def test_unified_zero_without_an_equivalent_is_an_error():
+@pytest.mark.parametrize("value", ["inf", "nan", "1e309"])
+def test_non_finite_numbers_are_refused_at_parse_time(capsys, value):
+    for flag in ("--learning-rate", "--loss-decay-gamma", "--warmup-ratio", "--max-grad-norm", "--dpace-alpha"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args([*OFFLINE, flag, value])
+        assert f"argument {flag}: {value} is invalid (not finite)" in capsys.readouterr().err
+
+
+def test_unified_value_without_an_equivalent_is_an_error():
     with pytest.raises(TranslationError, match="--sglang-piecewise-cuda-graph-max-tokens: no unified equivalent"):
-        unified_config(_parser().parse_args([*OFFLINE, "--sglang-piecewise-cuda-graph-max-tokens", "0"]))
+        unified_config(_parser().parse_args([*OFFLINE, "--sglang-piecewise-cuda-graph-max-tokens", "1"]))
+
+
+def _zero_parses(flag: str) -> bool:
+    return _action(flag).type.contains(0)
 
 
 @pytest.mark.parametrize("flag", [f for f in NUMERIC if f not in UNIFIED_NO_EQUIVALENT | LEGACY_NOT_FORWARDED])
-def test_legacy_zero_is_forwarded_or_refused(flag):
+def test_legacy_zero_is_forwarded_or_refused(flag, capsys):
+    if not _zero_parses(flag):
+        with pytest.raises(SystemExit):
+            _parser().parse_args([*OFFLINE, flag, "0"])
+        assert f"argument {flag}: 0 is invalid" in capsys.readouterr().err
+        return
     args = _parser().parse_args([*OFFLINE, flag, "0"])
     errors = legacy_value_errors(args)
     if flag in LEGACY_REFUSED:
@@ -175,13 +215,10 @@ def test_unified_dry_run_keeps_zeros_and_exits_non_zero_when_the_schema_refuses(
     config = yaml.safe_load(good.stdout)
     assert config["training"]["seed"] == 0 and config["training"]["warmup_ratio"] == 0
     assert config["data"]["dataloader_num_workers"] == 0 and config["training"]["save_interval"] == 0
-    for flag, value, field in (
-        ("--max-grad-norm", "0", "training.max_grad_norm"),
-        ("--dpace-alpha", "1.5", "training.dpace_alpha"),
-    ):
+    for flag, value in (("--max-grad-norm", "0"), ("--dpace-alpha", "1.5"), ("--learning-rate", "inf")):
         bad = _run(*base, "--loss-type", "dpace", flag, value)
         assert bad.returncode == 2, (flag, bad.stdout, bad.stderr)
-        assert "SpecForge's schema rejects the config" in bad.stderr and field in bad.stderr
+        assert f"argument {flag}: {value} is invalid" in bad.stderr and "accepted: " in bad.stderr
         assert bad.stdout == ""  # no config for a script to consume
     assert not (tmp_path / "r").exists()
 
@@ -194,9 +231,9 @@ def test_legacy_dry_run_forwards_zeros_and_refuses_a_zero_divisor(tmp_path):
     assert good.returncode == 0, good.stderr
     for fragment in ("--seed 0", "--warmup-ratio 0.0", "--dataloader-num-workers 0", "--dpace-alpha 0.0"):
         assert fragment in good.stdout
-    bad = _run(*base, "--max-grad-norm", "0", "--accumulation-steps", "0")
+    bad = _run(*base, "--save-interval", "0", "--eval-interval", "0")  # 0 parses (unified: off); legacy divides
     assert bad.returncode == 2
-    assert "--max-grad-norm 0.0: accepted: a value > 0" in bad.stderr and "--accumulation-steps 0" in bad.stderr
+    assert "--save-interval 0: accepted: a value > 0" in bad.stderr and "--eval-interval 0" in bad.stderr
 
 
 # -- the draft config's own values win unless a flag is given ---------------------------------------------------
