@@ -237,7 +237,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--synthetic-acceptance-length",
-        type=float,
+        type=num.Range(float, 1.0),
         default=None,
         help="vllm only, with --rejection-sample-method synthetic (required there): the mean acceptance length "
         "vLLM's synthetic sampler targets, in [1, num_speculative_tokens + 1]",
@@ -271,13 +271,13 @@ HF_ONLY = (
 def _backend_flags(args: argparse.Namespace) -> None:
     """Refuse the flags the chosen backend would ignore, then fill in the defaults of the others."""
     own = {"hf": HF_ONLY, "sglang": SERVER_ONLY + SGLANG_ONLY, "vllm": SERVER_ONLY + VLLM_ONLY}[args.backend]
-    for attr, flag, _ in SGLANG_ONLY + VLLM_ONLY:
+    for attr, flag, _ in (VLLM_ONLY if args.backend == "hf" else SGLANG_ONLY + VLLM_ONLY):
         if (attr, flag) not in {(a, f) for a, f, _ in own} and getattr(args, attr) is not None:
             owner = "sglang" if (attr, flag, None) in SGLANG_ONLY else "vllm"
             hint = " (the evaluator's stand-in for it is --draft-sampling)" if attr == "draft_sample_method" else ""
             raise ValueError(f"{flag} applies to --backend {owner} only{hint}; drop it, or use --backend {owner}")
     if args.backend == "hf":
-        for attr, flag, _ in SERVER_ONLY:
+        for attr, flag, _ in SERVER_ONLY + SGLANG_ONLY:
             if getattr(args, attr) is not None:
                 raise ValueError(
                     f"{flag} does not apply to --backend hf (the offline evaluator runs here, one prompt at a "
@@ -302,11 +302,6 @@ def _backend_flags(args: argparse.Namespace) -> None:
             f"--rejection-sample-method {args.rejection_sample_method} with --synthetic-acceptance-length "
             f"{args.synthetic_acceptance_length}: vLLM's synthetic sampler needs the length and nothing else takes "
             "it (config/speculative.py:600-632, 1973-1988); accepted: both, or neither"
-        )
-    if synthetic and not args.synthetic_acceptance_length >= 1:  # also NaN
-        raise ValueError(
-            f"--synthetic-acceptance-length {args.synthetic_acceptance_length} is invalid; accepted: a number >= 1 "
-            "(and at most num_speculative_tokens + 1)"
         )
 
 

@@ -154,7 +154,6 @@ def test_domino_is_refused_before_anything_launches(tmp_path, drafts, capsys):
     [
         (["--rejection-sample-method", "synthetic"], "accepted: both, or neither"),
         (["--synthetic-acceptance-length", "2"], "accepted: both, or neither"),
-        (["--rejection-sample-method", "synthetic", "--synthetic-acceptance-length", "0.5"], "a number >= 1"),
         (["--rejection-sample-method", "synthetic", "--synthetic-acceptance-length", "5"], "in [1, 4]"),
         (["--draft-sampling", "sample"], "--draft-sampling applies to --backend hf only"),
         (["--sglang-version", "0.5.23"], "--sglang-version applies to --backend sglang only"),
@@ -165,6 +164,15 @@ def test_domino_is_refused_before_anything_launches(tmp_path, drafts, capsys):
 def test_vllm_flags_are_refused_naming_the_value(tmp_path, drafts, capsys, extra, needle):
     assert main(_argv(drafts, tmp_path / "out", *extra)) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_a_synthetic_length_below_one_is_refused_when_parsed(tmp_path, drafts, capsys):
+    argv = _argv(
+        drafts, tmp_path / "out", "--rejection-sample-method", "synthetic", "--synthetic-acceptance-length", "0.5"
+    )
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "0.5 is invalid; accepted: a finite number >= 1" in capsys.readouterr().err
 
 
 def test_vllm_flags_are_refused_for_other_backends(tmp_path, drafts, capsys):
