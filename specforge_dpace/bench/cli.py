@@ -271,7 +271,7 @@ HF_ONLY = (
 def _backend_flags(args: argparse.Namespace) -> None:
     """Refuse the flags the chosen backend would ignore, then fill in the defaults of the others."""
     own = {"hf": HF_ONLY, "sglang": SERVER_ONLY + SGLANG_ONLY, "vllm": SERVER_ONLY + VLLM_ONLY}[args.backend]
-    for attr, flag, _ in (VLLM_ONLY if args.backend == "hf" else SGLANG_ONLY + VLLM_ONLY):
+    for attr, flag, _ in VLLM_ONLY if args.backend == "hf" else SGLANG_ONLY + VLLM_ONLY:
         if (attr, flag) not in {(a, f) for a, f, _ in own} and getattr(args, attr) is not None:
             owner = "sglang" if (attr, flag, None) in SGLANG_ONLY else "vllm"
             hint = " (the evaluator's stand-in for it is --draft-sampling)" if attr == "draft_sample_method" else ""
