@@ -506,5 +506,9 @@ def _run(args: argparse.Namespace, cfg) -> int:
         title = f"bench results ({cfg.template.describe()})"
         print(report.format_table(shown, headers, floatfmt=".3f", title=title))
         print(TAU_LEGEND)
+        from specforge_dpace.bench.results import vllm_setting_lines
+
+        for line in vllm_setting_lines(store.summary_rows()):
+            print(f"vLLM setting: {line}")
         print("written: " + ", ".join(str(p) for p in paths.values()))
     return code

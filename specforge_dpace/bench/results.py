@@ -85,6 +85,15 @@ TAU_LEGEND = (
 )
 
 
+def vllm_setting_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``drafter dataset T=t: <the vLLM setting>`` for every --backend hf row that has one."""
+    return [
+        f"{r['drafter']} {r['dataset']} T={r['temperature']:g}: {r['vllm_setting']}"
+        for r in rows
+        if r.get("vllm_setting")
+    ]
+
+
 def display_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = TABLE_COLUMNS):
     """(rows, columns) with each tau column labelled with its convention, for printed tables."""
     headers = [TAU_HEADERS.get(c, c) for c in columns]
@@ -248,6 +257,8 @@ class ResultStore:
             backend, drafter, dataset, temperature = key
             row = {"backend": backend, "dataset": dataset, "temperature": temperature, "drafter": drafter}
             row.update(summarize_group(groups[key], stats.get(key, ())))
+            if backend == "hf" and drafter != BASELINE:  # which vLLM setting this offline column stands for
+                row["vllm_setting"] = groups[key][0].get("vllm_setting")
             rows.append(row)
         add_speedups(rows, BASELINE)
         return rows
@@ -266,7 +277,9 @@ class ResultStore:
                 },
             ),
             "csv": report.write_csv(
-                self.out_dir / "summary.csv", rows, [*TABLE_COLUMNS, "draft_acceptance_rate", "per_position_acceptance"]
+                self.out_dir / "summary.csv",
+                rows,
+                [*TABLE_COLUMNS, "draft_acceptance_rate", "per_position_acceptance", "vllm_setting"],
             ),
         }
         shown, headers = display_table(rows)
@@ -281,6 +294,14 @@ class ResultStore:
             "",
             *[f"- `{TAU_HEADERS[k]}`: {v}" for k, v in TAU_DEFINITIONS.items()],
         ]
+        settings = vllm_setting_lines(rows)
+        if settings:
+            md += [
+                "",
+                "The vLLM 0.33 setting each --backend hf row stands for:",
+                "",
+                *[f"- {line}" for line in settings],
+            ]
         paths["md"] = report.write_text(self.out_dir / "summary.md", "\n".join(md))
         if plot and rows:
             paths["png"] = self.plot(rows)

@@ -421,6 +421,25 @@ def check_vllm_draft(
     return verdict
 
 
+def vllm_setting(convention: str, method: str, draft_sampling: Optional[str], temperature: float) -> str:
+    """Which vLLM 0.33 setting an offline-evaluator column (``convention``, ``method``, proposal mode
+    ``draft_sampling``, ``temperature``) stands for: ``draft_sample_method`` ``greedy`` for argmax proposals,
+    ``probabilistic`` for proposals sampled from q (``config/speculative.py:634-640``), both with
+    ``rejection_sample_method`` ``standard``; none when vLLM does not serve the method or decodes it otherwise."""
+    from . import rules_for
+
+    mine = VLLM_0_33_0.methods[method]
+    if not mine.served:
+        return f"none: vLLM 0.33 serves no {mine.name}"
+    decoding = rules_for(convention).method(method).decoding
+    if decoding is None or decoding.proposals != mine.decoding.proposals:
+        return f"none: decoded as {convention} decodes {mine.name}, not as vLLM 0.33 does"
+    if temperature == 0:
+        return "vLLM greedy verification (either draft_sample_method)"
+    mode = draft_sampling or decoding.draft_samplings[0]
+    return f'vLLM draft_sample_method "{SAMPLE_METHOD_OF[mode]}", rejection_sample_method "standard"'
+
+
 # -- launch ---------------------------------------------------------------------------------------------
 
 
@@ -571,4 +590,5 @@ __all__ = [
     "speculative_config",
     "speculators_view",
     "vllm_layer_id_problems",
+    "vllm_setting",
 ]

@@ -182,6 +182,11 @@ def test_hf_backend_measures_domino_and_dspark_as_sglang_0_5_23_decodes_them(tmp
             (d["completion_tokens"], d["verify_steps"], d["accept_hist"]) for d in direct.per_prompt
         ]
     assert len(next(r for r in records if r["drafter"] == "dsp")["histogram"]) == 5  # gamma 4 + 1
+    # each offline column says which vLLM 0.33 setting it stands for (SGLang's DSpark samples: vLLM's probabilistic)
+    rows = {r["drafter"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
+    assert rows["dom"]["vllm_setting"] == "none: vLLM 0.33 serves no Domino"
+    assert rows["dsp"]["vllm_setting"] == 'vLLM draft_sample_method "probabilistic", rejection_sample_method "standard"'
+    assert "vLLM setting: dsp" in capsys.readouterr().out
     # a rerun with another draft sampling is refused before anything is measured, naming the field
     capsys.readouterr()
     assert main(argv + ["--draft-sampling", "greedy"]) == 2

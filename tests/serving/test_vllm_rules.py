@@ -116,6 +116,20 @@ def test_layout_of_reads_the_speculators_layout_as_vllm(bases):
     assert serving.draft_method(bases["speculators"][1]) == serving.DFLASH
 
 
+def test_each_evaluator_setting_names_the_vllm_setting_it_stands_for():
+    from specforge_dpace.serving._vllm import vllm_setting
+
+    greedy = 'vLLM draft_sample_method "greedy", rejection_sample_method "standard"'
+    sample = 'vLLM draft_sample_method "probabilistic", rejection_sample_method "standard"'
+    assert vllm_setting("vllm-0.33.0", "dflash", None, 1.0) == greedy  # vLLM's default
+    assert vllm_setting("sglang-0.5.23", "dflash", "sample", 1.0) == sample
+    assert vllm_setting("sglang-0.5.23", "dspark", None, 0.7) == sample  # SGLang's DSpark default samples
+    assert vllm_setting("vllm-0.33.0", "dspark", None, 0.7) == greedy
+    assert "either draft_sample_method" in vllm_setting("vllm-0.33.0", "dflash", "sample", 0.0)
+    assert vllm_setting("specforge-0.2.0", "dspark", None, 1.0).startswith("none: decoded as specforge-0.2.0")
+    assert vllm_setting("sglang-0.5.23", "domino", None, 1.0) == "none: vLLM 0.33 serves no Domino"
+
+
 # -- the facts the rules cite, against the wheel's source ------------------------------------------------------
 
 SRC = Path(os.environ.get("VLLM_SRC", "/tmp/wheels/src/vllm-0.33.0")) / "vllm"
