@@ -249,13 +249,7 @@ def run_server(
         api = client_mod.SGLangClient(srv.url, cfg.request_timeout_s)
 
         def fail(what: str, exc: BaseException) -> BenchError:
-            for _ in range(20):  # a crashing server may take a moment to be reaped
-                if not srv.alive():
-                    break
-                time.sleep(0.05)
-            if not srv.alive():
-                return BenchError(srv.describe_failure(f"died during the run ({exc})"))
-            return BenchError(srv.describe_failure(f"{what}: {exc}"))
+            return server_failure(srv, what, exc)
 
         try:
             on_server(name, api.server_info())
@@ -338,14 +332,28 @@ def run_server(
                     "verify_steps": segment_steps,
                 }
             )
-            if finished < len(group):
-                raise BenchError(
-                    f"time budget of {cfg.time_budget_s:.0f}s reached on {name} {dataset}; "
-                    "run the same command again to resume"
-                )
+            check_budget(cfg, finished, len(group), name, dataset)
     finally:
         srv.stop()
     return recorded
+
+
+def server_failure(srv, what: str, exc: BaseException) -> BenchError:
+    """The error for a failed request: the server's death (with its log tail) when it died, else ``what``."""
+    for _ in range(20):  # a crashing server may take a moment to be reaped
+        if not srv.alive():
+            break
+        time.sleep(0.05)
+    if not srv.alive():
+        return BenchError(srv.describe_failure(f"died during the run ({exc})"))
+    return BenchError(srv.describe_failure(f"{what}: {exc}"))
+
+
+def check_budget(cfg: BenchConfig, finished: int, total: int, name: str, dataset: str) -> None:
+    if finished < total:
+        raise BenchError(
+            f"time budget of {cfg.time_budget_s:.0f}s reached on {name} {dataset}; run the same command again to resume"
+        )
 
 
 def run_sglang(

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from specforge_dpace.bench.client import RequestError, SGLangClient
+from specforge_dpace.bench.client import RequestError, SGLangClient, check_sampling
 
 COUNTERS = {
     "vllm:spec_decode_num_drafts_total": "drafts",
@@ -91,10 +91,7 @@ class CompletionSampling:
     seed: Optional[int] = None
 
     def params(self) -> dict[str, Any]:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        check_sampling(self.temperature, self.max_tokens, self.top_k)
         out: dict[str, Any] = {
             "temperature": float(self.temperature),
             "top_p": float(self.top_p),

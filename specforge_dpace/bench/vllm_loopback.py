@@ -42,8 +42,10 @@ import random
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Optional
+
+from specforge_dpace.bench.loopback import serve
 
 ENV = "SPECFORGE_DPACE_VLLM_LOOPBACK_"
 VERSION = "0.33.0+loopback"
@@ -290,20 +292,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.host not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"vllm loopback binds 127.0.0.1 only, got --host {args.host}")
     state = _State(args)
-    sys.stderr.write(
+    banner = (
         f"vllm loopback: pid={os.getpid()} serving {args.model} as {state.served} on 127.0.0.1:{args.port} "
-        f"(speculative={state.spec}, ignored args={unknown})\n"
+        f"(speculative={state.spec}, ignored args={unknown})"
     )
-    sys.stderr.flush()
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), _handler(state))
-    server.daemon_threads = True
-    try:
-        server.serve_forever(poll_interval=0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve(args.port, _handler(state), banner)
 
 
 if __name__ == "__main__":

@@ -108,13 +108,7 @@ def run_vllm_server(
         api = VLLMClient(srv.url, cfg.request_timeout_s)
 
         def fail(what: str, exc: BaseException) -> BenchError:
-            for _ in range(20):
-                if not srv.alive():
-                    break
-                time.sleep(0.05)
-            if not srv.alive():
-                return BenchError(srv.describe_failure(f"died during the run ({exc})"))
-            return BenchError(srv.describe_failure(f"{what}: {exc}"))
+            return runner_mod.server_failure(srv, what, exc)
 
         try:
             model = api.model_id()
@@ -193,11 +187,7 @@ def run_vllm_server(
                     f"{name}: /metrics counted no speculative drafts over {segment} requests (is the server "
                     "speculative, and are its statistics on?); nothing reports a tau for it"
                 )
-            if finished < len(group):
-                raise BenchError(
-                    f"time budget of {cfg.time_budget_s:.0f}s reached on {name} {dataset}; "
-                    "run the same command again to resume"
-                )
+            runner_mod.check_budget(cfg, finished, len(group), name, dataset)
     finally:
         srv.stop()
     return recorded
