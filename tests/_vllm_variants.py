@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from tests._method_variants import _drop_weights as _drop
+from tests._method_variants import _put
+
 TARGET = {"hidden_size": 32, "vocab_size": 64, "num_hidden_layers": 4}
 LAYOUTS = {"zlab": "dflash", "speculators": "dflash", "dspark": "dspark"}
 
@@ -94,27 +97,6 @@ def _rename(prefix, new_prefix):
             state[new_prefix + name[len(prefix) :]] = state.pop(name)
 
     return edit
-
-
-def _drop(prefix):
-    def edit(state, config):
-        for name in [n for n in state if n.startswith(prefix)]:
-            state.pop(name)
-
-    return edit
-
-
-def _put(name, *shape):
-    def edit(state, config):
-        import torch
-
-        state[name] = torch.zeros(*shape)
-
-    return edit
-
-
-def _layer(config):
-    return config["transformer_layer_config"]
 
 
 def _both(*edits):
