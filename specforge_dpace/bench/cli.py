@@ -156,9 +156,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=("sglang", "hf"),
+        choices=("sglang", "vllm", "hf"),
         default="sglang",
-        help="'sglang': launch/attach SGLang servers; 'hf': the offline evaluator on this machine",
+        help="'sglang': launch/attach SGLang servers; 'vllm': launch/attach `vllm serve` (vLLM 0.33 rules, "
+        "acceptance from /metrics counters); 'hf': the offline evaluator on this machine",
     )
     p.add_argument("--server-args", default=None, help="sglang: extra flags for every SGLang server, one quoted string")
     p.add_argument(
@@ -218,6 +219,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="sglang only: the SGLang version the servers run, choosing its rules (flags, counters, what it "
         "serves); default: the sglang installed here; needed for Domino / DSpark when none is installed",
     )
+    p.add_argument(
+        "--draft-sample-method",
+        choices=("greedy", "probabilistic"),
+        default=None,
+        help="vllm only: --speculative-config draft_sample_method: 'greedy' (vLLM's default: argmax proposals, "
+        "draft probabilities one-hot) or 'probabilistic' (proposals sampled from q, standard speculative sampling "
+        "accepting with min(1, p/q)); part of the settings record (default greedy)",
+    )
+    p.add_argument(
+        "--rejection-sample-method",
+        choices=("standard", "synthetic", "block", "fly"),
+        default=None,
+        help="vllm only: --speculative-config rejection_sample_method (default standard; 'synthetic' accepts "
+        "with the rates --synthetic-acceptance-length sets, to check arithmetic, not a drafter); part of the "
+        "settings record",
+    )
+    p.add_argument(
+        "--synthetic-acceptance-length",
+        type=num.Range(float, 1.0),
+        default=None,
+        help="vllm only, with --rejection-sample-method synthetic (required there): the mean acceptance length "
+        "vLLM's synthetic sampler targets, in [1, num_speculative_tokens + 1]",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
 
 
@@ -230,7 +254,12 @@ SERVER_ONLY = (
     ("warmup", "--warmup", 2),
     ("health_timeout", "--health-timeout", 900.0),
     ("request_timeout", "--request-timeout", 600.0),
-    ("sglang_version", "--sglang-version", None),
+)
+SGLANG_ONLY = (("sglang_version", "--sglang-version", None),)
+VLLM_ONLY = (
+    ("draft_sample_method", "--draft-sample-method", "greedy"),
+    ("rejection_sample_method", "--rejection-sample-method", "standard"),
+    ("synthetic_acceptance_length", "--synthetic-acceptance-length", None),
 )
 HF_ONLY = (
     ("hf_chunk", "--hf-chunk", 4),
@@ -241,8 +270,14 @@ HF_ONLY = (
 
 def _backend_flags(args: argparse.Namespace) -> None:
     """Refuse the flags the chosen backend would ignore, then fill in the defaults of the others."""
+    own = {"hf": HF_ONLY, "sglang": SERVER_ONLY + SGLANG_ONLY, "vllm": SERVER_ONLY + VLLM_ONLY}[args.backend]
+    for attr, flag, _ in VLLM_ONLY if args.backend == "hf" else SGLANG_ONLY + VLLM_ONLY:
+        if (attr, flag) not in {(a, f) for a, f, _ in own} and getattr(args, attr) is not None:
+            owner = "sglang" if (attr, flag, None) in SGLANG_ONLY else "vllm"
+            hint = " (the evaluator's stand-in for it is --draft-sampling)" if attr == "draft_sample_method" else ""
+            raise ValueError(f"{flag} applies to --backend {owner} only{hint}; drop it, or use --backend {owner}")
     if args.backend == "hf":
-        for attr, flag, _ in SERVER_ONLY:
+        for attr, flag, _ in SERVER_ONLY + SGLANG_ONLY:
             if getattr(args, attr) is not None:
                 raise ValueError(
                     f"{flag} does not apply to --backend hf (the offline evaluator runs here, one prompt at a "
@@ -253,14 +288,21 @@ def _backend_flags(args: argparse.Namespace) -> None:
             if getattr(args, attr) is not None:
                 why = (
                     " (a server's proposal mode is its own setting: SGLang's DFLASH proposes the argmax, its DSPARK "
-                    "samples unless SGLANG_DSPARK_USE_GREEDY_DRAFT=1)"
+                    "samples unless SGLANG_DSPARK_USE_GREEDY_DRAFT=1; vLLM's is --draft-sample-method)"
                     if attr == "draft_sampling"
                     else ""
                 )
                 raise ValueError(f"{flag} applies to --backend hf only{why}; drop it, or use --backend hf")
-    for attr, _, default in SERVER_ONLY + HF_ONLY:
+    for attr, _, default in SERVER_ONLY + SGLANG_ONLY + VLLM_ONLY + HF_ONLY:
         if getattr(args, attr) is None:
             setattr(args, attr, default)
+    synthetic = args.rejection_sample_method == "synthetic"
+    if synthetic != (args.synthetic_acceptance_length is not None):
+        raise ValueError(
+            f"--rejection-sample-method {args.rejection_sample_method} with --synthetic-acceptance-length "
+            f"{args.synthetic_acceptance_length}: vLLM's synthetic sampler needs the length and nothing else takes "
+            "it (config/speculative.py:600-632, 1973-1988); accepted: both, or neither"
+        )
 
 
 def build_config(args: argparse.Namespace):
@@ -320,7 +362,25 @@ def build_config(args: argparse.Namespace):
         tokenizer=args.tokenizer,
         draft_sampling=args.draft_sampling,
         convention=_convention(args.convention),
+        draft_sample_method=args.draft_sample_method,
+        rejection_sample_method=args.rejection_sample_method,
+        synthetic_acceptance_length=args.synthetic_acceptance_length,
     )
+
+
+def _check_synthetic_length(cfg, name: str, info) -> None:
+    """vLLM refuses a synthetic acceptance length outside [1, num_speculative_tokens + 1] (speculative.py:628-631)."""
+    from specforge_dpace import serving
+
+    length = cfg.synthetic_acceptance_length
+    if length is None:
+        return
+    drafted = serving.rules_for(cfg.vllm_rules).method(info.method).decoding.drafted_tokens(info.block_size)
+    if length > drafted + 1:
+        raise ValueError(
+            f"--synthetic-acceptance-length {length} is invalid for drafter {name!r}: vLLM serves it with "
+            f"num_speculative_tokens {drafted}; accepted: a number in [1, {drafted + 1}]"
+        )
 
 
 def _convention(name):
@@ -379,7 +439,10 @@ def _run(args: argparse.Namespace, cfg) -> int:
         # the server version's loader rules (specforge_dpace.serving), against the target when --target is a
         # local directory; DraftValidationError (a ValueError) names every problem.  --backend hf checks each
         # drafter by the rules of the layout it is in (what the evaluator loads).
-        if cfg.backend == "hf":
+        if cfg.backend == "vllm":  # vLLM 0.33's loader rules; Domino is refused with the reason
+            info = validate_draft_dir(path, target=cfg.target, server=cfg.vllm_rules)
+            _check_synthetic_length(cfg, name, info)
+        elif cfg.backend == "hf":
             from specforge_dpace.bench.hf_backend import validate_hf_drafter
 
             info = validate_hf_drafter(path, cfg.target)
@@ -410,9 +473,8 @@ def _run(args: argparse.Namespace, cfg) -> int:
     report.write_json(cfg.out_dir / "provenance.json", provenance)
 
     def on_server(name: str, info: dict) -> None:
-        provenance["servers"][name] = {
-            k: info.get(k) for k in ("version", "speculative_algorithm", "speculative_num_draft_tokens", "model_path")
-        }
+        keys = ("version", "speculative_algorithm", "speculative_num_draft_tokens", "model_path")
+        provenance["servers"][name] = dict(info) if cfg.backend == "vllm" else {k: info.get(k) for k in keys}
 
     def on_term(signum, frame):  # turn SIGTERM into the Ctrl-C path so `finally` stops servers
         raise KeyboardInterrupt(f"signal {signum}")
@@ -424,6 +486,10 @@ def _run(args: argparse.Namespace, cfg) -> int:
             from specforge_dpace.bench.hf_backend import run_hf
 
             run_hf(cfg, store, render, tokenizer_path=args.tokenizer, chunk=args.hf_chunk)
+        elif cfg.backend == "vllm":
+            from specforge_dpace.bench.vllm_runner import run_vllm
+
+            run_vllm(cfg, store, render, on_server)
         else:
             run_sglang(cfg, store, render, on_server)
     except KeyboardInterrupt:
@@ -440,5 +506,9 @@ def _run(args: argparse.Namespace, cfg) -> int:
         title = f"bench results ({cfg.template.describe()})"
         print(report.format_table(shown, headers, floatfmt=".3f", title=title))
         print(TAU_LEGEND)
+        from specforge_dpace.bench.results import vllm_setting_lines
+
+        for line in vllm_setting_lines(store.summary_rows()):
+            print(f"vLLM setting: {line}")
         print("written: " + ", ".join(str(p) for p in paths.values()))
     return code

@@ -25,6 +25,16 @@ class RequestError(RuntimeError):
         self.status = status
 
 
+def check_sampling(temperature: float, max_new_tokens: int, top_k: int) -> None:
+    """Refuse a negative temperature or no tokens; warn that top_k = 1 at temperature > 0 is greedy."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature > 0 and top_k == 1:
+        warnings.warn(f"top_k=1 at temperature {temperature} is greedy decoding", stacklevel=3)
+
+
 @dataclass(frozen=True)
 class Sampling:
     temperature: float
@@ -34,12 +44,7 @@ class Sampling:
     seed: Optional[int] = None
 
     def params(self) -> dict[str, Any]:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature > 0 and self.top_k == 1:
-            warnings.warn(f"top_k=1 at temperature {self.temperature} is greedy decoding", stacklevel=2)
+        check_sampling(self.temperature, self.max_new_tokens, self.top_k)
         params: dict[str, Any] = {
             "temperature": float(self.temperature),
             "top_p": float(self.top_p),

@@ -141,6 +141,12 @@ def run_hf(
     return recorded
 
 
+def vllm_setting(convention: str, method: str, draft_sampling, temperature: float) -> str:
+    from specforge_dpace.serving._vllm import vllm_setting as setting
+
+    return setting(convention, method, draft_sampling, temperature)
+
+
 def _record(cfg: BenchConfig, name: str, item, rec: dict[str, Any], block_size: int) -> dict:
     wall = rec.get("wall_s")
     if wall is None:
@@ -161,6 +167,9 @@ def _record(cfg: BenchConfig, name: str, item, rec: dict[str, Any], block_size: 
         histogram=hist,
         seed=rec.get("seed"),
         latency_s=wall,
+        vllm_setting=vllm_setting(
+            cfg.convention, cfg.methods.get(name, "dflash"), cfg.draft_sampling, item.temperature
+        ),
     )
 
 

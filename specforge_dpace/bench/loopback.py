@@ -327,13 +327,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit(f"SGLang {version} has no DSPARK speculative algorithm (0.5.23 has)")
     args.block_size = _resolve_block_size(args) if args.speculative_algorithm else 1
     state = _State(args)
-    sys.stderr.write(
+    banner = (
         f"loopback: pid={os.getpid()} serving {args.model_path} on 127.0.0.1:{args.port} "
         f"(speculative={state.speculative}, block={state.block_size}, pattern={state.pattern}, "
-        f"fields={state.version}, ignored args={unknown})\n"
+        f"fields={state.version}, ignored args={unknown})"
     )
+    return serve(args.port, _handler(state), banner)
+
+
+def serve(port: int, handler, banner: str) -> int:
+    """Log ``banner`` (the tests read the pid from it) and answer on 127.0.0.1:``port`` until stopped."""
+    sys.stderr.write(banner + "\n")
     sys.stderr.flush()
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), _handler(state))
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     try:
         server.serve_forever(poll_interval=0.1)

@@ -87,6 +87,33 @@ def summarize_group(records: Sequence[dict], server_avgs: Sequence[dict] = ()) -
         if s.get("avg") is not None and s.get("requests")
     ]
     out["tau_server_avg"] = (sum(a * k for a, k in avgs) / sum(k for _, k in avgs)) if avgs else None
+    out.update(counter_metrics(server_avgs))
+    return out
+
+
+def counter_metrics(stats: Sequence[dict]) -> dict[str, Any]:
+    """vLLM's acceptance from its ``/metrics`` counter deltas, summed over measured segments: ``tau_metrics`` =
+    1 + accepted / drafts (per verify step, prefill excluded, counted before max_tokens truncation), the draft
+    acceptance rate accepted / draft tokens, and (replacing the histogram's) the per-position acceptance
+    accepted_per_pos[k] / drafts.  Empty when no segment carries counters (SGLang, hf)."""
+    counted = [s for s in stats if s.get("drafts") is not None]
+    if not counted:
+        return {}
+    drafts = sum(int(s["drafts"]) for s in counted)
+    accepted = sum(int(s["accepted"]) for s in counted)
+    tokens = sum(int(s["draft_tokens"]) for s in counted)
+    per_pos: list[int] = []
+    for s in counted:
+        for k, value in enumerate(s.get("accepted_per_pos") or []):
+            per_pos += [0] * (k + 1 - len(per_pos))
+            per_pos[k] += int(value)
+    out: dict[str, Any] = {
+        "tau_metrics": 1 + accepted / drafts if drafts else None,
+        "draft_acceptance_rate": accepted / tokens if tokens else None,
+        "drafts": drafts,
+    }
+    if drafts:
+        out["per_position_acceptance"] = [a / drafts for a in per_pos]
     return out
 
 

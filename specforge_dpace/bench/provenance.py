@@ -106,7 +106,7 @@ def prompts_identity(prompts: Iterable[Any]) -> dict[str, Any]:
 def runner_versions(backend: str) -> dict[str, Any]:
     from .._versions import package_versions
 
-    libs = ("torch", "transformers", "specforge") if backend == "hf" else ("sglang",)
+    libs = {"hf": ("torch", "transformers", "specforge"), "vllm": ("vllm",)}.get(backend, ("sglang",))
     return {"results_schema": RESULTS_SCHEMA, **package_versions(("specforge-dpace", *libs))}
 
 

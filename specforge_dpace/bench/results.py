@@ -41,6 +41,7 @@ TABLE_COLUMNS = (
     "tau_token_weighted",
     "tau_per_step",
     "tau_server_avg",
+    "tau_metrics",
     "output_tokens_per_s",
     "speedup",
     "latency_mean_s",
@@ -63,18 +64,34 @@ TAU_DEFINITIONS = {
     "verify step, prefill excluded, counted before max_new_tokens truncation, and SGLang folds steps into "
     "it only every 40th decode iteration (decode_log_interval), so it misses each group's last < 40 "
     "iterations and is absent for a group of fewer; none for --backend hf (no server)",
+    "tau_metrics": "[P] vllm backend only: 1 + accepted / drafts from vLLM's /metrics counters "
+    "(vllm:spec_decode_num_accepted_tokens_total, vllm:spec_decode_num_drafts_total) read as deltas around each "
+    "measured group: per verify step, prefill excluded, counted before max_tokens truncation. With --backend "
+    "vllm the [S] / [P] columns come from vLLM's per-request metrics.speculative_decoding (num_spec_steps as the "
+    "verify count) when the server sends them",
 }
 TAU_HEADERS = {
     "tau_mean_per_request": "tau_mean_per_request[S]",
     "tau_token_weighted": "tau_token_weighted[S]",
     "tau_per_step": "tau_per_step[P]",
     "tau_server_avg": "tau_server_avg[P,lag]",
+    "tau_metrics": "tau_metrics[P,vLLM]",
 }
 TAU_LEGEND = (
     "[S] = tau (SGLang convention: completion_tokens / spec_verify_ct, prefill token included); "
     "[P] = tau (per verify step, prefill excluded); "
-    "[P,lag] = SGLang's /server_info average (sglang backend only; lags: folded every 40 decode iterations)"
+    "[P,lag] = SGLang's /server_info average (sglang backend only; lags: folded every 40 decode iterations); "
+    "[P,vLLM] = 1 + accepted / drafts from vLLM's /metrics counter deltas (vllm backend only)"
 )
+
+
+def vllm_setting_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``drafter dataset T=t: <the vLLM setting>`` for every --backend hf row that has one."""
+    return [
+        f"{r['drafter']} {r['dataset']} T={r['temperature']:g}: {r['vllm_setting']}"
+        for r in rows
+        if r.get("vllm_setting")
+    ]
 
 
 def display_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = TABLE_COLUMNS):
@@ -240,6 +257,8 @@ class ResultStore:
             backend, drafter, dataset, temperature = key
             row = {"backend": backend, "dataset": dataset, "temperature": temperature, "drafter": drafter}
             row.update(summarize_group(groups[key], stats.get(key, ())))
+            if backend == "hf" and drafter != BASELINE:  # which vLLM setting this offline column stands for
+                row["vllm_setting"] = groups[key][0].get("vllm_setting")
             rows.append(row)
         add_speedups(rows, BASELINE)
         return rows
@@ -257,7 +276,11 @@ class ResultStore:
                     "results": rows,
                 },
             ),
-            "csv": report.write_csv(self.out_dir / "summary.csv", rows, [*TABLE_COLUMNS, "per_position_acceptance"]),
+            "csv": report.write_csv(
+                self.out_dir / "summary.csv",
+                rows,
+                [*TABLE_COLUMNS, "draft_acceptance_rate", "per_position_acceptance", "vllm_setting"],
+            ),
         }
         shown, headers = display_table(rows)
         md = [
@@ -271,6 +294,14 @@ class ResultStore:
             "",
             *[f"- `{TAU_HEADERS[k]}`: {v}" for k, v in TAU_DEFINITIONS.items()],
         ]
+        settings = vllm_setting_lines(rows)
+        if settings:
+            md += [
+                "",
+                "The vLLM 0.33 setting each --backend hf row stands for:",
+                "",
+                *[f"- {line}" for line in settings],
+            ]
         paths["md"] = report.write_text(self.out_dir / "summary.md", "\n".join(md))
         if plot and rows:
             paths["png"] = self.plot(rows)
@@ -297,6 +328,6 @@ def versions(extra: Optional[dict] = None) -> dict[str, Any]:
     from .._versions import package_versions
 
     out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
-    out.update(package_versions(("specforge-dpace", "specforge", "sglang", "torch", "transformers")))
+    out.update(package_versions(("specforge-dpace", "specforge", "sglang", "vllm", "torch", "transformers")))
     out.update(extra or {})
     return out

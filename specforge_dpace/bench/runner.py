@@ -59,6 +59,11 @@ class BenchConfig:
     # --backend sglang: the serving rule set of the SGLang version launched (flags, counters, refusals)
     sglang_rules: str = "sglang-0.5.23"
     methods: dict[str, str] = field(default_factory=dict)  # drafter name -> "dflash" | "domino" | "dspark"
+    # --backend vllm: the rule set, and the --speculative-config choices every drafter is served with
+    vllm_rules: str = "vllm-0.33.0"
+    draft_sample_method: str = "greedy"
+    rejection_sample_method: str = "standard"
+    synthetic_acceptance_length: Optional[float] = None
     _settings: dict = field(default_factory=dict, repr=False)
 
     def servers(self) -> list[tuple[str, Optional[str]]]:
@@ -95,6 +100,12 @@ def run_settings(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.backend == "sglang":
         run["concurrency"] = cfg.concurrency
         run["serving_rules"] = cfg.sglang_rules
+    elif cfg.backend == "vllm":
+        from specforge_dpace.bench.vllm_runner import speculative_settings
+
+        run["concurrency"] = cfg.concurrency
+        run["serving_rules"] = cfg.vllm_rules
+        run["speculative"] = speculative_settings(cfg)
     else:  # the evaluator's decoding convention and draft sampling change tau
         run["sampling"]["draft_sampling"] = cfg.draft_sampling
         run["convention"] = cfg.convention
@@ -113,12 +124,20 @@ def _drafter_settings(cfg: BenchConfig, name: str) -> dict[str, Any]:
         )
         if cfg.methods.get(name, "dflash") != "dflash":  # DFlash records keep the settings they had
             part["method"] = cfg.methods[name]
-    if cfg.backend == "sglang":
+    if cfg.backend in ("sglang", "vllm"):
         if name in cfg.server_urls:
             part["server"] = {"url": cfg.server_urls[name]}
         else:
-            part["server"] = {"launcher": server_mod.launcher_command(cfg.launcher), "server_args": cfg.server_args}
+            part["server"] = {"launcher": _launcher(cfg), "server_args": cfg.server_args}
     return part
+
+
+def _launcher(cfg: BenchConfig) -> list[str]:
+    if cfg.backend == "vllm":
+        from specforge_dpace.bench.vllm_runner import DEFAULT_LAUNCHER, LAUNCHER_ENV
+
+        return server_mod.launcher_command(cfg.launcher, default=DEFAULT_LAUNCHER, env=LAUNCHER_ENV)
+    return server_mod.launcher_command(cfg.launcher)
 
 
 def settings_for(cfg: BenchConfig, drafter: str, dataset: str) -> dict[str, Any]:
@@ -230,13 +249,7 @@ def run_server(
         api = client_mod.SGLangClient(srv.url, cfg.request_timeout_s)
 
         def fail(what: str, exc: BaseException) -> BenchError:
-            for _ in range(20):  # a crashing server may take a moment to be reaped
-                if not srv.alive():
-                    break
-                time.sleep(0.05)
-            if not srv.alive():
-                return BenchError(srv.describe_failure(f"died during the run ({exc})"))
-            return BenchError(srv.describe_failure(f"{what}: {exc}"))
+            return server_failure(srv, what, exc)
 
         try:
             on_server(name, api.server_info())
@@ -319,14 +332,28 @@ def run_server(
                     "verify_steps": segment_steps,
                 }
             )
-            if finished < len(group):
-                raise BenchError(
-                    f"time budget of {cfg.time_budget_s:.0f}s reached on {name} {dataset}; "
-                    "run the same command again to resume"
-                )
+            check_budget(cfg, finished, len(group), name, dataset)
     finally:
         srv.stop()
     return recorded
+
+
+def server_failure(srv, what: str, exc: BaseException) -> BenchError:
+    """The error for a failed request: the server's death (with its log tail) when it died, else ``what``."""
+    for _ in range(20):  # a crashing server may take a moment to be reaped
+        if not srv.alive():
+            break
+        time.sleep(0.05)
+    if not srv.alive():
+        return BenchError(srv.describe_failure(f"died during the run ({exc})"))
+    return BenchError(srv.describe_failure(f"{what}: {exc}"))
+
+
+def check_budget(cfg: BenchConfig, finished: int, total: int, name: str, dataset: str) -> None:
+    if finished < total:
+        raise BenchError(
+            f"time budget of {cfg.time_budget_s:.0f}s reached on {name} {dataset}; run the same command again to resume"
+        )
 
 
 def run_sglang(

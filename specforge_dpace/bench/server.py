@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 DEFAULT_LAUNCHER = (sys.executable, "-m", "sglang.launch_server")
 LAUNCHER_ENV = "SPECFORGE_DPACE_BENCH_LAUNCHER"
@@ -150,11 +150,14 @@ def log_tail(path: Optional[Path], lines: int = 30) -> str:
     return "\n".join(text[-lines:]) or "(log is empty)"
 
 
-def launcher_command(launcher: Optional[str]) -> list[str]:
-    """The command that starts a server: ``--launcher``, else $SPECFORGE_DPACE_BENCH_LAUNCHER, else SGLang."""
-    text = launcher or os.environ.get(LAUNCHER_ENV)
+def launcher_command(
+    launcher: Optional[str], *, default: Sequence[str] = DEFAULT_LAUNCHER, env: str = LAUNCHER_ENV
+) -> list[str]:
+    """The command that starts a server: ``--launcher``, else ``$env`` ($SPECFORGE_DPACE_BENCH_LAUNCHER for
+    SGLang), else ``default`` (SGLang's ``python -m sglang.launch_server``; vLLM's ``vllm serve``)."""
+    text = launcher or os.environ.get(env)
     if not text:
-        return list(DEFAULT_LAUNCHER)
+        return list(default)
     parts = shlex.split(text)
     if parts and parts[0] in ("python", "python3"):
         parts[0] = sys.executable
@@ -322,16 +325,24 @@ def launch(
     health_timeout: float = 600.0,
     env: Optional[dict] = None,
     method_rules=None,
+    build_args: Optional[Callable[[int], list]] = None,
+    launcher_default: Sequence[str] = DEFAULT_LAUNCHER,
+    launcher_env: str = LAUNCHER_ENV,
 ) -> ManagedServer:
     """Start a server on a free 127.0.0.1 port and return it once ``/health`` answers 200.
 
+    ``build_args(port)`` gives another server's flags (vLLM's); by default SGLang's (:func:`server_args`).
     Call from the main thread (the death signal follows the launching thread). On any failure
     the process group is stopped before the :class:`ServerError` propagates.
     """
     port = free_port()
-    command = launcher_command(launcher) + server_args(
-        model_path, port, draft_path=draft_path, block_size=block_size, extra=extra_args, method_rules=method_rules
-    )
+    if build_args is not None:
+        args = list(build_args(port))
+    else:
+        args = server_args(
+            model_path, port, draft_path=draft_path, block_size=block_size, extra=extra_args, method_rules=method_rules
+        )
+    command = launcher_command(launcher, default=launcher_default, env=launcher_env) + args
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = log_path.open("ab")

@@ -2,9 +2,10 @@
 Domino or DSpark drafter.  One home for every such rule in the package; a server version is a table entry.
 
 Entries: ``sglang-0.5.14`` (DFlash), ``sglang-0.5.23`` (DFlash, Domino as a DFLASH sub-mode, DSpark as its
-own algorithm) and ``specforge-0.2.0`` (the layout SpecForge's ``export --to hf`` writes, decoded as its
-classes sample blocks).  :func:`register_server` adds one (vLLM 0.33 next).  docs/serving-sglang.md lists
-every rule with the wheel's file:line.
+own algorithm), ``vllm-0.33.0`` (DFlash in the z-lab or speculators layout, DSpark; no Domino) and
+``specforge-0.2.0`` (the layout SpecForge's ``export --to hf`` writes, decoded as its classes sample blocks).
+:func:`register_server` adds one.  docs/serving-sglang.md and docs/serving-vllm.md list every rule with the
+wheel's file:line.
 
 Pure Python: importing this package imports neither torch, SpecForge nor any server.
 """
@@ -46,6 +47,7 @@ from ._methods import (
 from ._sglang import META_FIELD_PROFILES, SGLANG_0_5_14, SGLANG_0_5_23, sglang_rules
 from ._specforge import SPECFORGE_0_2_0
 from ._table import DRAFT_SAMPLINGS, Decoding, MethodRules, ServerRules
+from ._vllm import VLLM_0_33_0, is_speculators, speculative_config
 
 DEFAULT_SERVER = "sglang-0.5.23"
 SPECFORGE = SPECFORGE_0_2_0.name
@@ -65,7 +67,7 @@ def register_server(rules: ServerRules) -> ServerRules:
     return rules
 
 
-for _rules in (SGLANG_0_5_14, SGLANG_0_5_23, SPECFORGE_0_2_0):
+for _rules in (SGLANG_0_5_14, SGLANG_0_5_23, VLLM_0_33_0, SPECFORGE_0_2_0):
     register_server(_rules)
 
 
@@ -89,15 +91,20 @@ def served_text() -> str:
             continue
         parts = []
         for m in rules.methods.values():
-            if m.served:
+            if m.served and rules.server == "vllm":
+                parts.append(f"{m.name} (--speculative-config method {m.algorithm})")
+            elif m.served:
                 parts.append(f"{m.name} (--speculative-algorithm {m.algorithm})" if m.algorithm else m.name)
         lines.append(f"{rules.name}: {', '.join(parts) or 'nothing'}")
     return "; ".join(lines)
 
 
 def layout_of(config: Any) -> ServerRules:
-    """The rule set whose layout ``config`` is in: SpecForge's (``DominoDraftModel``, a ``DSparkDraftModel``
-    without the top-level ``markov_rank`` SGLang's constructor reads) or SGLang 0.5.23's."""
+    """The rule set whose layout ``config`` is in: vLLM 0.33's for its speculators layout, SpecForge's
+    (``DominoDraftModel``, a ``DSparkDraftModel`` without the top-level ``markov_rank`` SGLang's constructor
+    reads) or SGLang 0.5.23's (which also reads vLLM's z-lab DFlash and DSpark layouts)."""
+    if is_speculators(config):
+        return VLLM_0_33_0
     method = draft_method(config)
     archs = list(config.get("architectures") or []) if isinstance(config, Mapping) else []
     if method == DOMINO and ARCHITECTURES[DOMINO] in archs:
@@ -147,6 +154,7 @@ __all__ = [
     "ServableError",
     "ServerRules",
     "TargetShape",
+    "VLLM_0_33_0",
     "Verdict",
     "accepted_layer_ids_text",
     "canonical_config",
@@ -161,6 +169,7 @@ __all__ = [
     "expected_weight_shapes",
     "fused_weights",
     "is_head_weight",
+    "is_speculators",
     "is_unused_weight",
     "layer_id_problems",
     "layout_of",
@@ -172,6 +181,7 @@ __all__ = [
     "served_text",
     "servers",
     "sglang_rules",
+    "speculative_config",
     "specforge_head_name",
     "specforge_settings",
     "strip_model_prefix",

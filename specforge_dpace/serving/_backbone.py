@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ._capture import accepted_layer_ids_text, default_target_layer_ids, layer_id_problems
 from ._common import DraftSpec, ServableError, TargetShape, Verdict, dflash_section, get, has, is_int, listed
@@ -51,12 +51,20 @@ class BackboneRules:
     default_block_size: int = SGLANG_DEFAULT_BLOCK_SIZE
     activations: tuple[str, ...] = ("silu",)  # hidden_act values DFlashMLP builds
     activations_source: str = "models/dflash.py DFlashMLP"
+    label: str = "SGLang"  # the server's name in messages
+    # the target layers this server captures: (ids, n) -> problems, and the accepted ids as one phrase
+    layer_problems: Callable[[Any, int], list] = layer_id_problems
+    accepted_ids: Callable[[int], str] = accepted_layer_ids_text
+    fallback_ids: bool = True  # ids missing: SGLang's build_target_layer_ids stands in (else an error)
+    missing_mask: str = (
+        ": SGLang would add a '<|MASK|>' token to the tokenizer instead of the id the drafter was trained with"
+    )
 
     def read(self, config: Any, name: str) -> tuple[Any, Optional[str]]:
         return read_field(config, self.reads[name])
 
     def missing_text(self, name: str) -> str:
-        return f"{name} is missing (SGLang {self.version} reads {self.reads[name].describe()})"
+        return f"{name} is missing ({self.label} {self.version} reads {self.reads[name].describe()})"
 
 
 def strip_model_prefix(name: str) -> str:
@@ -149,9 +157,9 @@ def _block_size(config: Any, rules: BackboneRules, block_size: Optional[int], ve
     if size is None:
         hint = ""
         if size_from is not None:
-            hint = f" ({size_from} is null, which ends SGLang's lookup: it does not fall back to the top level)"
+            hint = f" ({size_from} is null, which ends {rules.label}'s lookup: it does not fall back to the top level)"
         verdict.errors.append(
-            rules.missing_text("block_size") + hint + f"; SGLang would fall back to {rules.default_block_size}"
+            rules.missing_text("block_size") + hint + f"; {rules.label} would fall back to {rules.default_block_size}"
         )
         return None, size_from
     if not is_int(size) or size < 2:
@@ -171,12 +179,12 @@ def _mask_token(config: Any, rules: BackboneRules, shape: Optional[TargetShape],
         top = get(config, "mask_token_id")
         if top is not None and "top" not in rules.reads["mask_token_id"].places:
             hint = (
-                f" (a top-level mask_token_id is ignored: SGLang {rules.version} reads only "
+                f" (a top-level mask_token_id is ignored: {rules.label} {rules.version} reads only "
                 "dflash_config.mask_token_id)"
             )
         verdict.errors.append(
             rules.missing_text("mask_token_id")
-            + ": SGLang would add a '<|MASK|>' token to the tokenizer instead of the id the drafter was trained with"
+            + rules.missing_mask
             + hint
             + (f"; set it to the training mask id in [0, {mask_limit - 1}]" if is_int(mask_limit) else "")
         )
@@ -218,8 +226,8 @@ def check_backbone_config(
     act = get(config, "hidden_act")
     if act is not None and act not in rules.activations:
         errors.append(
-            f"hidden_act={act!r}: SGLang {rules.version}'s DFlash MLP supports {' and '.join(rules.activations)} "
-            f"({rules.activations_source})"
+            f"hidden_act={act!r}: {rules.label} {rules.version}'s DFlash MLP supports "
+            f"{' and '.join(rules.activations)} ({rules.activations_source})"
         )
     head_dim = _head_dim(config, sizes, verdict)
     attention_bias = get(config, "attention_bias", False)
@@ -250,33 +258,35 @@ def check_backbone_config(
             )
         d_vocab = get(config, "vocab_size")
         if d_vocab is None:
-            notes.append("draft config has no vocab_size; SGLang uses the target's vocabulary")
+            notes.append(f"draft config has no vocab_size; {rules.label} uses the target's vocabulary")
         elif d_vocab != shape.vocab_size:
             errors.append(
                 f"draft vocab_size={d_vocab} does not match the target's vocab_size={shape.vocab_size}: a DFlash "
-                "draft is trained on its target's vocabulary (SGLang would serve it with this target's embeddings "
+                f"draft is trained on its target's vocabulary ({rules.label} would serve it with "
+                "this target's embeddings "
                 "and lm_head)"
             )
         if n_declared is not None and n_declared != shape.num_hidden_layers:
             notes.append(
-                f"{n_from}={n_declared} but the target has num_hidden_layers={shape.num_hidden_layers}: SGLang warns "
+                f"{n_from}={n_declared} but the target has "
+                f"num_hidden_layers={shape.num_hidden_layers}: {rules.label} warns "
                 "and captures from the runtime target"
             )
     capture_layers = shape.num_hidden_layers if shape is not None else n_declared
     layers_of = "the target" if shape is not None else (n_from or "num_target_layers")
 
     ids, ids_from = rules.read(config, "target_layer_ids")
-    if ids is None and capture_layers is not None and "num_hidden_layers" in sizes:
+    if ids is None and rules.fallback_ids and capture_layers is not None and "num_hidden_layers" in sizes:
         ids, ids_from = _fallback_layer_ids(capture_layers, sizes["num_hidden_layers"], n_declared, n_from, verdict)
     elif ids is None:
         errors.append(rules.missing_text("target_layer_ids"))
     if ids is not None and capture_layers is not None:
-        problems = layer_id_problems(ids, capture_layers)
+        problems = rules.layer_problems(ids, capture_layers)
         if problems:
             shown = list(ids) if isinstance(ids, (list, tuple)) else ids
             errors.append(
                 f"{ids_from}={shown!r} invalid for {layers_of} ({capture_layers} layers): {'; '.join(problems)}. "
-                f"Accepted: {accepted_layer_ids_text(capture_layers)}"
+                f"Accepted: {rules.accepted_ids(capture_layers)}"
             )
     if not isinstance(ids, (list, tuple)) or not ids or not all(is_int(i) for i in ids):
         ids = None  # no list of ints to size fc from
@@ -384,14 +394,14 @@ def _bare_names(shapes: Mapping[str, Sequence[int]], rules: BackboneRules, error
     duplicated = sorted(b for b, names in originals.items() if len(names) > 1)
     if duplicated:
         errors.append(
-            "weights given twice under names SGLang loads into one parameter (a 'model.' prefix or an alias): "
+            f"weights given twice under names {rules.label} loads into one parameter (a 'model.' prefix or an alias): "
             f"{listed([' / '.join(originals[b]) for b in duplicated])}"
         )
     if aliased:
-        notes.append(f"SGLang {rules.version} loads these under its own names: {listed(aliased)}")
+        notes.append(f"{rules.label} {rules.version} loads these under its own names: {listed(aliased)}")
     prefixed = sorted(n for n in shapes if n.startswith("model."))
     if prefixed:
-        notes.append(f"{len(prefixed)} weight names carry a 'model.' prefix; SGLang strips it (fine)")
+        notes.append(f"{len(prefixed)} weight names carry a 'model.' prefix; {rules.label} strips it (fine)")
     return found
 
 
@@ -409,7 +419,7 @@ def check_backbone_weights(
         separate = [name for name, _ in parts if name in found]
         if separate:
             errors.append(
-                f"{fused_name} and {listed(separate)} both given: SGLang loads them into the same parameter, "
+                f"{fused_name} and {listed(separate)} both given: {rules.label} loads them into the same parameter, "
                 "the later one winning; keep one form"
             )
         first = expected.pop(parts[0][0])
@@ -420,7 +430,8 @@ def check_backbone_weights(
     unused = sorted(n for n in shapes if strip_model_prefix(n) not in expected and is_unused_weight(n))
     if unused:
         notes.append(
-            f"tensors SGLang's DFlash model does not use, ignored (it takes the target's embeddings and lm_head, "
+            f"tensors {rules.label}'s DFlash model does not use, ignored (it takes the target's "
+            "embeddings and lm_head, "
             f"and recomputes rotary tables): {listed(unused)}"
         )
     unknown = [b for b in sorted(found) if b not in expected and not is_unused_weight(b)]
@@ -431,28 +442,30 @@ def check_backbone_weights(
     rest = [b for b in unknown if b not in set(fc_bias + layer_fc_bias + attn_bias + beyond)]
     if fc_bias:
         errors.append(
-            "fc.bias: SGLang's fc has no bias (Linear(..., bias=False) in models/dflash.py), so the trained bias "
+            f"fc.bias: {rules.label}'s fc has no bias (Linear(..., bias=False) in "
+            "models/dflash.py), so the trained bias "
             "would be dropped; accepted: no fc.bias"
         )
     if layer_fc_bias:
         errors.append(
-            f"{listed(layer_fc_bias)}: there is no per-layer fc in SGLang's DFlash model (only one top-level fc, "
-            "without a bias); SGLang would drop these"
+            f"{listed(layer_fc_bias)}: there is no per-layer fc in {rules.label}'s DFlash model "
+            "(only one top-level fc, "
+            f"without a bias); {rules.label} would drop these"
         )
     if attn_bias:
         errors.append(
-            f"attention biases with attention_bias: false ({listed(attn_bias)}): SGLang builds q/k/v/o_proj "
+            f"attention biases with attention_bias: false ({listed(attn_bias)}): {rules.label} builds q/k/v/o_proj "
             "without a bias and would drop these trained values; set attention_bias: true"
         )
     if beyond:
         layers = sorted({int(_LAYER.match(b).group(1)) for b in beyond})
         errors.append(
-            f"weights of layers {layers} exceed num_hidden_layers={spec.num_hidden_layers}: SGLang builds "
+            f"weights of layers {layers} exceed num_hidden_layers={spec.num_hidden_layers}: {rules.label} builds "
             f"{spec.num_hidden_layers} layers and silently drops {listed(beyond)}"
         )
     if rest:
         errors.append(
-            f"unknown weights SGLang would silently skip (they would serve as untrained values): {listed(rest)}"
+            f"unknown weights {rules.label} would silently skip (they would serve as untrained values): {listed(rest)}"
         )
 
     missing = [n for n in expected if n not in found]
@@ -460,11 +473,12 @@ def check_backbone_weights(
     missing_other = [n for n in missing if n not in set(missing_bias)]
     if missing_bias:
         errors.append(
-            f"attention_bias: true but the bias tensors are missing ({listed(missing_bias)}): SGLang builds them "
+            f"attention_bias: true but the bias tensors are missing ({listed(missing_bias)}): "
+            f"{rules.label} builds them "
             "and serves them untrained; set attention_bias: false if the drafter has no attention biases"
         )
     if missing_other:
-        errors.append(f"missing weights (SGLang would serve them untrained): {listed(missing_other)}")
+        errors.append(f"missing weights ({rules.label} would serve them untrained): {listed(missing_other)}")
     for name, want in expected.items():
         have = found.get(name)
         if have is None or have == want:
@@ -473,10 +487,12 @@ def check_backbone_weights(
             k = len(spec.target_layer_ids)
             errors.append(
                 f"fc.weight has shape {list(have)}, expected {list(want)} = [hidden_size, len(target_layer_ids) * "
-                f"hidden_size] = [{spec.hidden_size}, {k} * {spec.hidden_size}] (SGLang's load_weights refuses it)"
+                f"hidden_size] = [{spec.hidden_size}, {k} * {spec.hidden_size}] ({rules.label}'s "
+                "load_weights refuses it)"
             )
         else:
             errors.append(
-                f"{name} has shape {list(have)}, expected {list(want)} from the config (SGLang's loader refuses it)"
+                f"{name} has shape {list(have)}, expected {list(want)} from the config "
+                f"({rules.label}'s loader refuses it)"
             )
     return errors, notes

@@ -115,14 +115,16 @@ def convert(
     target: Any = None,
     options: Optional[Mapping[str, Any]] = None,
     overwrite: bool = False,
+    layout: Optional[str] = None,
 ) -> Conversion:
     """Write the drafter in ``source`` to ``destination`` in the layout ``server`` loads.
 
     ``source_server``: the rule set the source's layout is read by (default: :func:`layout_of`); the source
     must load by it.  ``target``: the target's config (mapping) to check layer ids, sizes and the mask token
-    against.  ``options``: the server's check options (DSpark: ``ragged_verify_mode``).  Refused, with the
-    reasons and nothing written: a method ``server`` does not serve, a field or tensor it would read wrong, an
-    existing non-empty ``destination`` (unless ``overwrite``)."""
+    against.  ``options``: the server's check options (DSpark: ``ragged_verify_mode``).  ``layout``: one of the
+    layouts the server loads the method in (vLLM's DFlash: ``zlab``, ``speculators``; default its first).
+    Refused, with the reasons and nothing written: a method ``server`` does not serve, a field or tensor it
+    would read wrong, an existing non-empty ``destination`` (unless ``overwrite``)."""
     from . import layout_of, rules_for
 
     source, destination = Path(source), Path(destination)
@@ -138,6 +140,7 @@ def convert(
     problem = rules.serving_problem(method)
     if problem:
         raise ValueError(problem)
+    writer = rules.method(method).writer(layout)
     from_rules = rules_for(source_server) if source_server else layout_of(raw)
     state = read_state(source)
     from . import check_draft
@@ -146,7 +149,7 @@ def convert(
     verdict.raise_for_errors(f"{str(source)!r} does not load by the rules of its layout ({from_rules.name}):")
     canonical = canonical_config(raw, method, verdict.spec)
     tensors = specforge_state(state, verdict.spec, from_rules)
-    config = rules.method(method).write_config(canonical)
+    config = writer(canonical)
     out = write_layout(
         destination, config, tensors, rules=rules, method=method,
         check_kwargs={"target": target, "options": options},
@@ -155,7 +158,10 @@ def convert(
     mask = source / MASK_EMBEDDING
     if mask.is_file():
         shutil.copyfile(mask, destination / MASK_EMBEDDING)
-        notes.append(f"{MASK_EMBEDDING} copied: SGLang 0.5.23's DFLASH worker merges it into the target's mask row")
+        notes.append(
+            f"{MASK_EMBEDDING} copied: SGLang 0.5.23's DFLASH worker merges it into the target's mask row; vLLM 0.33's "
+            "DFlash loader substitutes it for the mask token's embedding (qwen3_dflash.py:894-931)"
+        )
     mrules = rules.method(method)
     launch = mrules.launch(str(destination), verdict.spec.block_size) if mrules.launch else []
     return Conversion(method, from_rules.name, rules.name, launch, notes)

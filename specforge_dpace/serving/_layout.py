@@ -23,7 +23,13 @@ def canonical_config(config: Any, method: str, spec: DraftSpec) -> dict:
     ``block_size`` / ``num_target_layers`` at the top level (SpecForge's ``DFlashDraftModel`` reads them
     there) and equal in ``dflash_config`` when present; ``target_layer_ids`` / ``mask_token_id`` in
     ``dflash_config``; the method's head fields copied into ``dflash_config`` from the top level where only a
-    server's layout holds them."""
+    server's layout holds them.  vLLM's speculators layout is read as vLLM resolves it."""
+    from ._vllm import is_speculators, speculators_view
+
+    if is_speculators(config):
+        config = speculators_view(config)[0]
+        config.get("dflash_config", {}).pop("sample_from_anchor", None)
+        config.get("dflash_config", {}).pop("causal", None)
     out = copy.deepcopy(dict(config) if not isinstance(config, dict) else config)
     out["architectures"] = [ARCHITECTURES[method]]
     out["block_size"] = spec.block_size

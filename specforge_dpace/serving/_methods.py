@@ -51,6 +51,8 @@ def draft_method(config: Any, *, where: str = "draft config") -> str:
     """``"dflash"``, ``"domino"`` or ``"dspark"`` from the config's ``architectures`` (and, for
     ``DFlashDraftModel``, its ``projector_type``); a ``ValueError`` naming the value and the accepted
     names otherwise."""
+    if get(config, "speculators_model_type") == "dflash":  # vLLM's speculators layout (algos.py:91-126)
+        return DFLASH
     archs = get(config, "architectures")
     if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
         raise ValueError(

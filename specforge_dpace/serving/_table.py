@@ -69,11 +69,22 @@ class MethodRules:
     dtypes: Mapping[str, str] = field(default_factory=dict)
     sampling_verify: bool = False  # T > 0 needs the target-only sampling kernel (DFLASH's verify)
     write_config: Optional[Callable[[dict], dict]] = None  # canonical (SpecForge) config -> this layout
+    # named layouts a user may pick (vLLM's DFlash: "zlab", "speculators"); write_config is the default one
+    layouts: Mapping[str, Callable[[dict], dict]] = field(default_factory=dict)
     source: str = ""
 
     @property
     def name(self) -> str:
         return METHOD_NAMES[self.method]
+
+    def writer(self, layout: Optional[str] = None) -> Callable[[dict], dict]:
+        """The config writer of ``layout`` (None: the default); a ``ValueError`` naming the accepted ones."""
+        if layout is None:
+            return self.write_config
+        if layout not in self.layouts:
+            accepted = sorted(self.layouts) or ["none: this server has one layout; drop --layout"]
+            raise ValueError(f"layout {layout!r} is not one {self.name} drafters are written in; accepted: {accepted}")
+        return self.layouts[layout]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ Which SGLang version serves which method (docs/serving-sglang.md, with the wheel
     markov_head_type, enable_confidence_head and confidence_head_with_markov written at the top level,
     where its model constructor reads them; a DSpark drafter without a Markov head is not served;
     block_size = gamma, --speculative-dspark-block-size).
+  vllm-0.33.0: DFlash, in the z-lab layout (--layout zlab, the default: DFlashDraftModel + dflash_config)
+    or the speculators layout (--layout speculators: speculators_model_type dflash, transformer_layer_config,
+    aux_hidden_state_layer_ids = target layer ids + 1); DSpark (--layout dspark: DSparkDraftModel with
+    model_type qwen3, which vLLM maps to Qwen3DSparkModel; only the vanilla Markov head; head fields at the
+    top level).  No Domino (nothing in the vLLM 0.33 wheel serves it).  docs/serving-vllm.md.
   specforge-0.2.0: SpecForge's own layout (what from_pretrained loads, e.g. to fine-tune again).
 
 Tensor names are normalised on the way (a 'model.' prefix, SGLang's fused qkv_proj / gate_up_proj,
@@ -31,6 +36,7 @@ caches) are dropped.  The launch flags for the written directory are printed.
 example:
   specforge export --to hf ... --output-dir exported/
   specforge-dpace convert exported/ --server sglang-0.5.23 --target /models/Qwen3-8B --out served/
+  specforge-dpace convert exported/ --server vllm-0.33.0 --layout speculators --target /models/Qwen3-8B --out vllm/
 """
 
 
@@ -40,7 +46,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         default="sglang-0.5.23",
-        help="the server version whose layout to write: sglang-0.5.23 (default), sglang-0.5.14 or specforge-0.2.0",
+        help="the server version whose layout to write: sglang-0.5.23 (default), sglang-0.5.14, vllm-0.33.0 or "
+        "specforge-0.2.0",
+    )
+    parser.add_argument(
+        "--layout",
+        default=None,
+        help="vllm-0.33.0 only: the layout to write, zlab (DFlash default) or speculators for DFlash, dspark for "
+        "DSpark; other servers have one layout each",
     )
     parser.add_argument(
         "--from",
@@ -88,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         target=target,
         options={"ragged_verify_mode": args.ragged_verify_mode},
         overwrite=args.overwrite,
+        layout=args.layout,
     )
     for note in done.notes:
         print(f"specforge-dpace convert: note: {note}")

@@ -84,6 +84,7 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys, draft_dirs):
         "tau_token_weighted",
         "tau_per_step",
         "tau_server_avg",
+        "tau_metrics",
     }
     assert "prefill token included" in summary["tau_definitions"]["tau_token_weighted"]
     assert "prefill excluded" in summary["tau_definitions"]["tau_per_step"]

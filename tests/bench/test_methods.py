@@ -182,6 +182,11 @@ def test_hf_backend_measures_domino_and_dspark_as_sglang_0_5_23_decodes_them(tmp
             (d["completion_tokens"], d["verify_steps"], d["accept_hist"]) for d in direct.per_prompt
         ]
     assert len(next(r for r in records if r["drafter"] == "dsp")["histogram"]) == 5  # gamma 4 + 1
+    # each offline column says which vLLM 0.33 setting it stands for (SGLang's DSpark samples: vLLM's probabilistic)
+    rows = {r["drafter"]: r for r in json.loads((out / "summary.json").read_text())["results"]}
+    assert rows["dom"]["vllm_setting"] == "none: vLLM 0.33 serves no Domino"
+    assert rows["dsp"]["vllm_setting"] == 'vLLM draft_sample_method "probabilistic", rejection_sample_method "standard"'
+    assert "vLLM setting: dsp" in capsys.readouterr().out
     # a rerun with another draft sampling is refused before anything is measured, naming the field
     capsys.readouterr()
     assert main(argv + ["--draft-sampling", "greedy"]) == 2
@@ -224,3 +229,20 @@ def test_bench_help_says_which_version_serves_which_method():
     assert "DSpark (--speculative-algorithm DSPARK, --speculative-dspark-block-size gamma" in text
     assert "target layer ids 0..n-2 only" in text and "--dtype float32 with DFLASH on 0.5.23" in text
     assert "--sglang-version" in text and "/flush_cache?timeout=S" in text
+
+
+def test_hf_backend_decodes_as_vllm_and_names_the_vllm_setting(tmp_path, capsys, pair):
+    """``--convention vllm-0.33.0``: DSpark decoded as vLLM decodes it, ``--draft-sampling sample`` standing for
+    ``draft_sample_method: "probabilistic"``; Domino refused (vLLM serves none)."""
+    out = tmp_path / "out"
+    argv = _argv(pair, out, "--backend", "hf", "--no-baseline", "--temperature", "0.8", "--seed", "3")
+    vllm = ["--convention", "vllm-0.33.0", "--draft-sampling", "sample"]
+    assert main([*argv, "--drafter", f"dsp={pair / 'dspark'}", *vllm]) == 0
+    rows = json.loads((out / "summary.json").read_text())["results"]
+    assert [r["vllm_setting"] for r in rows] == [
+        'vLLM draft_sample_method "probabilistic", rejection_sample_method "standard"'
+    ]
+    assert all(r["settings"]["run"]["convention"] == "vllm-0.33.0" for r in _records(out))
+    capsys.readouterr()
+    assert main([*argv, "--drafter", f"dom={pair / 'domino'}", *vllm[:2], "--out", str(tmp_path / "o2")]) == 2
+    assert "vllm-0.33.0 does not serve Domino" in capsys.readouterr().err
