@@ -292,3 +292,43 @@ def test_a_served_mask_embedding_replaces_the_mask_rows_of_the_draft_block(tmp_p
     torch.save({"embedding": torch.zeros(32), "mask_token_id": 3}, path / "mask_embedding.pt")
     with pytest.raises(ValueError, match="trained with mask_token_id=3 but the draft resolves mask_token_id=47"):
         load_draft(path, t32.config)
+
+
+@pytest.mark.parametrize("method, head", [("dflash", None), ("dspark", DSPARK_HEADS[0])])
+def test_vllm_0_33_decodes_as_sglang_0_5_23_at_temperature_0(target, method, head):
+    """vLLM 0.33's DSpark speculator drafts from the anchor row like SGLang's DSPARK (dspark/speculator.py:181-260),
+    and its DFlash proposes block slots 1..K-1: the same tokens and verify steps, lossless."""
+    draft = _draft(target, method, head)
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 47, (int(n),), generator=gen).tolist() for n in (2, 5)]
+    runs = {
+        c: evaluate_drafter(target, draft, prompts, EvalConfig(max_new_tokens=16, show_progress=False, convention=c))
+        for c in ("vllm-0.33.0", "sglang-0.5.23")
+    }
+    for mine, theirs, prompt in zip(runs["vllm-0.33.0"].per_prompt, runs["sglang-0.5.23"].per_prompt, prompts):
+        assert mine["output_ids"] == theirs["output_ids"] == greedy_reference(target, prompt, 16)
+        assert (mine["accept_hist"], mine["verify_steps"]) == (theirs["accept_hist"], theirs["verify_steps"])
+    assert runs["vllm-0.33.0"].overall["convention"] == "vllm-0.33.0"
+
+
+def test_vllm_0_33_proposes_greedily_by_default_and_refuses_domino(target):
+    """draft_sample_method defaults to greedy (config/speculative.py:634-640), for DSpark too; Domino is not served,
+    nor a DSpark Markov head other than the vanilla one."""
+    dspark = _draft(target, "dspark", DSPARK_HEADS[0])
+    decoder = DFlashDecoder(target, dspark, block_size=5, temperature=1.0, convention="vllm-0.33.0")
+    assert decoder.draft_sampling == "greedy"
+    with pytest.raises(ValueError, match=r"vllm-0.33.0"):
+        evaluate_drafter(
+            target,
+            _draft(target, "domino", DOMINO_HEADS[0]),
+            [[1, 2]],
+            EvalConfig(show_progress=False, convention="vllm-0.33.0"),
+        )
+    for head in DSPARK_HEADS[1:]:
+        with pytest.raises(ValueError, match=r"vLLM 0.33 builds only the vanilla Markov head"):
+            evaluate_drafter(
+                target,
+                _draft(target, "dspark", head),
+                [[1, 2]],
+                EvalConfig(show_progress=False, convention="vllm-0.33.0"),
+            )
