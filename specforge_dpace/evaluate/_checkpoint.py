@@ -191,8 +191,7 @@ def load_draft(
         block_size=block_size,
         server=rules.name,
     )
-    spec_mask = draft.mask_token_id
-    draft.served_mask_embedding = _mask_embedding(path, rules, serving.draft_method(raw), spec_mask)
+    draft.served_mask_embedding = _mask_embedding(path, rules, serving.draft_method(raw), draft.mask_token_id)
     return draft
 
 
@@ -216,15 +215,14 @@ def draft_from_state(
     from transformers import Qwen3Config
 
     classes = {DFLASH: DFlashDraftModel, serving.DOMINO: DominoDraftModel, serving.DSPARK: DSparkDraftModel}
-    path = where
     method = serving.draft_method(raw, where=f"draft config of {where!r}")
     rules = serving.rules_for(server) if server else serving.layout_of(raw)
     verdict = serving.check_draft(
         raw, shapes_of(state), server=rules, method=method, target=target_config, block_size=block_size
     )
-    verdict.raise_for_errors(f"{METHOD_NAMES[method]} draft {str(path)!r} does not load by the {rules.name} rules:")
+    verdict.raise_for_errors(f"{METHOD_NAMES[method]} draft {where!r} does not load by the {rules.name} rules:")
     spec = verdict.spec
-    _check_block_size(spec.block_size, block_size, f"draft {str(path)!r}")
+    _check_block_size(spec.block_size, block_size, f"draft {where!r}")
     canonical = serving.canonical_config(raw, method, spec)
     if method == serving.DSPARK and not any(
         serving.specforge_head_name(n).startswith("confidence_head.") for n in state
@@ -232,7 +230,7 @@ def draft_from_state(
         # a server that builds no confidence head (SGLang's static ragged-verify mode) serves this; decoding never
         # reads the head, so SpecForge's class is built without it
         canonical["dflash_config"].update(enable_confidence_head=False, confidence_head_with_markov=False)
-    _check_activation(canonical.get("hidden_act"), path)
+    _check_activation(canonical.get("hidden_act"), where)
     config = Qwen3Config(**{k: v for k, v in canonical.items() if k not in ("architectures", "model_type")})
     config.architectures = [serving.ARCHITECTURES[method]]
     config._attn_implementation = attn_implementation
@@ -243,7 +241,7 @@ def draft_from_state(
     unexpected = sorted(set(served) - expected)
     if missing or unexpected:  # SpecForge's module and the server's rules disagree: never load half a draft
         raise ValueError(
-            f"draft weights in {str(path)!r} do not match SpecForge's {type(draft).__name__}: missing {missing[:8]}, "
+            f"draft weights in {where!r} do not match SpecForge's {type(draft).__name__}: missing {missing[:8]}, "
             f"unexpected {unexpected[:8]}"
         )
     draft.load_state_dict(served, strict=True)

@@ -51,11 +51,7 @@ class EvalConfig:
         if self.draft_sampling is not None:
             check_draft_sampling(self.draft_sampling)
         serving.rules_for(self.convention)  # a ValueError listing the known conventions
-        pool = self.candidate_pool
-        if pool is not None and (not isinstance(pool, int) or isinstance(pool, bool) or pool < 0):
-            raise ValueError(
-                f"candidate_pool={pool!r} is invalid; accepted: None (the server's default) or an int >= 0"
-            )
+        num.NON_NEGATIVE.check_optional(self.candidate_pool, "candidate_pool")  # None: the server's default
         num.NEW_TOKENS.check(self.max_new_tokens, "max_new_tokens")
         num.BLOCK_SIZE.check_optional(self.block_size, "block_size")
         num.SEED.check(self.seed, "seed")

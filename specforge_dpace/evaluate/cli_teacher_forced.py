@@ -109,9 +109,12 @@ def slot_convention(rules_name: str) -> str:
     """The teacher-forced slot alignment of a serving rule set (``--convention``): DSpark drafted from the anchor
     row (every server) or from hidden position k (SpecForge's classes)."""
     from .. import serving
+    from ..serving._table import DSPARK_CLASS
     from ._teacher_forced import SERVING, SPECFORGE_CLASS
 
-    return SPECFORGE_CLASS if serving.rules_for(rules_name).server == "specforge" else SERVING
+    dspark = serving.rules_for(rules_name).methods.get(serving.DSPARK)
+    decoding = dspark.decoding if dspark is not None else None
+    return SPECFORGE_CLASS if decoding is not None and decoding.proposals == DSPARK_CLASS else SERVING
 
 
 def run(args: argparse.Namespace) -> int:
