@@ -117,6 +117,19 @@ def server_layout(draft_model, server: str = serving.DEFAULT_SERVER) -> tuple[st
     return method, rules.method(method).write_config(canonical)
 
 
+def check_served(draft_model, server: str, target_config=None) -> None:
+    """Refuse, naming why, a drafter that ``server`` would not serve (SpecForge's own rules serve every class):
+    what is decoded or walked as a server is what that server would load."""
+    if serving.rules_for(server).server == "specforge":
+        return
+    method, served = server_layout(draft_model, server)
+    verdict = serving.check_draft(served, None, server=server, method=method, target=target_config)
+    verdict.raise_for_errors(
+        f"{server} would not serve this {METHOD_NAMES[method]} drafter, so the evaluator does not decode it as "
+        f"that server (convention {serving.SPECFORGE!r} decodes it as SpecForge's class):"
+    )
+
+
 def save_draft_checkpoint(draft_model, path, *, server: str = serving.DEFAULT_SERVER) -> Path:
     """Write ``draft_model`` (a SpecForge ``DFlashDraftModel``, ``DominoDraftModel`` or ``DSparkDraftModel``)
     as ``config.json`` + ``model.safetensors`` in the layout ``server`` loads (SGLang 0.5.23 by default;

@@ -100,7 +100,7 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
 
     from specforge_dpace import serving
 
-    from ._checkpoint import server_layout, validate_pair
+    from ._checkpoint import check_served, validate_pair
     from ._prompts import load_prompts
     from ._proposals import model_method
     from ._speculative import DFlashDecoder, autoregressive_reference
@@ -109,15 +109,7 @@ def evaluate_drafter(target, draft, prompts, config: Optional[EvalConfig] = None
     config.validate()
     method = model_method(draft)
     settings = validate_pair(target.config, draft.config, config.block_size or draft.block_size, method=method)
-    if serving.rules_for(config.convention).server != "specforge":  # decode only what that server would serve
-        served_method, served = server_layout(draft, config.convention)
-        verdict = serving.check_draft(
-            served, None, server=config.convention, method=served_method, target=target.config
-        )
-        verdict.raise_for_errors(
-            f"{config.convention} would not serve this {serving.METHOD_NAMES[method]} drafter, so the evaluator does "
-            f"not decode it as that server (convention {serving.SPECFORGE!r} decodes it as SpecForge's class):"
-        )
+    check_served(draft, config.convention, target.config)  # decode only what that server would serve
     prompt_ids = load_prompts(prompts)
     vocab = (target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config).vocab_size
     for i, ids in enumerate(prompt_ids):
