@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ._teacher_forced import SERVING, check_temperatures, pass_model, teacher_forced_pass
+from ._teacher_forced import SERVING, check_temperatures, pass_model, slot_convention, teacher_forced_pass
 
 TARGET_HIDDEN_KEY = "target_last_hidden_states"
 
@@ -137,16 +137,22 @@ def teacher_forced_paths(
     max_length: Optional[int] = None,
     block_size: Optional[int] = None,
     convention: str = SERVING,
+    rules: Optional[str] = None,
     device=None,
     show_progress: bool = True,
 ) -> list[dict]:
-    """One record per drafter (in the order given): its walks, per-position averages, anchors and cost."""
+    """One record per drafter (in the order given): its walks, per-position averages, anchors and cost.
+
+    ``rules`` (a serving rule set, ``--convention``) sets the slot alignment in place of ``convention`` and
+    refuses a drafter that rule set's server does not serve, as decoding under it does."""
     import torch
     from tqdm.auto import tqdm
 
-    from ._checkpoint import load_target
+    from ._checkpoint import check_served, load_target
 
     temperatures = check_temperatures(list(temperatures), "--walk-temperature")
+    if rules is not None:
+        convention = slot_convention(rules)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size {batch_size!r} is invalid; accepted: an int >= 1")
     target = load_target(target_path, device=device)
@@ -155,6 +161,8 @@ def teacher_forced_paths(
     results = []
     for path in draft_paths:
         draft = load_any_draft(path, target, draft_config=draft_config, block_size=block_size)
+        if rules is not None:
+            check_served(draft, rules, target.config)
         model = pass_model(
             draft,
             target.get_output_embeddings(),
@@ -193,6 +201,7 @@ def teacher_forced_paths(
             target_last_hidden=with_target,
             anchor_stride=anchor_stride,
             convention=convention,
+            rules=rules,
         )
         results.append(record)
     return results

@@ -61,6 +61,17 @@ class SlotAlignment:
     drafted: int
 
 
+def slot_convention(rules_name: str) -> str:
+    """The teacher-forced slot alignment of a serving rule set (``--convention``): DSpark drafted from the anchor
+    row (every server) or from hidden position k (SpecForge's classes)."""
+    from .. import serving
+    from ..serving._table import DSPARK_CLASS
+
+    dspark = serving.rules_for(rules_name).methods.get(serving.DSPARK)
+    decoding = dspark.decoding if dspark is not None else None
+    return SPECFORGE_CLASS if decoding is not None and decoding.proposals == DSPARK_CLASS else SERVING
+
+
 def slot_alignment(method: str, block_size: int, *, shift_label: bool = False, convention: str = SERVING):
     """The serving convention of each method (see the module docstring)."""
     if convention not in CONVENTIONS:

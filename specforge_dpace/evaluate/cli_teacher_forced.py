@@ -105,18 +105,6 @@ def check_mode(args: argparse.Namespace) -> None:
         )
 
 
-def slot_convention(rules_name: str) -> str:
-    """The teacher-forced slot alignment of a serving rule set (``--convention``): DSpark drafted from the anchor
-    row (every server) or from hidden position k (SpecForge's classes)."""
-    from .. import serving
-    from ..serving._table import DSPARK_CLASS
-    from ._teacher_forced import SERVING, SPECFORGE_CLASS
-
-    dspark = serving.rules_for(rules_name).methods.get(serving.DSPARK)
-    decoding = dspark.decoding if dspark is not None else None
-    return SPECFORGE_CLASS if decoding is not None and decoding.proposals == DSPARK_CLASS else SERVING
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -139,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=options["batch_size"],
         max_length=options["max_length"],
         block_size=args.block_size,
-        convention=slot_convention(args.convention),
+        rules=args.convention,
         device=args.device,
         show_progress=not args.no_progress,
     )

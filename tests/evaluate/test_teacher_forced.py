@@ -88,8 +88,8 @@ CONVENTIONS = [("specforge-0.2.0", h) for h in range(len(HEADS))] + [
 @pytest.mark.parametrize("convention, index", CONVENTIONS, ids=[f"{c}-{IDS[i]}" for c, i in CONVENTIONS])
 def test_the_greedy_walk_is_the_evaluators_tau(target, held, convention, index):
     """Each head of each method in each rule set that serves it: the walk in that rule set's slot alignment
-    (``cli_teacher_forced.slot_convention``) equals the evaluator decoding under that rule set."""
-    from specforge_dpace.evaluate.cli_teacher_forced import slot_convention
+    (``_teacher_forced.slot_convention``) equals the evaluator decoding under that rule set."""
+    from specforge_dpace.evaluate._teacher_forced import slot_convention
 
     method, head = HEADS[index]
     draft = _draft(target, method, head)

@@ -138,3 +138,21 @@ def test_teacher_forced_numbers_are_checked_when_parsed(setup, capsys, argv, err
         main(["evaluate", "--target", str(root / "target"), "--draft", str(root / "draft1"), "--teacher-forced",
               "--eval-features", "x", *argv])  # fmt: skip
     assert exit_.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_a_walk_under_a_servers_rules_is_of_a_drafter_it_serves(setup, capsys, tmp_path):
+    """Walks are labelled with the --convention rule set: a drafter its server would not serve is refused, as
+    decoding under it is (SGLang 0.5.23 serves Domino only with pure_draft_prefix_len 1); SpecForge's rules
+    walk it."""
+    root, target, _, _ = setup
+    domino = tiny_draft(target, block_size=4, target_layer_ids=LAYERS, method="domino", seed=3)
+    save_draft_checkpoint(domino, root / "domino-prefix0", server="specforge-0.2.0")
+    argv = ("--target", str(root / "target"), "--eval-features", str(root / "features"))
+    argv += ("--draft", str(root / "domino-prefix0"))
+    code, out = _run(capsys, *argv, "--output-dir", str(tmp_path / "served"))
+    assert code == 2 and "sglang-0.5.23 would not serve this Domino drafter" in out.err
+    assert "pure_draft_prefix_len" in out.err
+    code, out = _run(capsys, *argv, "--convention", "specforge-0.2.0", "--output-dir", str(tmp_path / "class"))
+    assert code == 0, out.err
+    record = json.loads((tmp_path / "class" / "teacher_forced.json").read_text())["results"][0]
+    assert record["rules"] == "specforge-0.2.0" and record["tau_walk"] >= 1.0
