@@ -171,3 +171,25 @@ def test_the_cited_lines_say_what_the_rules_rely_on(fact):
 def test_no_file_of_the_wheel_serves_domino():
     hits = [p for p in SRC.rglob("*.py") if "domino" in p.read_text(encoding="utf-8", errors="replace").lower()]
     assert hits == []
+
+
+@pytest.mark.skipif(not SRC.is_dir(), reason=f"vLLM 0.33.0 wheel source not unpacked at {SRC} (set VLLM_SRC)")
+def test_vllms_own_speculators_parser_reads_the_trained_ids_and_mask_from_our_export(bases):
+    """vLLM 0.33's real ``update_dflash`` (transformers_utils/configs/speculators/algos.py, pure Python, loaded
+    from the wheel's source) turns the speculators config ``convert`` writes into the DFlash config its model is
+    built from: the trained target layer ids and mask token come back, and no anchor sampling."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "vllm_speculators_algos", SRC / "transformers_utils" / "configs" / "speculators" / "algos.py"
+    )
+    algos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(algos)
+    trained = json.loads((bases[("source", "dflash")] / "config.json").read_text())["dflash_config"]
+    written = bases["speculators"][1]
+    built: dict = {}
+    algos.SUPPORTED_SPECULATORS_TYPES[written["speculators_model_type"]](written, built)
+    assert built["architectures"] == ["DFlashDraftModel"]
+    assert built["dflash_config"]["target_layer_ids"] == trained["target_layer_ids"]
+    assert built["dflash_config"]["mask_token_id"] == trained["mask_token_id"]
+    assert built["dflash_config"]["sample_from_anchor"] is False
